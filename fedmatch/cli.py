@@ -1,0 +1,63 @@
+"""The ``fedmatch`` command: look at run directories and manage the local SuperLink."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fedmatch.results import format_domain_table
+
+
+def _show(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir).expanduser()
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
+        print(f"error: {summary_path} does not exist (the run did not finish?)", file=sys.stderr)
+        return 1
+    summary = json.loads(summary_path.read_text())
+    config = json.loads((run_dir / "config.json").read_text())["run_config"]
+    print(f"run directory: {run_dir.resolve()}")
+    print(
+        f"strategy {config['strategy']}, {summary['final_round']} rounds, "
+        f"{config['dataset']} data, {config['partitioning']} partitioning, seed {config['seed']}"
+    )
+    print(format_domain_table(summary))
+    if summary.get("seconds_per_round") is not None:
+        print(
+            f"{summary['seconds_per_round']:.1f} s per round; "
+            f"{summary['bytes_down_total'] / 1e6:.1f} MB down, "
+            f"{summary['bytes_up_total'] / 1e6:.1f} MB up in total"
+        )
+    return 0
+
+
+def _stop_superlink(args: argparse.Namespace) -> int:
+    from fedmatch.localrun import local_superlinks, stop_tree
+
+    pids = local_superlinks(args.flwr_home)
+    for pid in pids:
+        stop_tree(pid)
+    print(f"stopped {len(pids)} local SuperLink(s)" if pids else "no local SuperLink running")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fedmatch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    show = sub.add_parser("show", help="print a finished run's per-domain accuracy table")
+    show.add_argument("run_dir")
+    show.set_defaults(func=_show)
+    stop = sub.add_parser(
+        "stop-superlink",
+        help="stop the background SuperLink `flwr run` started (needed after changing env vars)",
+    )
+    stop.add_argument("--flwr-home", default=None, help="only the one of this FLWR_HOME")
+    stop.set_defaults(func=_stop_superlink)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

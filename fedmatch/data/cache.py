@@ -1,0 +1,115 @@
+"""A process-safe on-disk cache for built domains.
+
+Building a synthetic domain takes seconds, and in a Flower simulation every Ray worker asks for
+the same domains at about the same moment. The cache therefore has three jobs: build each key at
+most once across processes (a file lock plus a re-check once the lock is held), never let a
+reader see a half-written file (write to a temporary file, then ``os.replace``), and survive a
+damaged file left behind by a killed process (log a warning and rebuild instead of crashing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+
+from fedmatch.data.types import DomainArrays
+
+logger = logging.getLogger(__name__)
+
+_ARRAY_FIELDS = ("x_train", "y_train", "x_test", "y_test")
+
+
+class _CorruptCacheError(Exception):
+    """The cache file exists but cannot be turned back into a ``DomainArrays``."""
+
+
+def cached_domain(
+    cache_dir: str | Path, key: str, build: Callable[[], DomainArrays]
+) -> DomainArrays:
+    """Return the domain stored under ``key`` in ``cache_dir``, building and storing it if needed.
+
+    ``key`` names the file ``<cache_dir>/<key>.npz``; it must be a plain file name so that a key
+    can never write outside the cache directory. Several processes may call this at once: only
+    one of them runs ``build``, the others wait on ``<key>.lock`` and then load its result.
+    """
+    if not key or key in (".", "..") or "/" in key or "\\" in key or os.sep in key:
+        raise ValueError(f"cache key must be a plain file name, got {key!r}")
+    directory = Path(cache_dir).expanduser()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{key}.npz"
+
+    # Fast path without the lock: a finished file is only ever replaced atomically, so
+    # reading it while another process holds the lock is safe.
+    if path.exists():
+        try:
+            return _load(path)
+        except _CorruptCacheError:
+            pass  # decided (and reported) under the lock, where nobody else is rewriting it
+
+    with FileLock(str(directory / f"{key}.lock")):
+        # Another process may have built it while we waited for the lock.
+        if path.exists():
+            try:
+                domain = _load(path)
+            except _CorruptCacheError as err:
+                logger.warning("cache file %s is unreadable (%s); rebuilding it", path, err)
+            else:
+                logger.debug("loaded %s after waiting for the lock", path)
+                return domain
+        logger.info("building %r into cache %s", key, path)
+        domain = build()
+        if not isinstance(domain, DomainArrays):
+            raise TypeError(
+                f"build() for cache key {key!r} must return DomainArrays, "
+                f"got {type(domain).__name__}"
+            )
+        _save_atomically(path, domain)
+        return domain
+
+
+def _load(path: Path) -> DomainArrays:
+    """Read a cache file, turning every way it can be damaged into ``_CorruptCacheError``."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [name for name in ("name", *_ARRAY_FIELDS) if name not in data.files]
+            if missing:
+                raise _CorruptCacheError(f"missing arrays {missing}")
+            arrays = {name: np.array(data[name]) for name in _ARRAY_FIELDS}
+            name = str(data["name"])
+        # DomainArrays validates dtypes and shapes, which catches a file from a foreign writer.
+        return DomainArrays(name=name, **arrays)
+    except _CorruptCacheError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        raise _CorruptCacheError(f"{type(err).__name__}: {err}") from err
+
+
+def _save_atomically(path: Path, domain: DomainArrays) -> None:
+    """Write ``domain`` next to ``path`` under a temporary name, then rename it into place."""
+    # The temporary file lives in the same directory so that os.replace is a same-filesystem
+    # rename, which is atomic: readers see the old state or the complete new file, never a part.
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            # Uncompressed: loading is what happens most (once per worker), and it is faster so.
+            np.savez(
+                handle,
+                name=np.array(domain.name),
+                **{field: getattr(domain, field) for field in _ARRAY_FIELDS},
+            )
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        # Leave no stray temporary file behind if writing fails or the process is interrupted.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise

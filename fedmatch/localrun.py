@@ -1,0 +1,85 @@
+"""Find and stop the background processes `flwr run` leaves behind on this machine.
+
+`flwr run .` with the default ``:local:`` connection starts a detached
+``flower-superlink`` (and, per run, a SuperExec, a simulation process and Ray
+workers).  Flower has no command to stop it, and it keeps the environment it
+was started with, so after changing environment variables or the virtualenv
+it has to be stopped.  Linux ``/proc`` only; no extra dependency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants, parents first."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(_children(current))
+    return tree
+
+
+def local_superlinks(flwr_home: str | Path | None = None) -> list[int]:
+    """PIDs of local simulation SuperLinks (of one FLWR_HOME when given)."""
+    marker = None if flwr_home is None else str(Path(flwr_home).expanduser() / "local-superlink")
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        cmd = _cmdline(int(entry.name))
+        if (
+            "flower-superlink" in cmd
+            and "--simulation" in cmd
+            and (marker is None or marker in cmd)
+        ):
+            pids.append(int(entry.name))
+    return pids
+
+
+def stop_tree(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM ``pid`` and its descendants, then SIGKILL what is still alive."""
+    tree = process_tree(pid)
+    for p in tree:
+        _signal(p, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in tree):
+        time.sleep(0.2)
+    for p in tree:
+        _signal(p, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)

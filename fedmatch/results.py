@@ -1,0 +1,286 @@
+"""The run directory: config, metrics, checkpoints, summary, final model, and resume.
+
+Layout of ``<runs-dir>/<run-name>/``::
+
+    config.json      the validated run config and the versions that produced the run
+    metrics.jsonl    one JSON object per (round, client, domain, metric, value)
+    checkpoint.pt    model arrays and strategy state after the last completed round
+    clients/         per-client state files (FedBN's local layers, ...), per round
+    summary.json     final per-domain accuracies, communication and time totals
+    model.pt         the final global model's state dict
+
+Every file is written atomically (temp file + ``os.replace``), so a run killed
+at any moment leaves either the previous or the new version, never half of one.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedmatch import __version__
+from fedmatch.config import ConfigError, RunConfig
+
+log = logging.getLogger(__name__)
+
+# Keys a resumed run may change: it continues the same experiment for longer.
+RESUMABLE_KEYS = frozenset({"num-server-rounds", "resume"})
+SERVER = "server"
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    round: int
+    client: int | str  # partition id, or "server" for server-side values
+    domain: str
+    metric: str
+    value: float
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "round": self.round,
+                "client": self.client,
+                "domain": self.domain,
+                "metric": self.metric,
+                "value": self.value,
+            }
+        )
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    # The clock only names the directory; it never seeds anything.
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.strategy}-{cfg.partitioning}-seed{cfg.seed}-{stamp}"
+
+
+def read_metrics(run_dir: Path) -> list[MetricRow]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rows.append(MetricRow(**json.loads(line)))
+    return rows
+
+
+class RunRecorder:
+    """Writes one run directory; ``open`` creates it or reopens it to resume."""
+
+    def __init__(self, run_dir: Path, cfg: RunConfig) -> None:
+        self.run_dir = run_dir
+        self.cfg = cfg
+        self._rows: list[MetricRow] = read_metrics(run_dir)
+
+    @classmethod
+    def open(cls, cfg: RunConfig, extra_info: Mapping[str, Any] | None = None) -> RunRecorder:
+        """Create the run directory (or reopen it when ``resume=true``) and write config.json."""
+        run_dir = cfg.runs_path / (cfg.run_name or default_run_name(cfg))
+        config_path = run_dir / "config.json"
+        if cfg.resume:
+            if not config_path.exists():
+                raise ConfigError(
+                    f"run-config key 'resume' = true but {run_dir} holds no run to resume "
+                    f"(no config.json): check run-name={cfg.run_name!r} and runs-dir="
+                    f"{cfg.runs_dir!r}"
+                )
+            _check_same_experiment(json.loads(config_path.read_text())["run_config"], cfg)
+        elif config_path.exists():
+            raise ConfigError(
+                f"run-config key 'run-name' = {cfg.run_name!r}: {run_dir} already holds a run. "
+                "Set resume=true to continue it, or choose another run-name"
+            )
+        info = {
+            "run_config": cfg.to_flower(),
+            "run_dir": str(run_dir),
+            "versions": _versions(),
+            **(dict(extra_info) if extra_info else {}),
+        }
+        atomic_write_bytes(config_path, json.dumps(info, indent=2, sort_keys=True).encode())
+        recorder = cls(run_dir, cfg)
+        return recorder
+
+    # ----------------------------------------------------------------- metrics
+
+    @property
+    def rows(self) -> list[MetricRow]:
+        return list(self._rows)
+
+    def append(self, rows: Iterable[MetricRow]) -> None:
+        """Append rows to metrics.jsonl (called once per round, before the checkpoint)."""
+        rows = list(rows)
+        self._rows.extend(rows)
+        path = self.run_dir / "metrics.jsonl"
+        with path.open("a") as handle:
+            handle.write("".join(row.to_json() + "\n" for row in rows))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def truncate_after(self, last_round: int) -> None:
+        """Drop rows of rounds after ``last_round`` (written by a round that never finished)."""
+        kept = [row for row in self._rows if row.round <= last_round]
+        dropped = len(self._rows) - len(kept)
+        if dropped:
+            log.info("resume: dropping %d metric rows of the unfinished round", dropped)
+        self._rows = kept
+        atomic_write_bytes(
+            self.run_dir / "metrics.jsonl", "".join(r.to_json() + "\n" for r in kept).encode()
+        )
+
+    # ------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(
+        self, server_round: int, arrays: Mapping[str, np.ndarray], strategy_state: Mapping
+    ) -> None:
+        atomic_torch_save(
+            {
+                "round": server_round,
+                "arrays": {name: torch.from_numpy(np.asarray(a)) for name, a in arrays.items()},
+                "strategy_state": dict(strategy_state),
+            },
+            self.run_dir / "checkpoint.pt",
+        )
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        path = self.run_dir / "checkpoint.pt"
+        if not path.exists():
+            return None
+        checkpoint = torch.load(path, weights_only=False)
+        checkpoint["arrays"] = {name: t.numpy() for name, t in checkpoint["arrays"].items()}
+        return checkpoint
+
+    def save_model(self, state: Mapping[str, torch.Tensor]) -> Path:
+        path = self.run_dir / "model.pt"
+        atomic_torch_save(dict(state), path)
+        return path
+
+    # ----------------------------------------------------------------- summary
+
+    def write_summary(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        summary = summarize(self._rows)
+        summary.update(dict(extra or {}))
+        atomic_write_bytes(
+            self.run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True).encode()
+        )
+        return summary
+
+
+def summarize(rows: list[MetricRow]) -> dict[str, Any]:
+    """Final-round accuracies per domain (server- and client-side) and per-run totals."""
+    rounds = [row.round for row in rows if row.round > 0]
+    final = max(rounds, default=0)
+
+    def per_domain(source_is_server: bool, metric: str) -> dict[str, float]:
+        values: dict[str, list[float]] = {}
+        for row in rows:
+            if (
+                row.round == final
+                and row.metric == metric
+                and (row.client == SERVER) == (source_is_server)
+            ):
+                values.setdefault(row.domain, []).append(row.value)
+        return {d: float(np.mean(v)) for d, v in sorted(values.items())}
+
+    def total(metric: str) -> float:
+        return float(sum(row.value for row in rows if row.metric == metric))
+
+    round_seconds = [row.value for row in rows if row.metric == "round-seconds"]
+    server_acc = per_domain(True, "test-accuracy")
+    client_acc = per_domain(False, "test-accuracy")
+    headline = client_acc or server_acc
+    return {
+        "final_round": final,
+        "server_accuracy_per_domain": server_acc,
+        "client_accuracy_per_domain": client_acc,
+        "mean_accuracy": float(np.mean(list(headline.values()))) if headline else None,
+        "worst_domain_accuracy": float(min(headline.values())) if headline else None,
+        "bytes_down_total": total("bytes-down"),
+        "bytes_up_total": total("bytes-up"),
+        "seconds_per_round": float(np.mean(round_seconds)) if round_seconds else None,
+    }
+
+
+def format_domain_table(summary: Mapping[str, Any]) -> str:
+    """A plain-text per-domain accuracy table of a summary."""
+    server = summary.get("server_accuracy_per_domain", {})
+    client = summary.get("client_accuracy_per_domain", {})
+    domains = sorted(set(server) | set(client))
+    width = max([len("domain"), *map(len, domains)])
+    lines = [
+        f"{'domain':<{width}}  {'global model':>12}  {'client models':>13}",
+        f"{'-' * width}  {'-' * 12}  {'-' * 13}",
+    ]
+
+    def cell(values: Mapping[str, float], domain: str, size: int) -> str:
+        return f"{values[domain]:>{size}.4f}" if domain in values else f"{'-':>{size}}"
+
+    for domain in domains:
+        lines.append(f"{domain:<{width}}  {cell(server, domain, 12)}  {cell(client, domain, 13)}")
+    mean = summary.get("mean_accuracy")
+    worst = summary.get("worst_domain_accuracy")
+    if mean is not None:
+        lines.append(f"mean {mean:.4f}  worst domain {worst:.4f}  (client models)")
+    return "\n".join(lines)
+
+
+def _check_same_experiment(saved: Mapping[str, Any], cfg: RunConfig) -> None:
+    current = cfg.to_flower()
+    changed = sorted(
+        key
+        for key in set(saved) | set(current)
+        if key not in RESUMABLE_KEYS and saved.get(key) != current.get(key)
+    )
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        raise ConfigError(
+            f"resume=true but the run config differs from the saved run's ({details}); only "
+            f"{', '.join(sorted(RESUMABLE_KEYS))} may change when resuming"
+        )
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "fedmatch": __version__,
+        "flwr": importlib.metadata.version("flwr"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,283 @@
+"""What every fedmatch strategy shares: seeded sampling, ordered aggregation, recording.
+
+``FedMatchStrategy`` derives from Flower's Message-API ``FedAvg`` and keeps its
+weighted averaging of arrays and metrics.  It changes three things:
+
+- node sampling is a pure function of (seed, round) over nodes ordered by
+  partition id (Flower samples with the unseeded global ``random``), so runs
+  repeat and a resumed run samples what the uninterrupted one would have;
+- replies are sorted by partition id before averaging, so floating-point sums
+  do not depend on the order replies arrive in;
+- every reply's metrics become rows of ``metrics.jsonl`` (with the bytes each
+  message carried), and ``run_rounds`` is the round loop, with checkpoints.
+
+Subclasses override ``outgoing_keys`` (which arrays travel to clients),
+``train_config`` (what goes in the config record) and ``state_dict`` /
+``load_state_dict`` (server state a checkpoint must keep).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedmatch.config import RunConfig
+from fedmatch.records import arrays_nbytes, arrays_to_numpy
+from fedmatch.results import SERVER, MetricRow, RunRecorder
+from fedmatch.seeding import derive_seed
+
+log = logging.getLogger("fedmatch.strategy")
+
+# Server-side evaluation: (round, arrays) -> rows (one per domain and metric).
+ServerEvaluate = Callable[[int, ArrayRecord], list[MetricRow]]
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What a client told the server about itself when the run started."""
+
+    node_id: int
+    partition_id: int
+    domain: str
+    num_train: int
+    num_test: int
+    device: str
+
+
+class FedMatchStrategy(FedAvg):
+    """FedAvg with deterministic sampling, per-client recording and a resumable round loop."""
+
+    name = "fedavg"
+    # False when part of the model stays on the clients (FedBN): the server's copy
+    # of those layers is never trained, so server-side evaluation would mislead.
+    global_model_is_complete = True
+
+    def __init__(self, cfg: RunConfig, nodes: list[NodeInfo]) -> None:
+        super().__init__(
+            fraction_train=cfg.fraction_train,
+            fraction_evaluate=cfg.fraction_evaluate,
+            min_train_nodes=1,
+            min_evaluate_nodes=0 if cfg.fraction_evaluate == 0 else 1,
+            min_available_nodes=1,
+        )
+        self.cfg = cfg
+        self.nodes = sorted(nodes, key=lambda n: n.partition_id)
+        self._by_node = {n.node_id: n for n in self.nodes}
+        self._current: ArrayRecord | None = None
+        self._round_rows: list[MetricRow] = []
+        # Sent to clients so they can keep per-round state files beside the run's.
+        self.run_dir = ""
+
+    # ------------------------------------------------------------ hooks
+
+    def outgoing_keys(self, arrays: ArrayRecord) -> list[str]:
+        """Names of the arrays sent to clients (and averaged); all of them by default."""
+        return list(arrays.keys())
+
+    def train_config(self, server_round: int) -> dict[str, int | float | str | bool]:
+        """Extra values for the train config record."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """Server-side state a checkpoint must keep (none for FedAvg)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        del state
+
+    # ------------------------------------------------------------ sampling
+
+    def sample(self, fraction: float, server_round: int, purpose: int) -> list[NodeInfo]:
+        """``ceil``-free Flower rule: int(fraction * N) nodes, at least one, seeded by round."""
+        count = max(1, int(len(self.nodes) * fraction))
+        if count >= len(self.nodes):
+            return list(self.nodes)
+        rng = random.Random(derive_seed(self.cfg.seed, server_round, purpose))
+        return sorted(rng.sample(self.nodes, count), key=lambda n: n.partition_id)
+
+    def _messages(
+        self, arrays: ArrayRecord, config: ConfigRecord, nodes: list[NodeInfo], kind: str
+    ) -> list[Message]:
+        keys = set(self.outgoing_keys(arrays))
+        payload = ArrayRecord({k: v for k, v in arrays.items() if k in keys})
+        down = arrays_nbytes(payload)
+        messages = []
+        for node in nodes:
+            messages.append(
+                Message(
+                    content=RecordDict({"arrays": payload, "config": config}),
+                    message_type=kind,
+                    dst_node_id=node.node_id,
+                )
+            )
+            if kind == MessageType.TRAIN:
+                row_round = int(config["server-round"])
+                self._round_rows.append(
+                    MetricRow(row_round, node.partition_id, node.domain, "bytes-down", down)
+                )
+        return messages
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._current = arrays
+        config = ConfigRecord({**dict(config), **self.train_config(server_round)})
+        config["server-round"] = server_round
+        config["run-dir"] = self.run_dir
+        nodes = self.sample(self.fraction_train, server_round, purpose=0)
+        log.debug(
+            "round %d: training on partitions %s", server_round, [n.partition_id for n in nodes]
+        )
+        return self._messages(arrays, config, nodes, MessageType.TRAIN)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if self.fraction_evaluate == 0:
+            return []
+        config = ConfigRecord(dict(config))
+        config["server-round"] = server_round
+        config["run-dir"] = self.run_dir
+        nodes = self.sample(self.fraction_evaluate, server_round, purpose=1)
+        return self._messages(arrays, config, nodes, MessageType.EVALUATE)
+
+    # ------------------------------------------------------------ aggregation
+
+    def _ordered_valid(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+        valid = []
+        for reply in replies:
+            node = self._by_node.get(reply.metadata.src_node_id)
+            if reply.has_error():
+                log.warning(
+                    "round %d: node %s (partition %s) failed: %s",
+                    server_round,
+                    reply.metadata.src_node_id,
+                    node.partition_id if node else "?",
+                    reply.error.reason,
+                )
+                if node:
+                    self._round_rows.append(
+                        MetricRow(server_round, node.partition_id, node.domain, "failed", 1.0)
+                    )
+                continue
+            valid.append(reply)
+        return sorted(valid, key=lambda r: self._by_node[r.metadata.src_node_id].partition_id)
+
+    def _record_reply(self, server_round: int, reply: Message, with_bytes: bool) -> None:
+        node = self._by_node[reply.metadata.src_node_id]
+        for name, value in reply.content["metrics"].items():
+            if name in ("partition-id",) or not isinstance(value, int | float):
+                continue
+            self._round_rows.append(
+                MetricRow(server_round, node.partition_id, node.domain, name, float(value))
+            )
+        if with_bytes:
+            up = arrays_nbytes(reply.content.array_records.get("arrays"))
+            self._round_rows.append(
+                MetricRow(server_round, node.partition_id, node.domain, "bytes-up", up)
+            )
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid = self._ordered_valid(server_round, replies)
+        for reply in valid:
+            self._record_reply(server_round, reply, with_bytes=True)
+        aggregated, metrics = super().aggregate_train(server_round, valid)
+        if aggregated is None or self._current is None:
+            return aggregated, metrics
+        # Arrays the clients did not send (FedBN's local layers) keep the server's copy.
+        merged = ArrayRecord(
+            {k: aggregated.get(k, v) for k, v in self._current.items()}
+        )
+        return merged, metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        valid = self._ordered_valid(server_round, replies)
+        for reply in valid:
+            self._record_reply(server_round, reply, with_bytes=False)
+        return super().aggregate_evaluate(server_round, valid)
+
+    # ------------------------------------------------------------ the round loop
+
+    def run_rounds(
+        self,
+        grid: Grid,
+        arrays: ArrayRecord,
+        *,
+        first_round: int,
+        recorder: RunRecorder,
+        server_evaluate: ServerEvaluate | None,
+        timeout: float = 3600.0,
+    ) -> ArrayRecord:
+        """Rounds ``first_round..num-server-rounds``; checkpoints after each one."""
+        last_round = self.cfg.num_server_rounds
+        self.run_dir = str(recorder.run_dir)
+        if first_round == 1 and server_evaluate is not None:
+            recorder.append(server_evaluate(0, arrays))
+        for server_round in range(first_round, last_round + 1):
+            start = time.perf_counter()
+            self._round_rows = []
+            replies = grid.send_and_receive(
+                self.configure_train(server_round, arrays, ConfigRecord(), grid), timeout=timeout
+            )
+            aggregated, _ = self.aggregate_train(server_round, replies)
+            if aggregated is None:
+                raise RuntimeError(
+                    f"round {server_round}: no client returned a model (all failed or none "
+                    "sampled); see the warnings above"
+                )
+            arrays = aggregated
+            replies = grid.send_and_receive(
+                self.configure_evaluate(server_round, arrays, ConfigRecord(), grid),
+                timeout=timeout,
+            )
+            self.aggregate_evaluate(server_round, replies)
+            rows = self._round_rows
+            if server_evaluate is not None:
+                rows.extend(server_evaluate(server_round, arrays))
+            seconds = time.perf_counter() - start
+            rows.append(MetricRow(server_round, SERVER, "all", "round-seconds", seconds))
+            recorder.append(rows)
+            recorder.save_checkpoint(server_round, arrays_to_numpy(arrays), self.state_dict())
+            log.info(_progress_line(server_round, last_round, rows, seconds))
+        return arrays
+
+
+def _progress_line(
+    server_round: int, last_round: int, rows: list[MetricRow], seconds: float
+) -> str:
+    def values(metric: str, server: bool) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        for row in rows:
+            if row.metric == metric and (row.client == SERVER) == server:
+                out.setdefault(row.domain, []).append(row.value)
+        return out
+
+    def mean(xs: list[float]) -> float:
+        return sum(xs) / len(xs)
+
+    parts = [f"round {server_round}/{last_round}"]
+    losses = [v for vs in values("train-loss", False).values() for v in vs]
+    if losses:
+        parts.append(f"train loss {mean(losses):.3f}")
+    for label, server in (("client acc", False), ("server acc", True)):
+        per_domain = {d: mean(v) for d, v in values("test-accuracy", server).items()}
+        if per_domain:
+            worst = min(per_domain, key=per_domain.get)
+            parts.append(
+                f"{label} {mean(list(per_domain.values())):.3f} "
+                f"(worst {worst} {per_domain[worst]:.3f})"
+            )
+    down = sum(r.value for r in rows if r.metric == "bytes-down")
+    up = sum(r.value for r in rows if r.metric == "bytes-up")
+    parts.append(f"down {down / 1e6:.2f} MB up {up / 1e6:.2f} MB")
+    parts.append(f"{seconds:.1f} s")
+    return " | ".join(parts)

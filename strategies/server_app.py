@@ -1,0 +1,175 @@
+"""The ServerApp: run config -> model -> strategy -> rounds -> run directory.
+
+Order matters for users: the run config is validated first and the partition
+plan checked second, both before any message reaches a client, so a typo or an
+impossible split costs seconds, not a training run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from fedmatch.config import ConfigError, RunConfig
+from fedmatch.data.loaders import (
+    available_domains,
+    client_partitions,
+    load_domains,
+    make_loader,
+    to_tensors,
+)
+from fedmatch.logs import setup_logging
+from fedmatch.models.from_config import model_from_config
+from fedmatch.records import arrays_to_state, numpy_to_arrays, state_to_arrays
+from fedmatch.results import SERVER, MetricRow, RunRecorder, format_domain_table
+from fedmatch.seeding import derive_seed
+from fedmatch.train import evaluate, resolve_device
+from strategies.base import NodeInfo, ServerEvaluate
+from strategies.registry import STRATEGIES
+
+log = logging.getLogger("fedmatch.server")
+
+app = ServerApp()
+
+# Seconds to wait for the minimum number of SuperNodes to connect.
+NODE_WAIT_SECONDS = 300.0
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    setup_logging()
+    try:
+        cfg = RunConfig.from_flower(context.run_config)
+        cfg.domain_names(available_domains(cfg.dataset))
+    except ConfigError as err:
+        log.error("%s", err)
+        raise
+    domains = load_domains(cfg) if cfg.server_eval else None
+
+    node_ids = _wait_for_nodes(grid, cfg.min_available_nodes)
+    if domains is not None:
+        # Raises (naming the keys) if the partitioning cannot serve this many clients.
+        try:
+            client_partitions(cfg, domains, len(node_ids))
+        except ValueError as err:
+            log.error("%s", err)
+            raise ConfigError(str(err)) from None
+
+    recorder = RunRecorder.open(cfg, {"num_nodes": len(node_ids)})
+    log.info("run directory: %s", recorder.run_dir)
+    nodes = _describe_nodes(grid, node_ids)
+    strategy = STRATEGIES[cfg.strategy](cfg, nodes)
+
+    model = model_from_config(cfg, init_seed=derive_seed(cfg.seed, 0))
+    arrays = state_to_arrays(model.state_dict())
+    first_round = 1
+    checkpoint = recorder.load_checkpoint() if cfg.resume else None
+    if checkpoint is not None:
+        arrays = numpy_to_arrays(checkpoint["arrays"])
+        strategy.load_state_dict(checkpoint["strategy_state"])
+        first_round = checkpoint["round"] + 1
+        recorder.truncate_after(checkpoint["round"])
+        log.info("resuming %s after round %d", recorder.run_dir, checkpoint["round"])
+    elif cfg.resume:
+        recorder.truncate_after(0)
+        log.info("resume: %s has no checkpoint yet, starting at round 1", recorder.run_dir)
+
+    server_evaluate = None
+    if domains is not None and strategy.global_model_is_complete:
+        server_evaluate = _server_evaluator(cfg, domains, model)
+    elif domains is not None:
+        log.info("%s keeps layers on the clients: server-side evaluation skipped", cfg.strategy)
+
+    start = time.perf_counter()
+    log.info(
+        "%s on %d clients (%s, %s partitioning), rounds %d..%d",
+        cfg.strategy,
+        len(nodes),
+        cfg.dataset,
+        cfg.partitioning,
+        first_round,
+        cfg.num_server_rounds,
+    )
+    arrays = strategy.run_rounds(
+        grid, arrays, first_round=first_round, recorder=recorder, server_evaluate=server_evaluate
+    )
+    model.load_state_dict(arrays_to_state(arrays))
+    model_path = recorder.save_model(model.state_dict())
+    summary = recorder.write_summary(
+        {"strategy": cfg.strategy, "wall_seconds_this_session": time.perf_counter() - start}
+    )
+    log.info("final per-domain test accuracy:\n%s", format_domain_table(summary))
+    log.info("final model: %s", model_path)
+    log.info("run directory: %s", recorder.run_dir)
+
+
+def _wait_for_nodes(grid: Grid, minimum: int) -> list[int]:
+    deadline = time.monotonic() + NODE_WAIT_SECONDS
+    while len(node_ids := sorted(grid.get_node_ids())) < minimum:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"only {len(node_ids)} SuperNode(s) connected after {NODE_WAIT_SECONDS:.0f} s; "
+                f"run-config key 'min-available-nodes' = {minimum}"
+            )
+        log.info("waiting for SuperNodes: %d of %d connected", len(node_ids), minimum)
+        time.sleep(2.0)
+    return node_ids
+
+
+def _describe_nodes(grid: Grid, node_ids: list[int]) -> list[NodeInfo]:
+    """Ask every node who it is (partition id, domain, sizes); also warms its data cache."""
+    messages = [
+        Message(RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type="query")
+        for node in node_ids
+    ]
+    nodes = []
+    for reply in grid.send_and_receive(messages, timeout=NODE_WAIT_SECONDS):
+        if reply.has_error():
+            raise RuntimeError(
+                f"node {reply.metadata.src_node_id} could not load its data: {reply.error.reason}"
+            )
+        info = reply.content["info"]
+        nodes.append(
+            NodeInfo(
+                node_id=reply.metadata.src_node_id,
+                partition_id=int(info["partition-id"]),
+                domain=str(info["domain"]),
+                num_train=int(info["num-train"]),
+                num_test=int(info["num-test"]),
+                device=str(info["device"]),
+            )
+        )
+    nodes.sort(key=lambda n: n.partition_id)
+    ids = [n.partition_id for n in nodes]
+    if len(set(ids)) != len(ids):
+        raise RuntimeError(f"two SuperNodes report the same partition-id: {ids}")
+    for n in nodes:
+        log.info(
+            "client %d: domain %s, %d train / %d test examples, %s",
+            n.partition_id,
+            n.domain,
+            n.num_train,
+            n.num_test,
+            n.device,
+        )
+    return nodes
+
+
+def _server_evaluator(cfg: RunConfig, domains, model: torch.nn.Module) -> ServerEvaluate:
+    device = resolve_device(cfg.device)
+    test_sets = {d.name: to_tensors(d.x_test, d.y_test) for d in domains}
+
+    def server_evaluate(server_round: int, arrays: ArrayRecord) -> list[MetricRow]:
+        model.load_state_dict(arrays_to_state(arrays))
+        rows = []
+        for name, dataset in test_sets.items():
+            result = evaluate(model, make_loader(dataset, 256, shuffle=False), device)
+            rows.append(MetricRow(server_round, SERVER, name, "test-accuracy", result.accuracy))
+            rows.append(MetricRow(server_round, SERVER, name, "test-loss", result.loss))
+        return rows
+
+    return server_evaluate

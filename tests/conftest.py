@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.flower_harness import FlowerEnv, make_flower_env
+
+
+@pytest.fixture(scope="session")
+def flower(tmp_path_factory: pytest.TempPathFactory):
+    """A private Flower home whose background SuperLink is stopped after the session."""
+    env: FlowerEnv = make_flower_env(tmp_path_factory.mktemp("flwr-home"))
+    yield env
+    env.stop()
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory: pytest.TempPathFactory):
+    """One embedded-data cache shared by every test of the session."""
+    return tmp_path_factory.mktemp("fedmatch-cache")
