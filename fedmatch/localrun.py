@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 
-def _cmdline(pid: int) -> str:
+def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
@@ -50,7 +50,7 @@ def local_superlinks(flwr_home: str | Path | None = None) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        cmd = _cmdline(int(entry.name))
+        cmd = cmdline(int(entry.name))
         if (
             "flower-superlink" in cmd
             and "--simulation" in cmd

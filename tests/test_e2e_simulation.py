@@ -1,0 +1,176 @@
+"""End-to-end: the real `flwr run` simulation engine (Ray backend) with tiny configs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedmatch.localrun import cmdline, local_superlinks, process_tree, stop_tree
+from tests.flower_harness import FlowerEnv, read_jsonl
+
+pytestmark = pytest.mark.e2e
+
+DOMAINS = "mnist,optdigits,font-digits"
+
+
+def tiny(runs_dir: Path, cache_dir: Path, **overrides) -> dict[str, object]:
+    config: dict[str, object] = {
+        "domains": DOMAINS,
+        "train-subset": 300,
+        "model-width": 16,
+        "batch-size": 32,
+        "lr": 0.05,
+        "num-server-rounds": 3,
+        "runs-dir": str(runs_dir),
+        "cache-dir": str(cache_dir),
+        "seed": 7,
+    }
+    config.update(overrides)
+    return config
+
+
+def finished(result, run_dir: Path) -> dict:
+    output = result.stdout + result.stderr
+    assert (run_dir / "summary.json").exists(), output[-5000:]
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def fedavg_run(flower: FlowerEnv, tmp_path_factory, data_cache) -> Path:
+    runs = tmp_path_factory.mktemp("runs")
+    result = flower.run(tiny(runs, data_cache, **{"run-name": "fedavg"}))
+    finished(result, runs / "fedavg")
+    return runs / "fedavg"
+
+
+def test_fedavg_learns_and_writes_the_run_directory(fedavg_run: Path):
+    for name in ("config.json", "metrics.jsonl", "summary.json", "model.pt", "checkpoint.pt"):
+        assert (fedavg_run / name).exists(), name
+    summary = json.loads((fedavg_run / "summary.json").read_text())
+    assert summary["final_round"] == 3
+    assert set(summary["client_accuracy_per_domain"]) == set(DOMAINS.split(","))
+    # Ten classes: chance is 0.1.  Three rounds on 300 images per client clear it widely.
+    assert summary["mean_accuracy"] > 0.3
+    assert min(summary["server_accuracy_per_domain"].values()) > 0.15
+
+    rows = read_jsonl(fedavg_run / "metrics.jsonl")
+    clients = {r["client"] for r in rows if r["metric"] == "train-loss"}
+    assert clients == {0, 1, 2}
+    for metric in ("bytes-down", "bytes-up", "train-loss", "test-accuracy", "train-seconds"):
+        rounds = {r["round"] for r in rows if r["metric"] == metric and r["client"] != "server"}
+        assert rounds == {1, 2, 3}, metric
+    # The server also evaluates the initial model (round 0) on every domain.
+    assert sum(1 for r in rows if r["round"] == 0 and r["metric"] == "test-accuracy") == 3
+    assert sum(1 for r in rows if r["metric"] == "round-seconds") == 3
+    # The uploaded model has the model's size.
+    state = torch.load(fedavg_run / "model.pt")
+    up = [r["value"] for r in rows if r["metric"] == "bytes-up"]
+    assert min(up) >= sum(t.numel() * 4 for t in state.values())
+    # Training loss falls over the rounds.
+    def mean_loss(r: int) -> float:
+        losses = [x["value"] for x in rows if x["metric"] == "train-loss" and x["round"] == r]
+        return sum(losses) / len(losses)
+
+    assert mean_loss(3) < mean_loss(1)
+
+
+def test_fedbn_keeps_norm_layers_local_and_fedprox_runs(flower, tmp_path, data_cache, fedavg_run):
+    result = flower.run(tiny(tmp_path, data_cache, strategy="fedbn", **{"run-name": "bn"}))
+    summary = finished(result, tmp_path / "bn")
+    assert summary["mean_accuracy"] > 0.3
+    assert summary["server_accuracy_per_domain"] == {}  # global model is incomplete
+    bn_up = summary["bytes_up_total"]
+    avg_up = json.loads((fedavg_run / "summary.json").read_text())["bytes_up_total"]
+    assert 0 < bn_up < avg_up
+    # Each client keeps its normalisation layers in a per-round state file.
+    assert sorted(p.name for p in (tmp_path / "bn" / "clients").iterdir()) == [
+        "partition-0",
+        "partition-1",
+        "partition-2",
+    ]
+
+    result = flower.run(
+        tiny(tmp_path, data_cache, strategy="fedprox", **{"proximal-mu": 0.1, "run-name": "px"})
+    )
+    summary = finished(result, tmp_path / "px")
+    assert summary["mean_accuracy"] > 0.3
+    saved = json.loads((tmp_path / "px" / "config.json").read_text())["run_config"]
+    assert saved["proximal-mu"] == 0.1
+
+
+def test_bad_config_stops_the_run_before_any_client_starts(flower, tmp_path, data_cache):
+    result = flower.run(
+        tiny(
+            tmp_path,
+            data_cache,
+            strategy="fedfoo",
+            partitioning="dirichlet",
+            alpha=0,
+            **{"num-server-rounds": -1, "run-name": "bad"},
+        ),
+        timeout=200,
+    )
+    output = result.stdout + result.stderr
+    assert "run-config key 'strategy' = 'fedfoo'" in output
+    assert "'fedavg', 'fedprox' or 'fedbn'" in output
+    assert "run-config key 'num-server-rounds' = -1" in output
+    assert "run-config key 'alpha' = 0" in output
+    assert not (tmp_path / "bad").exists()
+    assert "client 0:" not in output and "aggregate_train" not in output
+
+    # A split the federation cannot serve (5 domains, 3 SuperNodes) is refused too.
+    result = flower.run(
+        tiny(tmp_path, data_cache, domains="all", **{"run-name": "split"}), timeout=200
+    )
+    output = result.stdout + result.stderr
+    assert "num-partitions=3 < 5 domains" in output
+    assert not (tmp_path / "split").exists()
+    assert "aggregate_train" not in output
+
+
+def _simulation_processes(flower: FlowerEnv) -> list[int]:
+    found = []
+    for link in local_superlinks(flower.home):
+        found += [p for p in process_tree(link) if "flwr-simulation" in cmdline(p)]
+    return found
+
+
+def test_killed_run_resumes_to_the_same_final_metrics(flower, tmp_path, data_cache, fedavg_run):
+    config = tiny(tmp_path, data_cache, **{"run-name": "fedavg"})
+    proc = flower.popen(config)
+    checkpoint = tmp_path / "fedavg" / "checkpoint.pt"
+    deadline = time.monotonic() + 300
+    try:
+        while not checkpoint.exists():
+            assert proc.poll() is None, proc.stdout.read()[-5000:]
+            assert time.monotonic() < deadline, "no checkpoint after 300 s"
+            time.sleep(0.05)
+        # Kill the simulation (ServerApp, Ray, clients) as a crash or a lost machine would.
+        for pid in _simulation_processes(flower):
+            stop_tree(pid, timeout=0)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (tmp_path / "fedavg" / "summary.json").exists(), "the run ended before the kill"
+    interrupted_at = torch.load(checkpoint, weights_only=False)["round"]
+    assert interrupted_at < 3
+
+    result = flower.run({**config, "resume": True})
+    resumed = finished(result, tmp_path / "fedavg")
+    assert f"resuming {tmp_path / 'fedavg'} after round {interrupted_at}" in result.stdout + result.stderr
+    reference = json.loads((fedavg_run / "summary.json").read_text())
+    for key in ("client_accuracy_per_domain", "server_accuracy_per_domain", "bytes_up_total"):
+        assert resumed[key] == reference[key], key
+
+    def final_rows(run_dir: Path) -> list[tuple]:
+        return sorted(
+            (r["round"], str(r["client"]), r["metric"], r["value"])
+            for r in read_jsonl(run_dir / "metrics.jsonl")
+            if "seconds" not in r["metric"]
+        )
+
+    assert final_rows(tmp_path / "fedavg") == final_rows(fedavg_run)
