@@ -37,6 +37,7 @@ demo: install
 	$(BIN)/fedmatch show "$(RUNS_DIR)/$(RUN_NAME)"
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 lint: install

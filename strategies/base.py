@@ -194,9 +194,7 @@ class FedMatchStrategy(FedAvg):
         if aggregated is None or self._current is None:
             return aggregated, metrics
         # Arrays the clients did not send (FedBN's local layers) keep the server's copy.
-        merged = ArrayRecord(
-            {k: aggregated.get(k, v) for k, v in self._current.items()}
-        )
+        merged = ArrayRecord({k: aggregated.get(k, v) for k, v in self._current.items()})
         return merged, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):

@@ -70,6 +70,7 @@ def test_fedavg_learns_and_writes_the_run_directory(fedavg_run: Path):
     state = torch.load(fedavg_run / "model.pt")
     up = [r["value"] for r in rows if r["metric"] == "bytes-up"]
     assert min(up) >= sum(t.numel() * 4 for t in state.values())
+
     # Training loss falls over the rounds.
     def mean_loss(r: int) -> float:
         losses = [x["value"] for x in rows if x["metric"] == "train-loss" and x["round"] == r]
@@ -161,7 +162,10 @@ def test_killed_run_resumes_to_the_same_final_metrics(flower, tmp_path, data_cac
 
     result = flower.run({**config, "resume": True})
     resumed = finished(result, tmp_path / "fedavg")
-    assert f"resuming {tmp_path / 'fedavg'} after round {interrupted_at}" in result.stdout + result.stderr
+    assert (
+        f"resuming {tmp_path / 'fedavg'} after round {interrupted_at}"
+        in result.stdout + result.stderr
+    )
     reference = json.loads((fedavg_run / "summary.json").read_text())
     for key in ("client_accuracy_per_domain", "server_accuracy_per_domain", "bytes_up_total"):
         assert resumed[key] == reference[key], key

@@ -24,9 +24,18 @@ def assert_exact_cover(parts, partitioning):
     for d, name in enumerate(NAMES):
         for split_name, y in (("train", TRAIN[d]), ("test", TEST[d])):
             held = np.concatenate(
-                [getattr(s, f"{split_name}_idx") for p in parts for s in p.shards if s.domain == name]
+                [
+                    getattr(s, f"{split_name}_idx")
+                    for p in parts
+                    for s in p.shards
+                    if s.domain == name
+                ]
             )
-            assert np.array_equal(np.sort(held), np.arange(len(y))), (partitioning, name, split_name)
+            assert np.array_equal(np.sort(held), np.arange(len(y))), (
+                partitioning,
+                name,
+                split_name,
+            )
 
 
 @pytest.mark.parametrize("partitioning", ["domain", "dirichlet", "iid"])
@@ -94,8 +103,15 @@ def test_too_few_clients_for_the_domains_is_a_clear_error():
 
 def test_impossible_dirichlet_split_says_what_to_change():
     with pytest.raises(ValueError, match="raise alpha or use fewer clients"):
-        partition_domains(["a"], [labels(60, 0)], [labels(10, 1)], partitioning="dirichlet",
-                          num_partitions=6, seed=0, alpha=0.01)
+        partition_domains(
+            ["a"],
+            [labels(60, 0)],
+            [labels(10, 1)],
+            partitioning="dirichlet",
+            num_partitions=6,
+            seed=0,
+            alpha=0.01,
+        )
 
 
 def test_unknown_partitioning():

@@ -48,6 +48,7 @@ def test_training_lowers_loss_and_is_deterministic():
 
 def test_max_steps_caps_training():
     model = nn.Linear(4, 3)
-    result = train_local(model, make_loader(_blobs(1), 8, shuffle=False), epochs=5, lr=0.1,
-                         max_steps=7)
+    result = train_local(
+        model, make_loader(_blobs(1), 8, shuffle=False), epochs=5, lr=0.1, max_steps=7
+    )
     assert result.steps == 7
