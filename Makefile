@@ -31,6 +31,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
+	$(BIN)/fedmatch stop-superlink --if-stale
 	$(BIN)/flwr run . --stream \
 	  --run-config "strategy='$(STRATEGY)' num-server-rounds=$(ROUNDS) runs-dir='$(RUNS_DIR)' run-name='$(RUN_NAME)' $(RUN_CONFIG)" \
 	  --federation-config "num-supernodes=$(NUM_CLIENTS) client-resources-num-cpus=$(CPUS_PER_CLIENT) client-resources-num-gpus=$(GPUS_PER_CLIENT)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -34,12 +35,22 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _stop_superlink(args: argparse.Namespace) -> int:
-    from fedmatch.localrun import local_superlinks, stop_tree
+    from fedmatch.localrun import local_superlinks, stale_reason, stop_tree
 
-    pids = local_superlinks(args.flwr_home)
-    for pid in pids:
+    home = args.flwr_home
+    if args.if_stale and home is None:
+        home = os.environ.get("FLWR_HOME") or "~/.flwr"  # the one `flwr run` will use
+    stopped = 0
+    for pid in local_superlinks(home):
+        if args.if_stale:
+            reason = stale_reason(pid, str(Path(sys.executable).parent))
+            if reason is None:
+                continue
+            print(f"restarting the local SuperLink (pid {pid}): {reason}")
         stop_tree(pid)
-    print(f"stopped {len(pids)} local SuperLink(s)" if pids else "no local SuperLink running")
+        stopped += 1
+    if not args.if_stale:
+        print(f"stopped {stopped} local SuperLink(s)" if stopped else "no local SuperLink running")
     return 0
 
 
@@ -54,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         help="stop the background SuperLink `flwr run` started (needed after changing env vars)",
     )
     stop.add_argument("--flwr-home", default=None, help="only the one of this FLWR_HOME")
+    stop.add_argument(
+        "--if-stale",
+        action="store_true",
+        help="only SuperLinks whose environment cannot run fedmatch (used by `make demo`)",
+    )
     stop.set_defaults(func=_stop_superlink)
     args = parser.parse_args(argv)
     return int(args.func(args))

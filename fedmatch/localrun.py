@@ -60,19 +60,45 @@ def local_superlinks(flwr_home: str | Path | None = None) -> list[int]:
     return pids
 
 
+def process_environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+    return dict(pairs)
+
+
+def stale_reason(pid: int, venv_bin: str) -> str | None:
+    """Why a running SuperLink cannot run fedmatch correctly, or None if it can.
+
+    It must have runtime dependency installation off (else every run does a
+    `uv sync` that needs internet) and this virtualenv first on its PATH (else
+    its simulations import another environment's packages).
+    """
+    env = process_environ(pid)
+    if not env:
+        return None  # not ours to inspect
+    if env.get("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION") != "1":
+        return "it was started without FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1"
+    if env.get("PATH", "").split(os.pathsep)[0] != venv_bin:
+        return f"its PATH does not start with {venv_bin}"
+    return None
+
+
 def stop_tree(pid: int, timeout: float = 10.0) -> None:
     """SIGTERM ``pid`` and its descendants, then SIGKILL what is still alive."""
     tree = process_tree(pid)
     for p in tree:
         _signal(p, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(p) for p in tree):
+    while time.monotonic() < deadline and any(is_alive(p) for p in tree):
         time.sleep(0.2)
     for p in tree:
         _signal(p, signal.SIGKILL)
 
 
-def _alive(pid: int) -> bool:
+def is_alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
     except OSError:
