@@ -17,7 +17,10 @@ GPUS_PER_CLIENT ?= 0
 ROUNDS ?= 5
 STRATEGY ?= fedavg
 RUNS_DIR ?= $(CURDIR)/runs
-RUN_NAME ?= demo-$(STRATEGY)-$(shell date +%Y%m%d-%H%M%S)
+# Expanded once, so `flwr run` and `fedmatch show` see the same name.
+ifndef RUN_NAME
+RUN_NAME := demo-$(STRATEGY)-$(shell date +%Y%m%d-%H%M%S)
+endif
 RUN_CONFIG ?=
 
 .PHONY: install demo test lint stop-superlink clean
@@ -26,7 +29,6 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $@
 
