@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -35,13 +34,13 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _stop_superlink(args: argparse.Namespace) -> int:
-    from fedmatch.localrun import local_superlinks, stale_reason, stop_tree
+    from fedmatch.localrun import local_superlink_port, local_superlinks, stale_reason, stop_tree
 
-    home = args.flwr_home
-    if args.if_stale and home is None:
-        home = os.environ.get("FLWR_HOME") or "~/.flwr"  # the one `flwr run` will use
+    # --if-stale looks at whichever SuperLink the next `flwr run` would use: the one
+    # answering on the local port, whatever FLWR_HOME started it.
+    port = local_superlink_port() if args.if_stale else None
     stopped = 0
-    for pid in local_superlinks(home):
+    for pid in local_superlinks(args.flwr_home, port):
         if args.if_stale:
             reason = stale_reason(pid, str(Path(sys.executable).parent))
             if reason is None:

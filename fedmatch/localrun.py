@@ -43,21 +43,31 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def local_superlinks(flwr_home: str | Path | None = None) -> list[int]:
-    """PIDs of local simulation SuperLinks (of one FLWR_HOME when given)."""
+def local_superlinks(flwr_home: str | Path | None = None, port: int | None = None) -> list[int]:
+    """PIDs of local simulation SuperLinks, optionally only of one FLWR_HOME or HTTP port.
+
+    `flwr run` reuses whatever SuperLink answers on its local port, whichever
+    FLWR_HOME started it, so the port is what decides which one a run meets.
+    """
     marker = None if flwr_home is None else str(Path(flwr_home).expanduser() / "local-superlink")
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         cmd = cmdline(int(entry.name))
-        if (
-            "flower-superlink" in cmd
-            and "--simulation" in cmd
-            and (marker is None or marker in cmd)
-        ):
-            pids.append(int(entry.name))
+        if "flower-superlink" not in cmd or "--simulation" not in cmd:
+            continue
+        if marker is not None and marker not in cmd:
+            continue
+        if port is not None and f"--port {port} " not in cmd + " ":
+            continue
+        pids.append(int(entry.name))
     return pids
+
+
+def local_superlink_port() -> int:
+    """The port `flwr run` uses for its local SuperLink (Flower's default or override)."""
+    return int(os.environ.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "39091"))
 
 
 def process_environ(pid: int) -> dict[str, str]:
