@@ -9,6 +9,8 @@ BIN := $(abspath $(VENV))/bin
 # keeps this environment: runtime `uv sync` must be off before it starts.
 export PATH := $(BIN):$(PATH)
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+# Opt in to Ray's future behaviour now; silences a FutureWarning in every run's log.
+export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO := 0
 
 # Demo knobs (override on the command line, e.g. `make demo ROUNDS=10 CPUS_PER_CLIENT=2`).
 NUM_CLIENTS ?= 5
