@@ -95,7 +95,11 @@ class FedMatchStrategy(FedAvg):
     # ------------------------------------------------------------ sampling
 
     def sample(self, fraction: float, server_round: int, purpose: int) -> list[NodeInfo]:
-        """``ceil``-free Flower rule: int(fraction * N) nodes, at least one, seeded by round."""
+        """int(fraction·N) nodes (at least one) as Flower does; which ones depends on (seed, round).
+
+        ``purpose`` (0 train, 1 evaluate) gives the two samplings of a round
+        independent draws.
+        """
         count = max(1, int(len(self.nodes) * fraction))
         if count >= len(self.nodes):
             return list(self.nodes)
