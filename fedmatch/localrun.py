@@ -1,4 +1,4 @@
-"""Find and stop the background processes `flwr run` leaves behind on this machine.
+"""Run `flwr run` in a private Flower home, and find and stop what it leaves behind.
 
 `flwr run .` with the default ``:local:`` connection starts a detached
 ``flower-superlink`` (and, per run, a SuperExec, a simulation process and Ray
@@ -12,8 +12,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def cmdline(pid: int) -> str:
@@ -119,3 +126,98 @@ def is_alive(pid: int) -> bool:
 def _signal(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
+
+
+# --------------------------------------------------------------------------- private runs
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def toml_value(value: object) -> str:
+    """A Python value as `--run-config` wants it (TOML: strings quoted)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f"'{value}'"
+    return str(value)
+
+
+@dataclass
+class PrivateFlower:
+    """`flwr run` against a local SuperLink of its own FLWR_HOME and ports.
+
+    Tests and benchmarks use it so that they never meet (or are slowed by) a
+    SuperLink the user started; ``stop`` ends the SuperLink and all it spawned.
+    """
+
+    home: Path
+    env: dict[str, str]
+
+    @classmethod
+    def create(cls, home: Path, extra_env: Mapping[str, str] | None = None) -> PrivateFlower:
+        env = dict(os.environ)
+        env.pop("RAY_ADDRESS", None)
+        env.update(
+            FLWR_HOME=str(home),
+            FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
+            FLWR_LOCAL_CONTROL_API_PORT=str(free_port()),
+            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+            FLWR_DISABLE_UPDATE_CHECK="1",
+            RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
+            PATH=str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
+        )
+        env.update(extra_env or {})
+        return cls(home=home, env=env)
+
+    def command(
+        self, run_config: Mapping[str, object], num_supernodes: int, cpus_per_client: float = 1
+    ) -> list[str]:
+        return [
+            "flwr",
+            "run",
+            str(REPO),
+            "--stream",
+            "--run-config",
+            " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items()),
+            "--federation-config",
+            f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client} "
+            "client-resources-num-gpus=0",
+        ]
+
+    def run(
+        self,
+        run_config: Mapping[str, object],
+        *,
+        num_supernodes: int = 3,
+        cpus_per_client: float = 1,
+        timeout: float = 600,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run to the end; returns the CLI's output (`flwr run` exits 0 even on failure)."""
+        return subprocess.run(
+            self.command(run_config, num_supernodes, cpus_per_client),
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def popen(
+        self, run_config: Mapping[str, object], *, num_supernodes: int = 3
+    ) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.command(run_config, num_supernodes),
+            cwd=REPO,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def stop(self) -> None:
+        for pid in local_superlinks(self.home):
+            stop_tree(pid)

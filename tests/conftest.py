@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.flower_harness import FlowerEnv, make_flower_env
+from fedmatch.localrun import PrivateFlower
 
 
 @pytest.fixture(scope="session")
 def flower(tmp_path_factory: pytest.TempPathFactory):
     """A private Flower home whose background SuperLink is stopped after the session."""
-    env: FlowerEnv = make_flower_env(tmp_path_factory.mktemp("flwr-home"))
+    env = PrivateFlower.create(tmp_path_factory.mktemp("flwr-home"))
     yield env
     env.stop()
 

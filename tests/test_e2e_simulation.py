@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedmatch.localrun import cmdline, local_superlinks, process_tree, stop_tree
-from tests.flower_harness import FlowerEnv, read_jsonl
+from fedmatch.localrun import PrivateFlower, cmdline, local_superlinks, process_tree, stop_tree
+from tests.flower_harness import read_jsonl
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +40,7 @@ def finished(result, run_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def fedavg_run(flower: FlowerEnv, tmp_path_factory, data_cache) -> Path:
+def fedavg_run(flower: PrivateFlower, tmp_path_factory, data_cache) -> Path:
     runs = tmp_path_factory.mktemp("runs")
     result = flower.run(tiny(runs, data_cache, **{"run-name": "fedavg"}))
     finished(result, runs / "fedavg")
@@ -133,7 +133,7 @@ def test_bad_config_stops_the_run_before_any_client_starts(flower, tmp_path, dat
     assert "aggregate_train" not in output
 
 
-def _simulation_processes(flower: FlowerEnv) -> list[int]:
+def _simulation_processes(flower: PrivateFlower) -> list[int]:
     found = []
     for link in local_superlinks(flower.home):
         found += [p for p in process_tree(link) if "flwr-simulation" in cmdline(p)]
