@@ -53,6 +53,23 @@ def _stop_superlink(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from fedmatch.report import ReportError, build_report, find_run_dirs
+
+    runs_dir = Path(args.runs_dir).expanduser()
+    run_dirs = find_run_dirs(runs_dir)
+    out_dir = Path(args.out).expanduser() if args.out else runs_dir / "report"
+    try:
+        report = build_report(
+            run_dirs, out_dir, target_accuracy=args.target_accuracy, strict=args.strict
+        )
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"report of {len(report.runs)} run(s): {report.markdown} (and report.html, summary.csv)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedmatch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +87,23 @@ def main(argv: list[str] | None = None) -> int:
         help="only SuperLinks whose environment cannot run fedmatch (used by `make demo`)",
     )
     stop.set_defaults(func=_stop_superlink)
+    report = sub.add_parser(
+        "report", help="report.md/.html, plots and summary.csv from run directories"
+    )
+    report.add_argument("runs_dir", help="a run directory, or a folder of run directories")
+    report.add_argument("--out", default=None, help="output folder (default RUNS_DIR/report)")
+    report.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=None,
+        help="for the rounds-to-target column (default 0.9 x the best final accuracy)",
+    )
+    report.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse runs with different data/model/rounds instead of grouping them",
+    )
+    report.set_defaults(func=_report)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
