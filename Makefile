@@ -25,7 +25,7 @@ RUN_NAME := demo-$(STRATEGY)-$(shell date +%Y%m%d-%H%M%S)
 endif
 RUN_CONFIG ?=
 
-.PHONY: install demo test lint stop-superlink clean
+.PHONY: install demo bench deploy-local test lint stop-superlink clean
 
 install: $(VENV)/.installed
 
@@ -39,6 +39,20 @@ demo: install
 	$(BIN)/flwr run . --stream \
 	  --run-config "strategy='$(STRATEGY)' num-server-rounds=$(ROUNDS) runs-dir='$(RUNS_DIR)' run-name='$(RUN_NAME)' $(RUN_CONFIG)" \
 	  --federation-config "num-supernodes=$(NUM_CLIENTS) client-resources-num-cpus=$(CPUS_PER_CLIENT) client-resources-num-gpus=$(GPUS_PER_CLIENT)"
+	$(BIN)/fedmatch show "$(RUNS_DIR)/$(RUN_NAME)"
+	$(BIN)/fedmatch report "$(RUNS_DIR)/$(RUN_NAME)" --out "$(RUNS_DIR)/$(RUN_NAME)/report"
+
+# A benchmark grid (README "Benchmarks"): resumes when re-run, ends with a report.
+SUITE ?= benchmarks/suites/digits-quick.toml
+bench: install
+	$(BIN)/fedmatch bench $(SUITE)
+
+# The same app on Flower's deployment engine: a SuperLink and one SuperNode process per
+# client on this machine (README "Deploy on several machines"). DEPLOY_FLAGS="--tls --supernode-auth".
+DEPLOY_FLAGS ?=
+deploy-local: install
+	$(BIN)/fedmatch deploy-local --nodes $(NUM_CLIENTS) $(DEPLOY_FLAGS) \
+	  --run-config "strategy='$(STRATEGY)' num-server-rounds=$(ROUNDS) runs-dir='$(RUNS_DIR)' run-name='$(RUN_NAME)' $(RUN_CONFIG)"
 	$(BIN)/fedmatch show "$(RUNS_DIR)/$(RUN_NAME)"
 
 test: install

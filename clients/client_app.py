@@ -5,7 +5,7 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from clients import classifier
+from clients import aligner, classifier, distiller
 from fedmatch.logs import setup_logging
 
 app = ClientApp()
@@ -20,7 +20,17 @@ def describe(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     setup_logging()
+    if context.run_config.get("strategy") == "fedka":
+        # FedKA trains with the MK-MMD (and DANN) alignment terms.
+        return aligner.handle_train(msg, context)
     return classifier.handle_train(msg, context)
+
+
+@app.train(distiller.DISTILL_ACTION)
+def distill(msg: Message, context: Context) -> Message:
+    # "train.distill": condense the local data (DM/NCFM); see clients/distiller.py.
+    setup_logging()
+    return distiller.handle_distill(msg, context)
 
 
 @app.evaluate()

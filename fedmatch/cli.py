@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
-from fedmatch.results import format_domain_table
+from fedmatch.align.report import target_summary
+from fedmatch.results import format_domain_table, read_metrics
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -24,6 +26,8 @@ def _show(args: argparse.Namespace) -> int:
         f"{config['dataset']} data, {config['partitioning']} partitioning, seed {config['seed']}"
     )
     print(format_domain_table(summary))
+    if (line := target_summary(read_metrics(run_dir))) is not None:
+        print(line)  # FedKA: the held-out target's final-round metrics
     if summary.get("seconds_per_round") is not None:
         print(
             f"{summary['seconds_per_round']:.1f} s per round; "
@@ -51,6 +55,56 @@ def _stop_superlink(args: argparse.Namespace) -> int:
     if not args.if_stale:
         print(f"stopped {stopped} local SuperLink(s)" if stopped else "no local SuperLink running")
     return 0
+
+
+def _deploy_local(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from fedmatch.deploy import deploy_local
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fedmatch-deploy-")).resolve()
+    return deploy_local(
+        args.nodes, args.run_config, workdir, tls=args.tls, supernode_auth=args.supernode_auth
+    )
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from fedmatch.bench import (
+        BenchError,
+        Suite,
+        SuiteError,
+        default_out_dir,
+        iter_outcome_lines,
+        run_suite,
+    )
+    from fedmatch.logs import setup_logging
+
+    setup_logging()
+    # A grid owns a Ray head and a SuperLink: turn termination into KeyboardInterrupt so
+    # they are stopped (SIGINT too: shells start background jobs with it ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
+    suite_path = Path(args.suite).expanduser()
+    try:
+        suite = Suite.load(suite_path)
+        out_dir = Path(args.out).expanduser() if args.out else default_out_dir(suite)
+        result = run_suite(
+            suite,
+            out_dir,
+            suite_text=suite_path.read_text(),
+            shared_ray=False if args.no_shared_ray else None,
+            report=not args.no_report,
+        )
+    except (SuiteError, BenchError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    for line in iter_outcome_lines(result):
+        print(line)
+    return 1 if result.failed else 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -87,6 +141,30 @@ def main(argv: list[str] | None = None) -> int:
         help="only SuperLinks whose environment cannot run fedmatch (used by `make demo`)",
     )
     stop.set_defaults(func=_stop_superlink)
+    deploy = sub.add_parser(
+        "deploy-local",
+        help="run the app once on a local deployment: a SuperLink and one SuperNode process "
+        "per client (Flower's deployment engine, no Docker), then stop them",
+    )
+    deploy.add_argument("--nodes", type=int, default=5, help="SuperNodes (partitions); default 5")
+    deploy.add_argument("--run-config", default="", help="as for `flwr run --run-config`")
+    deploy.add_argument("--tls", action="store_true", help="TLS with certificates made for it")
+    deploy.add_argument(
+        "--supernode-auth", action="store_true", help="SuperNode authentication with new keys"
+    )
+    deploy.add_argument("--workdir", default=None, help="logs, Flower homes (default: a temp dir)")
+    deploy.set_defaults(func=_deploy_local)
+    bench = sub.add_parser(
+        "bench",
+        help="run a benchmark suite (a grid of `flwr run` simulations; resumes), then report",
+    )
+    bench.add_argument("suite", help="suite file, e.g. benchmarks/suites/digits-quick.toml")
+    bench.add_argument("--out", default=None, help="output folder (default runs/bench/<name>)")
+    bench.add_argument(
+        "--no-shared-ray", action="store_true", help="let every cell start its own Ray"
+    )
+    bench.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    bench.set_defaults(func=_bench)
     report = sub.add_parser(
         "report", help="report.md/.html, plots and summary.csv from run directories"
     )

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedmatch.align.mmd import parse_multipliers
+
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -40,7 +42,7 @@ class RunConfig(BaseModel):
     )
 
     # What to run.
-    strategy: Literal["fedavg", "fedprox", "fedbn"] = "fedavg"
+    strategy: Literal["fedavg", "fedprox", "fedbn", "fedka", "feddm"] = "fedavg"
     num_server_rounds: int = Field(5, ge=1)
     seed: int = Field(0, ge=0)
 
@@ -53,7 +55,7 @@ class RunConfig(BaseModel):
     train_subset: int = Field(0, ge=0)
 
     # Model.
-    model: Literal["convnet", "resnet18"] = "convnet"
+    model: Literal["convnet", "resnet18", "fedka-cnn"] = "convnet"
     model_width: int = Field(64, ge=1)
     model_depth: int = Field(3, ge=1, le=4)
     model_norm: Literal["instancenorm", "batchnorm", "groupnorm", "none"] = "instancenorm"
@@ -67,10 +69,46 @@ class RunConfig(BaseModel):
     weight_decay: float = Field(5e-4, ge=0)
     proximal_mu: float = Field(0.01, ge=0)
 
+    # FedKA (strategy='fedka'); target-domain holds a domain out of the clients for any
+    # strategy (leave-one-domain-out), so FedAvg gives the source-only baseline.
+    target_domain: str = ""
+    target_access: Literal["features", "raw"] = "features"
+    target_samples: int = Field(256, ge=2)
+    target_batch_size: int = Field(32, ge=2)
+    mmd_weight: float = Field(1.0, ge=0)
+    mmd_bandwidth_base: Literal["mean", "median"] = "mean"
+    mmd_bandwidth_multipliers: str = "0.25,0.5,1,2,4"
+    mmd_estimator: Literal["biased", "unbiased"] = "biased"
+    align_schedule: Literal["dann", "constant"] = "dann"
+    align_gamma: float = Field(10.0, gt=0)
+    vote_threshold: float = Field(0.0, ge=0, le=1)
+    finetune_steps: int = Field(32, ge=0)
+    finetune_lr: float = Field(0.01, gt=0)
+    finetune_weight: float = Field(1.0, ge=0)
+    domain_head: bool = False
+    domain_weight: float = Field(1.0, ge=0)
+
+    # Dataset distillation (the `train.distill` workload and strategy='feddm'); the embedding
+    # ConvNet takes model-width/-depth/-norm.  Defaults are sized for a CPU (README).
+    ipc: int = Field(10, ge=1)
+    distill_method: Literal["dm", "ncfm"] = "dm"
+    distill_steps: int = Field(200, ge=1)
+    distill_lr: float = Field(0.0, ge=0)  # 0: the method's default (DM 1.0, NCFM 0.01)
+    distill_batch_real: int = Field(64, ge=1)
+    distill_init: Literal["real", "noise"] = "real"
+    dsa_strategy: str = "color_crop_cutout_scale_rotate"
+    ncfm_alpha: float = Field(0.5, ge=0, le=1)
+    ncfm_frequencies: int = Field(1024, ge=1)
+    ncfm_psi_lr: float = Field(1e-3, ge=0)  # 0: no sampling network, t ~ N(0, I)
+    eval_epochs: int = Field(300, ge=1)
+
     # Participation.
     fraction_train: float = Field(1.0, gt=0, le=1)
     fraction_evaluate: float = Field(1.0, ge=0, le=1)
     min_available_nodes: int = Field(2, ge=1)
+    # Seconds a round's training (or evaluation) phase waits for replies; a node
+    # that has not replied by then is dropped from the run (see strategies/exchange.py).
+    round_timeout: float = Field(3600.0, gt=0)
 
     # Evaluation, results, caching, devices.
     server_eval: bool = True
@@ -114,6 +152,62 @@ class RunConfig(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError("lists a domain more than once")
         return value
+
+    @field_validator("mmd_bandwidth_multipliers")
+    @classmethod
+    def _multipliers(cls, value: str) -> str:
+        parse_multipliers(value)
+        return value
+
+    @field_validator("dsa_strategy")
+    @classmethod
+    def _dsa_strategy(cls, value: str) -> str:
+        # Imported here: fedmatch.distill imports the models, which import this module.
+        from fedmatch.distill.dsa import parse_strategy
+
+        parse_strategy(value)
+        return value
+
+    @model_validator(mode="after")
+    def _distill_checks(self) -> RunConfig:
+        if self.distill_method == "ncfm" and self.ncfm_psi_lr > 0 and self.ncfm_frequencies <= 16:
+            raise ValueError(
+                f"run-config key 'ncfm-frequencies' = {self.ncfm_frequencies}: the NCFM sampling "
+                "network (ncfm-psi-lr > 0) draws 16 frequencies per mixture component and "
+                "needs at least two components; use more than 16, or ncfm-psi-lr=0"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _fedka_checks(self) -> RunConfig:
+        if self.strategy == "fedka" and not self.target_domain:
+            raise ValueError(
+                "strategy='fedka' needs target-domain: the held-out domain whose unlabelled "
+                "training split the server keeps (the other domains are the clients')"
+            )
+        if self.target_domain and self.domains.strip() != "all":
+            names = [part.strip() for part in self.domains.split(",")]
+            if self.target_domain not in names:
+                raise ValueError(
+                    f"target-domain={self.target_domain!r} is not among domains="
+                    f"{self.domains!r}: list it there (it is held out from the clients)"
+                )
+            if names == [self.target_domain]:
+                raise ValueError(
+                    f"domains={self.domains!r} leaves no source domain once target-domain="
+                    f"{self.target_domain!r} is held out: list at least one more domain"
+                )
+        if self.domain_head and self.model != "fedka-cnn":
+            raise ValueError(
+                f"domain-head=true needs model='fedka-cnn' (the DANN-style CNN with a domain "
+                f"head), got model={self.model!r}"
+            )
+        if self.target_samples < self.target_batch_size:
+            raise ValueError(
+                f"target-samples={self.target_samples} is smaller than target-batch-size="
+                f"{self.target_batch_size}: each local step draws a batch from those samples"
+            )
+        return self
 
     @model_validator(mode="after")
     def _cross_field_checks(self) -> RunConfig:
@@ -162,6 +256,18 @@ class RunConfig(BaseModel):
                 f"Allowed: 'all' or a comma-separated subset of {', '.join(available)}"
             )
         return names
+
+    def source_domains(self, available: tuple[str, ...]) -> tuple[str, ...]:
+        """The clients' domains: ``domain_names`` without ``target-domain`` (if one is set)."""
+        names = self.domain_names(available)
+        if not self.target_domain:
+            return names
+        if self.target_domain not in available:
+            raise ConfigError(
+                f"run-config key 'target-domain' = {self.target_domain!r}: unknown domain for "
+                f"dataset={self.dataset!r}. Allowed: '' (none) or one of {', '.join(available)}"
+            )
+        return tuple(name for name in names if name != self.target_domain)
 
     @property
     def runs_path(self) -> Path:

@@ -790,7 +790,11 @@ def _set_target(group: Group, target: float | None) -> None:
     if target is not None:
         group.target, group.target_note = float(target), "given"
         return
-    best = max(float(r.final_accuracy.mean()) for r in group.runs)
+    finals = [float(r.final_accuracy.mean()) for r in group.runs if not r.final_accuracy.empty]
+    if not finals:  # no run evaluated anything: the column stays empty
+        group.target, group.target_note = math.nan, "no accuracy recorded"
+        return
+    best = max(finals)
     # Rounded so a reader can check the column against the accuracy curve.
     group.target = round(RELATIVE_TARGET * best, 3)
     group.target_note = f"{RELATIVE_TARGET:g} × the best final avg accuracy {best:.3f}"

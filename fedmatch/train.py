@@ -18,6 +18,11 @@ from torch.utils.data import DataLoader
 
 # (model, images, labels, logits) -> an extra scalar loss added to cross-entropy.
 ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (model, images, labels, logits, features) -> an extra loss that also needs the features
+# (``model.embed(images)``, e.g. MMD alignment); the loop computes them once per step.
+FeatureLoss = Callable[
+    [nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
+]
 
 
 @dataclass(frozen=True)
@@ -55,8 +60,20 @@ def train_local(
     device: torch.device | str = "cpu",
     max_steps: int = 0,
     extra_loss: ExtraLoss | None = None,
+    feature_loss: FeatureLoss | None = None,
 ) -> TrainResult:
-    """SGD on cross-entropy (+ ``extra_loss``) for ``epochs`` epochs or ``max_steps`` steps."""
+    """SGD on cross-entropy (+ ``extra_loss``) for ``epochs`` epochs or ``max_steps`` steps.
+
+    With ``feature_loss`` the forward pass runs as ``model.classifier(model.embed(x))`` so
+    the hook sees the features without a second forward; the model needs both attributes
+    (ConvNet, ResNet18 and FedKACNN have them, and ``forward`` is exactly that).
+    """
+    if feature_loss is not None and not (
+        callable(getattr(model, "embed", None)) and callable(getattr(model, "classifier", None))
+    ):
+        raise ValueError(
+            f"a feature loss needs a model with embed() and classifier, got {type(model).__name__}"
+        )
     device = torch.device(device)
     model.to(device).train()
     optimizer = torch.optim.SGD(
@@ -67,10 +84,16 @@ def train_local(
     for _ in range(epochs):
         for images, labels in loader:
             images, labels = images.to(device), labels.to(device)
-            logits = model(images)
+            if feature_loss is not None:
+                features = model.embed(images)
+                logits = model.classifier(features)
+            else:
+                logits = model(images)
             loss = F.cross_entropy(logits, labels)
             if extra_loss is not None:
                 loss = loss + extra_loss(model, images, labels, logits)
+            if feature_loss is not None:
+                loss = loss + feature_loss(model, images, labels, logits, features)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -9,7 +9,10 @@ weighted averaging of arrays and metrics.  It changes three things:
 - replies are sorted by partition id before averaging, so floating-point sums
   do not depend on the order replies arrive in;
 - every reply's metrics become rows of ``metrics.jsonl`` (with the bytes each
-  message carried), and ``run_rounds`` is the round loop, with checkpoints.
+  message carried), and ``run_rounds`` is the round loop, with checkpoints;
+- messages go out through ``exchange``: a node that is gone (stopped, crashed,
+  or silent for ``round-timeout`` seconds) is dropped with a ``dropped`` row and
+  the run goes on with the others, down to ``min-available-nodes``.
 
 Subclasses override ``outgoing_keys`` (which arrays travel to clients),
 ``train_config`` (what goes in the config record) and ``state_dict`` /
@@ -32,11 +35,16 @@ from fedmatch.config import RunConfig
 from fedmatch.records import arrays_nbytes, arrays_to_numpy
 from fedmatch.results import SERVER, MetricRow, RunRecorder
 from fedmatch.seeding import derive_seed
+from strategies.exchange import send_and_collect
 
 log = logging.getLogger("fedmatch.strategy")
 
 # Server-side evaluation: (round, arrays) -> rows (one per domain and metric).
 ServerEvaluate = Callable[[int, ArrayRecord], list[MetricRow]]
+
+
+class NotEnoughNodesError(RuntimeError):
+    """Fewer nodes remain than run-config key ``min-available-nodes`` asks for."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,8 @@ class FedMatchStrategy(FedAvg):
         self.cfg = cfg
         self.nodes = sorted(nodes, key=lambda n: n.partition_id)
         self._by_node = {n.node_id: n for n in self.nodes}
+        # Nodes found gone during the run; they are never sampled again.
+        self.dropped: list[NodeInfo] = []
         self._current: ArrayRecord | None = None
         self._round_rows: list[MetricRow] = []
         # Sent to clients so they can keep per-round state files beside the run's.
@@ -152,6 +162,58 @@ class FedMatchStrategy(FedAvg):
         nodes = self.sample(self.fraction_evaluate, server_round, purpose=1)
         return self._messages(arrays, config, nodes, MessageType.EVALUATE)
 
+    # ------------------------------------------------------------ messaging
+
+    def exchange(
+        self, grid: Grid, messages: Iterable[Message], server_round: int, timeout: float
+    ) -> list[Message]:
+        """Send ``messages`` and return the replies; nodes found gone are dropped.
+
+        A dropped node gets a ``dropped`` row for this round and is not sampled
+        again: a SuperNode that comes back registers under a new node id, and
+        resuming the run (``resume=true``) takes it in again.  Raises
+        ``NotEnoughNodesError`` when fewer than ``min-available-nodes`` remain.
+        Strategies with extra message phases should send through here too.
+        """
+        collected = send_and_collect(grid, messages, timeout)
+        for node_id, reason in sorted(collected.failed.items()):
+            node = self._by_node.get(node_id)
+            log.warning("round %d: node %s failed: %s", server_round, node_id, reason)
+            if node is not None:
+                self._round_rows.append(
+                    MetricRow(server_round, node.partition_id, node.domain, "failed", 1.0)
+                )
+        for node_id, reason in sorted(collected.gone.items()):
+            self._drop(server_round, node_id, reason)
+        if len(self.nodes) < self.cfg.min_available_nodes:
+            raise NotEnoughNodesError(
+                f"round {server_round}: {len(self.nodes)} client(s) remain after "
+                f"partition(s) {[n.partition_id for n in self.dropped]} dropped out, fewer "
+                f"than run-config key 'min-available-nodes' = {self.cfg.min_available_nodes}. "
+                "The run directory holds every completed round: restart the lost SuperNodes "
+                "and run again with resume=true and the same run-name."
+            )
+        return collected.replies
+
+    def _drop(self, server_round: int, node_id: int, reason: str) -> None:
+        node = self._by_node.get(node_id)
+        if node is None or node not in self.nodes:
+            return
+        self.nodes.remove(node)
+        self.dropped.append(node)
+        log.warning(
+            "round %d: dropping client %d (%s, node %d): %s; %d client(s) remain",
+            server_round,
+            node.partition_id,
+            node.domain,
+            node_id,
+            reason,
+            len(self.nodes),
+        )
+        self._round_rows.append(
+            MetricRow(server_round, node.partition_id, node.domain, "dropped", 1.0)
+        )
+
     # ------------------------------------------------------------ aggregation
 
     def _ordered_valid(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
@@ -217,9 +279,13 @@ class FedMatchStrategy(FedAvg):
         first_round: int,
         recorder: RunRecorder,
         server_evaluate: ServerEvaluate | None,
-        timeout: float = 3600.0,
+        timeout: float | None = None,
     ) -> ArrayRecord:
-        """Rounds ``first_round..num-server-rounds``; checkpoints after each one."""
+        """Rounds ``first_round..num-server-rounds``; checkpoints after each one.
+
+        ``timeout`` (seconds per phase) defaults to run-config key ``round-timeout``.
+        """
+        timeout = self.cfg.round_timeout if timeout is None else timeout
         last_round = self.cfg.num_server_rounds
         self.run_dir = str(recorder.run_dir)
         if first_round == 1 and server_evaluate is not None:
@@ -227,20 +293,31 @@ class FedMatchStrategy(FedAvg):
         for server_round in range(first_round, last_round + 1):
             start = time.perf_counter()
             self._round_rows = []
-            replies = grid.send_and_receive(
-                self.configure_train(server_round, arrays, ConfigRecord(), grid), timeout=timeout
-            )
-            aggregated, _ = self.aggregate_train(server_round, replies)
-            if aggregated is None:
-                raise RuntimeError(
-                    f"round {server_round}: no client returned a model (all failed or none "
-                    "sampled); see the warnings above"
+            try:
+                replies = self.exchange(
+                    grid,
+                    self.configure_train(server_round, arrays, ConfigRecord(), grid),
+                    server_round,
+                    timeout,
                 )
-            arrays = aggregated
-            replies = grid.send_and_receive(
-                self.configure_evaluate(server_round, arrays, ConfigRecord(), grid),
-                timeout=timeout,
-            )
+                aggregated, _ = self.aggregate_train(server_round, replies)
+                if aggregated is None:
+                    raise RuntimeError(
+                        f"round {server_round}: no client returned a model (all failed or "
+                        "none sampled); see the warnings above"
+                    )
+                arrays = aggregated
+                replies = self.exchange(
+                    grid,
+                    self.configure_evaluate(server_round, arrays, ConfigRecord(), grid),
+                    server_round,
+                    timeout,
+                )
+            except NotEnoughNodesError:
+                # The round is incomplete (a resume truncates it), but which nodes
+                # dropped out is worth keeping in the metrics.
+                recorder.append([r for r in self._round_rows if r.metric == "dropped"])
+                raise
             self.aggregate_evaluate(server_round, replies)
             rows = self._round_rows
             if server_evaluate is not None:

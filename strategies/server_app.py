@@ -29,6 +29,7 @@ from fedmatch.results import SERVER, MetricRow, RunRecorder, format_domain_table
 from fedmatch.seeding import derive_seed
 from fedmatch.train import evaluate, resolve_device
 from strategies.base import NodeInfo, ServerEvaluate
+from strategies.exchange import send_and_collect
 from strategies.registry import STRATEGIES
 
 log = logging.getLogger("fedmatch.server")
@@ -44,7 +45,8 @@ def main(grid: Grid, context: Context) -> None:
     setup_logging()
     try:
         cfg = RunConfig.from_flower(context.run_config)
-        cfg.domain_names(available_domains(cfg.dataset))
+        # Checks `domains` and `target-domain` (the held-out domain) against the dataset.
+        cfg.source_domains(available_domains(cfg.dataset))
     except ConfigError as err:
         log.error("%s", err)
         raise
@@ -127,7 +129,10 @@ def _describe_nodes(grid: Grid, node_ids: list[int]) -> list[NodeInfo]:
         for node in node_ids
     ]
     nodes = []
-    for reply in grid.send_and_receive(messages, timeout=NODE_WAIT_SECONDS):
+    collected = send_and_collect(grid, messages, NODE_WAIT_SECONDS)
+    for node_id, reason in {**collected.gone, **collected.failed}.items():
+        log.warning("SuperNode %d is left out: it did not answer who it is (%s)", node_id, reason)
+    for reply in collected.replies:
         if reply.has_error():
             raise RuntimeError(
                 f"node {reply.metadata.src_node_id} could not load its data: {reply.error.reason}"

@@ -3,12 +3,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
-from fedmatch.localrun import is_alive, process_tree, stale_reason, stop_tree
+from fedmatch.localrun import is_alive, process_environ, process_tree, stale_reason, stop_tree
 
 
 def _sleeper(env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+    # Right after exec, /proc/<pid>/environ can still read empty on a busy machine.
+    deadline = time.monotonic() + 10
+    while not process_environ(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return proc
 
 
 def test_stale_reason_reads_the_process_environment():

@@ -50,12 +50,28 @@ def _load_domain(dataset: str, data_root: str, cache_dir: str, name: str) -> Dom
     return load_real_domain(dataset, data_root, name)
 
 
+def load_target_domain(cfg: RunConfig) -> DomainArrays:
+    """The held-out ``target-domain`` (leave-one-domain-out).
+
+    The server keeps it; no client trains on it.  Its labels serve evaluation only (with
+    ``target-access='raw'`` FedKA clients read its images, never its labels).
+    """
+    if not cfg.target_domain:
+        raise ValueError("run-config key 'target-domain' is empty: no domain is held out")
+    cfg.source_domains(available_domains(cfg.dataset))  # validates the name
+    return _load_domain(cfg.dataset, cfg.data_root, cfg.cache_dir, cfg.target_domain)
+
+
 def client_partitions(cfg: RunConfig, domains: list[DomainArrays], num_partitions: int):
-    """Every client's partition; the same (config, num_partitions) always gives the same split."""
+    """Every client's partition; the same (config, num_partitions) always gives the same split.
+
+    The ``target-domain`` (if set) is left out: clients hold the source domains only.
+    """
+    sources = [d for d in domains if d.name != cfg.target_domain]
     return partition_domains(
-        [d.name for d in domains],
-        [d.y_train for d in domains],
-        [d.y_test for d in domains],
+        [d.name for d in sources],
+        [d.y_train for d in sources],
+        [d.y_test for d in sources],
         partitioning=cfg.partitioning,
         num_partitions=num_partitions,
         seed=cfg.seed,
@@ -76,10 +92,14 @@ class ClientData:
         return self.partition.domain
 
 
-def to_tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+def to_images(x: np.ndarray) -> torch.Tensor:
     """uint8 images to float in [-1, 1], the (0.5, 0.5) normalisation of FedBN/FedLGD/DM."""
-    images = torch.from_numpy(x).float().div_(127.5).sub_(1.0)
-    return TensorDataset(images, torch.from_numpy(y))
+    return torch.from_numpy(x).float().div_(127.5).sub_(1.0)
+
+
+def to_tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+    """Images as in ``to_images`` with their int64 labels."""
+    return TensorDataset(to_images(x), torch.from_numpy(y))
 
 
 # Cached per process: Ray actors serve several rounds (and virtual clients), and

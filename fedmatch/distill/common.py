@@ -47,6 +47,9 @@ class DistillHistory:
     method: str
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    # CPU time of the process (all threads) during the run: on a busy machine it shows what
+    # the work costs, where wall time also counts the waiting for a core.
+    cpu_seconds: float = 0.0
     peak_memory_bytes: int = 0
     # "cuda-allocated": torch.cuda.max_memory_allocated during the run; "cpu-rss": the
     # process's peak resident set (reset before the run where Linux allows, else lifetime).
@@ -124,10 +127,6 @@ def fresh_convnet(
     model.to(device).train()
     model.requires_grad_(False)
     return model
-
-
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 class RealSampler:
@@ -237,19 +236,22 @@ def measure_peak_memory(device: torch.device) -> Iterator[PeakMemory]:
 
 
 class Stopwatch:
-    """Wall time of a block, synchronising CUDA so queued kernels are counted."""
+    """Wall and process CPU time of a block, synchronising CUDA so queued kernels count."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.seconds = 0.0
+        self.cpu_seconds = 0.0
 
     def __enter__(self) -> Stopwatch:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self._start = time.perf_counter()
+        self._cpu_start = time.process_time()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.seconds = time.perf_counter() - self._start
+        self.cpu_seconds = time.process_time() - self._cpu_start

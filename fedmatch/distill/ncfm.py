@@ -309,7 +309,7 @@ def distill_ncfm(
             history.losses.append(float(loss.detach()))
             if log_every and (step + 1) % log_every == 0:
                 log.info("NCFM step %d/%d: loss %.4f", step + 1, steps, history.losses[-1])
-    history.seconds = watch.seconds
+    history.seconds, history.cpu_seconds = watch.seconds, watch.cpu_seconds
     history.peak_memory_bytes, history.peak_memory_kind = peak.bytes, peak.kind
     if sampler is not None:
         change = sum(

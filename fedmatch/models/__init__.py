@@ -1,8 +1,9 @@
-"""Model zoo: the DC/DM ConvNet and a small-image ResNet-18, built by name."""
+"""Model zoo: the DC/DM ConvNet, a small-image ResNet-18 and FedKA's digit CNN, built by name."""
 
 from __future__ import annotations
 
 from fedmatch.models.convnet import ConvNet
+from fedmatch.models.fedka_cnn import FedKACNN
 from fedmatch.models.registry import (
     MODEL_REGISTRY,
     build_model,
@@ -14,6 +15,7 @@ from fedmatch.models.resnet import ResNet18
 __all__ = [
     "MODEL_REGISTRY",
     "ConvNet",
+    "FedKACNN",
     "ResNet18",
     "build_model",
     "norm_parameter_names",

@@ -1,0 +1,353 @@
+"""Dataset distillation benchmark: DM, NCFM, random real subset and full data, one protocol.
+
+For each domain (default: ``mnist`` and ``street-digits``, the embedded MNIST and SVHN
+stand-ins, whole training split), each IPC and each seed:
+
+- ``dm`` / ``ncfm``: distil the training split to IPC images per class (``--steps`` steps,
+  ``--batch-real`` real images per class per step, a ConvNet of ``--width`` channels), timing
+  every step and measuring peak memory;
+- ``random``: IPC random real images per class (the baseline a distilled set must beat);
+- ``full``: the whole training split (independent of IPC, run once per seed);
+
+and scores every set with the same protocol (``fedmatch.distill.evaluate``): a fresh ConvNet
+(``--eval-width``, depth 3, instance norm), SGD lr 0.01 / momentum 0.9 / weight decay 5e-4,
+batch 256, ``--eval-epochs`` epochs with lr × 0.1 at half, DSA (no flip) on every batch, final
+test accuracy on the domain's test split.  ``--full-epochs`` may lower the epochs for the full
+data only (its epochs are 40x longer); the table says when it does.  Each seed gives its own
+distillation, subset and model initialisation; the table reports mean ± std over seeds.
+
+``--client-default`` instead times what the Flower workload does with the run-config
+defaults: client 0 of the default 5-client federation (the whole ``mnist`` domain) distils to
+IPC 10 through ``distill_from_config``, and the set is scored under the protocol with the run's
+model (``model_from_config``), next to a random subset of the same size.
+
+Usage::
+
+    python benchmarks/distill_bench.py --ipc 1,10 --seeds 0 --steps 300 --eval-epochs 300
+    python benchmarks/distill_bench.py --client-default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedmatch.config import RunConfig
+from fedmatch.data.loaders import load_client_data, load_domains, to_tensors
+from fedmatch.distill import (
+    DM_NET,
+    EvalProtocol,
+    convnet_factory,
+    distill_dm,
+    distill_ncfm,
+    evaluate_set,
+    random_real_subset,
+)
+from fedmatch.distill.from_config import distill_from_config, eval_protocol
+from fedmatch.models.from_config import model_from_config
+from fedmatch.seeding import derive_seed
+from fedmatch.train import resolve_device
+
+METHODS = ("dm", "ncfm", "random", "full")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--domains", default="mnist,street-digits")
+    p.add_argument("--ipc", default="1,10,50", help="comma list")
+    p.add_argument("--seeds", default="0,1,2", help="comma list")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {METHODS}")
+    p.add_argument("--steps", type=int, default=20000, help="distillation steps (DM: 20000)")
+    p.add_argument("--batch-real", type=int, default=256, help="real images per class per step")
+    p.add_argument("--width", type=int, default=128, help="distillation ConvNet width")
+    p.add_argument("--dm-lr", type=float, default=1.0)
+    p.add_argument("--ncfm-lr", type=float, default=0.01)
+    p.add_argument("--ncfm-alpha", type=float, default=0.5)
+    p.add_argument("--ncfm-frequencies", type=int, default=1024)
+    p.add_argument("--ncfm-psi-lr", type=float, default=1e-3)
+    p.add_argument("--eval-epochs", type=int, default=1000, help="protocol epochs (DM: 1000)")
+    p.add_argument("--full-epochs", type=int, default=0, help="epochs for full data (0: same)")
+    p.add_argument("--eval-width", type=int, default=128)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--cache-dir", default="~/.cache/fedmatch")
+    p.add_argument("--out", default="", help="write all results as JSON here")
+    p.add_argument("--client-default", action="store_true", help="time the CPU default")
+    return p.parse_args(argv)
+
+
+def ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def domain_tensors(name: str, cache_dir: str):
+    domain = load_domains(RunConfig(domains=name, cache_dir=cache_dir))[0]
+    train = to_tensors(domain.x_train, domain.y_train).tensors
+    test = to_tensors(domain.x_test, domain.y_test).tensors
+    return train, test
+
+
+def run_grid(args: argparse.Namespace) -> list[dict[str, Any]]:
+    device = resolve_device(args.device)
+    methods = [m.strip() for m in args.methods.split(",")]
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise SystemExit(f"--methods: unknown {sorted(unknown)}; allowed {METHODS}")
+    protocol = EvalProtocol(epochs=args.eval_epochs)
+    full_protocol = EvalProtocol(epochs=args.full_epochs or args.eval_epochs)
+    factory = convnet_factory({**DM_NET, "width": args.eval_width})
+    net = {**DM_NET, "width": args.width}
+    rows: list[dict[str, Any]] = []
+
+    def record(**row: Any) -> None:
+        rows.append(row)
+        acc = row["accuracies"]
+        mean = sum(acc) / len(acc)
+        print(
+            f"  {row['domain']:<14} ipc {row['ipc']!s:>4} {row['method']:<6} "
+            f"seed {row['seed']} acc {100 * mean:6.2f}"
+            + (
+                f" | {row['seconds_per_step']:.3f} s/step, {row['distill_seconds']:.0f} s, "
+                f"peak {row['peak_memory_mb']:.0f} MB ({row['peak_memory_kind']})"
+                if "seconds_per_step" in row
+                else ""
+            ),
+            flush=True,
+        )
+
+    for domain in args.domains.split(","):
+        (x, y), (xt, yt) = domain_tensors(domain, args.cache_dir)
+        print(f"{domain}: {len(y)} train / {len(yt)} test images", flush=True)
+        for seed in ints(args.seeds):
+            if "full" in methods:
+                score = evaluate_set(
+                    x,
+                    y,
+                    xt,
+                    yt,
+                    protocol=full_protocol,
+                    seeds=[seed],
+                    model_factory=factory,
+                    device=device,
+                )
+                record(
+                    domain=domain,
+                    ipc="all",
+                    method="full",
+                    seed=seed,
+                    accuracies=list(score.accuracies),
+                    eval_epochs=full_protocol.epochs,
+                    eval_seconds=score.train_seconds,
+                )
+            for ipc in ints(args.ipc):
+                if "random" in methods:
+                    generator = torch.Generator().manual_seed(derive_seed(seed, ipc, 1))
+                    sx, sy = random_real_subset(x, y, ipc, generator)
+                    score = evaluate_set(
+                        sx,
+                        sy,
+                        xt,
+                        yt,
+                        protocol=protocol,
+                        seeds=[seed],
+                        model_factory=factory,
+                        device=device,
+                    )
+                    record(
+                        domain=domain,
+                        ipc=ipc,
+                        method="random",
+                        seed=seed,
+                        accuracies=list(score.accuracies),
+                        eval_epochs=protocol.epochs,
+                        eval_seconds=score.train_seconds,
+                    )
+                for method in ("dm", "ncfm"):
+                    if method not in methods:
+                        continue
+                    generator = torch.Generator().manual_seed(derive_seed(seed, ipc, 2))
+                    common = dict(
+                        batch_real=args.batch_real, net=net, generator=generator, device=device
+                    )
+                    if method == "dm":
+                        sx, sy, history = distill_dm(x, y, ipc, args.steps, lr=args.dm_lr, **common)
+                    else:
+                        sx, sy, history = distill_ncfm(
+                            x,
+                            y,
+                            ipc,
+                            args.steps,
+                            lr=args.ncfm_lr,
+                            alpha=args.ncfm_alpha,
+                            num_frequencies=args.ncfm_frequencies,
+                            sampler_lr=args.ncfm_psi_lr,
+                            **common,
+                        )
+                    score = evaluate_set(
+                        sx,
+                        sy,
+                        xt,
+                        yt,
+                        protocol=protocol,
+                        seeds=[seed],
+                        model_factory=factory,
+                        device=device,
+                    )
+                    record(
+                        domain=domain,
+                        ipc=ipc,
+                        method=method,
+                        seed=seed,
+                        accuracies=list(score.accuracies),
+                        eval_epochs=protocol.epochs,
+                        eval_seconds=score.train_seconds,
+                        steps=history.steps,
+                        distill_seconds=history.seconds,
+                        distill_cpu_seconds=history.cpu_seconds,
+                        seconds_per_step=history.seconds_per_step,
+                        peak_memory_mb=history.peak_memory_bytes / 2**20,
+                        peak_memory_kind=history.peak_memory_kind,
+                        initial_loss=history.initial_loss,
+                        final_loss=history.final_loss,
+                        **history.extra,
+                    )
+    return rows
+
+
+def _mean(group: list[dict[str, Any]], key: str) -> float:
+    return sum(r[key] for r in group) / len(group)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Mean ± std over seeds per (domain, ipc, method), as a Markdown table."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["domain"], str(row["ipc"]), row["method"]), []).append(row)
+    lines = [
+        "| domain | IPC | method | test acc % (mean ± std) | seeds | eval epochs | s/step | "
+        "distill s (wall / CPU) | peak memory MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (domain, ipc, method), group in groups.items():
+        accs = torch.tensor([a for r in group for a in r["accuracies"]], dtype=torch.float64)
+        std = float(accs.std(unbiased=False)) if len(accs) > 1 else 0.0
+        cells = [
+            domain,
+            ipc,
+            method,
+            f"{100 * float(accs.mean()):.2f} ± {100 * std:.2f}",
+            str(len(group)),
+            str(group[0]["eval_epochs"]),
+        ]
+        if "seconds_per_step" in group[0]:
+            cells += [
+                f"{_mean(group, 'seconds_per_step'):.3f}",
+                f"{_mean(group, 'distill_seconds'):.0f} / "
+                f"{_mean(group, 'distill_cpu_seconds'):.0f}",
+                f"{max(r['peak_memory_mb'] for r in group):.0f}",
+            ]
+        else:
+            cells += ["–", "–", "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def client_default(args: argparse.Namespace) -> dict[str, Any]:
+    """One client's IPC-10 distillation with the run-config defaults, timed and scored."""
+    cfg = RunConfig(cache_dir=args.cache_dir, device=args.device)
+    device = resolve_device(cfg.device)
+    data = load_client_data(cfg, 0, 5)
+    x, y = data.train.tensors
+    xt, yt = data.test.tensors
+    print(
+        f"client 0 of 5 ({data.domain}): {len(y)} images; {cfg.distill_method}, ipc {cfg.ipc}, "
+        f"{cfg.distill_steps} steps, batch-real {cfg.distill_batch_real}, width "
+        f"{cfg.model_width}",
+        flush=True,
+    )
+    start = time.perf_counter()
+    sx, sy, history = distill_from_config(
+        cfg, x, y, seed=derive_seed(cfg.seed, 1, 0, 31), device=device
+    )
+    wall = time.perf_counter() - start
+    protocol = eval_protocol(cfg)
+
+    def factory(seed: int) -> torch.nn.Module:
+        return model_from_config(cfg, init_seed=seed)
+
+    seeds = ints(args.seeds)
+    distilled = evaluate_set(
+        sx, sy, xt, yt, protocol=protocol, seeds=seeds, model_factory=factory, device=device
+    )
+    rx, ry = random_real_subset(x, y, cfg.ipc, torch.Generator().manual_seed(0))
+    random = evaluate_set(
+        rx, ry, xt, yt, protocol=protocol, seeds=seeds, model_factory=factory, device=device
+    )
+    result = {
+        "domain": data.domain,
+        "num_train": len(y),
+        "method": cfg.distill_method,
+        "ipc": cfg.ipc,
+        "steps": history.steps,
+        "distill_wall_seconds": wall,
+        "distill_seconds": history.seconds,
+        "distill_cpu_seconds": history.cpu_seconds,
+        "seconds_per_step": history.seconds_per_step,
+        "peak_memory_mb": history.peak_memory_bytes / 2**20,
+        "peak_memory_kind": history.peak_memory_kind,
+        "initial_loss": history.initial_loss,
+        "final_loss": history.final_loss,
+        "eval_epochs": protocol.epochs,
+        "eval_seeds": seeds,
+        "distilled_accuracies": list(distilled.accuracies),
+        "random_accuracies": list(random.accuracies),
+    }
+    print(
+        f"distillation: {wall:.1f} s wall ({history.seconds_per_step:.3f} s/step), "
+        f"{history.cpu_seconds:.1f} s CPU, peak "
+        f"{result['peak_memory_mb']:.0f} MB ({history.peak_memory_kind}); loss "
+        f"{history.initial_loss:.3f} -> {history.final_loss:.3f}\n"
+        f"protocol ({protocol.epochs} epochs, run's model): distilled {distilled}, "
+        f"random subset {random}",
+        flush=True,
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    info = {
+        "command": "python benchmarks/distill_bench.py " + shlex.join(sys.argv[1:]),
+        "started": started,
+        "args": vars(args),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        # The machine is shared: the 1/5/15-minute load averages put timings in context.
+        "loadavg_start": os.getloadavg(),
+    }
+    if args.client_default:
+        info["client_default"] = client_default(args)
+    else:
+        rows = run_grid(args)
+        info["rows"] = rows
+        print(table(rows))
+    info["loadavg_end"] = os.getloadavg()
+    print(f"load average at start {info['loadavg_start']}, at end {info['loadavg_end']}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(info, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The distiller workload (message type ``train.distill``): condense the local training set.
+
+The client distils its partition to ``ipc`` images per class with ``distill-method`` (DM or
+NCFM, ``fedmatch.distill``) and keeps the synthetic set in its node state
+(``context.state``, an ArrayRecord under :data:`STATE_KEY`).  The set leaves the client only
+when the server's config record sets ``return-synthetic`` (``fedmatch.distill.wire``; strategy
+``feddm`` does); the reply always carries the metrics: steps, seconds, loss at the start and
+the end, peak memory.
+
+Only classes the client holds get synthetic images, so under label skew a client returns
+fewer than ``10 · ipc`` images.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from clients.classifier import node_partition
+from fedmatch.config import RunConfig
+from fedmatch.data.loaders import load_client_data
+from fedmatch.distill.from_config import distill_from_config
+from fedmatch.distill.wire import (
+    DISTILL_ACTION,
+    RETURN_FLAG,
+    SYNTHETIC_KEY,
+    synthetic_from_record,
+    synthetic_record,
+)
+from fedmatch.seeding import derive_seed
+from fedmatch.train import resolve_device
+
+log = logging.getLogger("fedmatch.client")
+
+STATE_KEY = "distilled-set"
+META_KEY = "distilled-meta"
+# Separates the distillation's seed stream from the classifier's (seed, round, partition).
+_SEED_TAG = 31
+
+
+def stored_synthetic(context: Context) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The set this node distilled last (None if it has not distilled in this run)."""
+    record = context.state.array_records.get(STATE_KEY)
+    return None if record is None else synthetic_from_record(record)
+
+
+def handle_distill(msg: Message, context: Context) -> Message:
+    cfg = RunConfig.from_flower(context.run_config)
+    partition_id, num_partitions = node_partition(context)
+    data = load_client_data(cfg, partition_id, num_partitions)
+    config = msg.content["config"]
+    server_round = int(config["server-round"])
+    device = resolve_device(cfg.device)
+    images, labels = data.train.tensors
+    seed = derive_seed(cfg.seed, server_round, partition_id, _SEED_TAG)
+
+    syn_images, syn_labels, history = distill_from_config(
+        cfg, images, labels, seed=seed, device=device
+    )
+    log.info(
+        "client %d (%s): %s distilled %d images to %d in %d steps, %.1f s, loss %.4f -> %.4f",
+        partition_id,
+        data.domain,
+        cfg.distill_method,
+        len(labels),
+        len(syn_labels),
+        history.steps,
+        history.seconds,
+        history.initial_loss,
+        history.final_loss,
+    )
+    context.state[STATE_KEY] = synthetic_record(syn_images, syn_labels)
+    context.state[META_KEY] = ConfigRecord(
+        {"round": server_round, "method": cfg.distill_method, "ipc": cfg.ipc}
+    )
+
+    metrics: dict[str, int | float] = {
+        "num-examples": len(labels),
+        "num-synthetic": len(syn_labels),
+        "distill-steps": history.steps,
+        "distill-seconds": history.seconds,
+        "distill-cpu-seconds": history.cpu_seconds,
+        "distill-seconds-per-step": history.seconds_per_step,
+        "distill-initial-loss": history.initial_loss,
+        "distill-final-loss": history.final_loss,
+        "distill-peak-memory-mb": history.peak_memory_bytes / 2**20,
+        # 1: CUDA bytes allocated; 0: the process's peak resident memory (see README).
+        "distill-peak-memory-gpu": int(history.peak_memory_kind == "cuda-allocated"),
+        "partition-id": partition_id,
+    }
+    metrics.update({f"distill-{k}": v for k, v in history.extra.items()})
+    content = RecordDict({"metrics": MetricRecord(metrics)})
+    if bool(config.get(RETURN_FLAG, False)):
+        content[SYNTHETIC_KEY] = synthetic_record(syn_images, syn_labels)
+    return Message(content, reply_to=msg)
+
+
+__all__ = ["DISTILL_ACTION", "META_KEY", "STATE_KEY", "handle_distill", "stored_synthetic"]

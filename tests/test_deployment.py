@@ -1,0 +1,449 @@
+"""Flower's deployment engine for real, on loopback: a SuperLink and SuperNode processes.
+
+No Docker engine exists here, so the compose files are checked statically
+(``test_compose_*``) and the same topology runs as local processes: plain, over
+TLS with SuperNode authentication and separate SuperExecs (as
+docker-compose.tls.yml + docker-compose.auth.yml run it), and with a SuperNode
+killed mid-run.  Every test stops every process it started, also on failure.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import json
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+
+from fedmatch import cli
+from fedmatch.data.loaders import available_domains
+from fedmatch.deploy import LocalDeployment, generate_auth_keys, generate_certs
+from fedmatch.localrun import (
+    REPO,
+    is_alive,
+    process_environ,
+    process_tree,
+    stop_tree,
+    toml_value,
+)
+from tests.flower_harness import read_jsonl
+
+DOMAINS = "mnist,optdigits,font-digits"
+
+
+def tiny(runs: Path, cache: Path, run_name: str, **overrides) -> dict[str, object]:
+    config: dict[str, object] = {
+        "domains": DOMAINS,
+        "train-subset": 200,
+        "model-width": 16,
+        "lr": 0.05,
+        "num-server-rounds": 2,
+        "min-available-nodes": 3,
+        "runs-dir": str(runs),
+        "cache-dir": str(cache),
+        "run-name": run_name,
+        "seed": 7,
+    }
+    config.update(overrides)
+    return config
+
+
+def stop_and_check(deployment: LocalDeployment) -> None:
+    """Stop the deployment and check that nothing it started is left running."""
+    pids = {p for proc in deployment.processes.values() for p in process_tree(proc.pid)}
+    deployment.stop()
+    assert not [p for p in pids if is_alive(p)], "processes left running"
+
+
+def finished(output: str, run_dir: Path, deployment: LocalDeployment) -> dict:
+    logs = "\n".join(f"--- {n}\n{deployment.log_tail(n, 1500)}" for n in deployment.processes)
+    assert (run_dir / "summary.json").exists(), output[-6000:] + logs
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def clients_by_round(rows: list[dict], metric: str) -> dict[int, set[int]]:
+    out: dict[int, set[int]] = {}
+    for r in rows:
+        if r["metric"] == metric and r["client"] != "server":
+            out.setdefault(r["round"], set()).add(r["client"])
+    return out
+
+
+def processes_under(root: Path) -> list[int]:
+    """Live processes whose Flower home is under ``root`` (children inherit it)."""
+    pids = (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
+    return [
+        pid
+        for pid in pids
+        if process_environ(pid).get("FLWR_HOME", "").startswith(str(root)) and is_alive(pid)
+    ]
+
+
+@pytest.mark.e2e
+@pytest.mark.deployment
+def test_loopback_deployment_runs_fedavg_on_three_supernodes(
+    tmp_path: Path, data_cache: Path, capsys: pytest.CaptureFixture[str]
+):
+    """`fedmatch deploy-local`: a SuperLink and three SuperNode processes, FedAvg, 2 rounds."""
+    workdir = tmp_path / "deploy"
+    config = tiny(tmp_path / "runs", data_cache, "plain")
+    del config["min-available-nodes"]  # deploy-local sets it to --nodes
+    start = time.perf_counter()
+    status = cli.main(
+        [
+            "deploy-local",
+            "--nodes",
+            "3",
+            "--workdir",
+            str(workdir),
+            "--run-config",
+            " ".join(f"{k}={toml_value(v)}" for k, v in config.items()),
+        ]
+    )
+    seconds = time.perf_counter() - start
+    output = capsys.readouterr().out
+    assert not processes_under(workdir), "processes left running"
+    run_dir = tmp_path / "runs" / "plain"
+    assert status == 0, output[-6000:]
+    assert f"run directory: {run_dir}" in output
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final_round"] == 2
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    for metric in ("train-loss", "test-accuracy", "bytes-up"):
+        assert clients_by_round(rows, metric) == {1: {0, 1, 2}, 2: {0, 1, 2}}, metric
+    # Each SuperNode served its own partition: partition i holds the i-th domain.
+    domains = {r["client"]: r["domain"] for r in rows if r["metric"] == "train-loss"}
+    assert domains == dict(enumerate(DOMAINS.split(",")))
+    run_info = json.loads((run_dir / "config.json").read_text())
+    assert run_info["num_nodes"] == 3 and run_info["run_config"]["min-available-nodes"] == 3
+    assert not [r for r in rows if r["metric"] in ("failed", "dropped")]
+    # It ran on the deployment engine: each SuperNode started ClientApp processes.
+    for i in range(3):
+        log = (workdir / f"supernode-{i}.log").read_text()
+        assert "Start `flwr-clientapp` process" in log
+    with capsys.disabled():
+        print(f"\nloopback deployment test: {seconds:.1f} s")
+
+
+@pytest.mark.e2e
+@pytest.mark.deployment
+def test_tls_deployment_with_supernode_auth_and_separate_superexecs(
+    tmp_path: Path, data_cache: Path
+):
+    root = tmp_path / "deploy"
+    certs = generate_certs(root / "certs")  # the shipped docker/generate-certs.sh
+    keys = generate_auth_keys(root / "keys", 4)  # the shipped docker/generate-auth-keys.sh
+    deployment = LocalDeployment(
+        root, tls=certs, supernode_auth=True, threads_per_node=1, isolation="process"
+    )
+    try:
+        deployment.start_superlink()
+        for key in keys[:3]:
+            deployment.register_supernode(key.with_name(key.name + ".pub"))
+        deployment.start_supernodes(3, auth_keys=keys[:3])
+        # A SuperNode whose key was never registered is turned away.
+        deployment.start_supernode(3, 4, auth_key=keys[3], wait=False)
+        result = deployment.run(
+            tiny(
+                tmp_path / "runs",
+                data_cache,
+                "tls",
+                **{"fraction-evaluate": 0.0, "server-eval": False},
+            )
+        )
+        run_dir = tmp_path / "runs" / "tls"
+        summary = finished(result.stdout + result.stderr, run_dir, deployment)
+
+        intruder = deployment.processes["supernode-3"]
+        assert intruder.wait(timeout=60) != 0
+        assert "Failed to initialize the connection" in deployment.log_tail("supernode-3")
+        # The SuperLink speaks TLS only: plain HTTP fails, HTTPS with the CA works.
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(f"http://{deployment.superlink_address}/health", timeout=5)
+        context = ssl.create_default_context(cafile=str(certs.ca_cert))
+        url = f"https://{deployment.superlink_address}/health"
+        with urllib.request.urlopen(url, timeout=5, context=context) as response:
+            assert response.status == 200
+    finally:
+        stop_and_check(deployment)
+
+    assert summary["final_round"] == 2
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert clients_by_round(rows, "train-loss") == {1: {0, 1, 2}, 2: {0, 1, 2}}
+
+
+@pytest.mark.e2e
+@pytest.mark.deployment
+def test_a_supernode_killed_after_round_1_is_dropped_and_the_run_finishes(
+    tmp_path: Path, data_cache: Path
+):
+    run_dir = tmp_path / "runs" / "kill"
+    config = tiny(
+        tmp_path / "runs",
+        data_cache,
+        "kill",
+        **{
+            "min-available-nodes": 2,
+            "fraction-evaluate": 0.0,
+            "server-eval": False,
+            "round-timeout": 300.0,
+        },
+    )
+    deployment = LocalDeployment(tmp_path / "deploy", threads_per_node=1)
+    run: subprocess.Popen[str] | None = None
+    try:
+        deployment.start_superlink()
+        deployment.start_supernodes(3)
+        run = deployment.popen(config)
+        deadline = time.monotonic() + 400
+        while not (run_dir / "checkpoint.pt").exists():
+            assert run.poll() is None, run.communicate()[0][-6000:]
+            assert time.monotonic() < deadline, "round 1 did not finish"
+            time.sleep(0.5)
+        # The machine of partition 1 is lost: no clean shutdown, no more heartbeats.
+        deployment.kill_node(1, signal.SIGKILL)
+        output = run.communicate(timeout=500)[0]
+        summary = finished(output, run_dir, deployment)
+    finally:
+        if run is not None and run.poll() is None:
+            stop_tree(run.pid)
+        stop_and_check(deployment)
+
+    assert summary["final_round"] == 2
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert clients_by_round(rows, "train-loss") == {1: {0, 1, 2}, 2: {0, 2}}
+    assert [(r["round"], r["client"], r["domain"]) for r in rows if r["metric"] == "dropped"] == [
+        (2, 1, "optdigits")
+    ]
+    assert "dropping client 1 (optdigits" in output
+
+
+# ---------------------------------------------------------------- compose files (static)
+
+COMPOSE = "docker-compose.yml"
+TLS_OVERLAY = "docker-compose.tls.yml"
+AUTH_OVERLAY = "docker-compose.auth.yml"
+# The Dockerfile's ENTRYPOINT: services that do not set one run a SuperExec.
+DEFAULT_BINARY = "flower-superexec"
+
+
+def load_compose(*names: str) -> dict:
+    """The files merged as `docker compose -f a -f b` does for the keys they use."""
+    merged: dict = {}
+    for name in names:
+        merge_compose(merged, yaml.safe_load((REPO / name).read_text()))
+    return merged
+
+
+def merge_compose(base: dict, overlay: dict) -> None:
+    for key, value in overlay.items():
+        if key != "services":
+            if isinstance(value, dict):
+                base.setdefault(key, {}).update(value)
+            else:
+                base[key] = value
+            continue
+        for name, service in value.items():
+            target = base.setdefault("services", {}).setdefault(name, {})
+            for field_name, field_value in service.items():
+                if field_name in ("secrets", "volumes", "ports"):
+                    # Compose merges these lists (by target); command/entrypoint are replaced.
+                    old = target.get(field_name, [])
+                    target[field_name] = list(dict.fromkeys([*old, *field_value]))
+                elif field_name == "healthcheck":
+                    target[field_name] = {**target.get(field_name, {}), **field_value}
+                else:
+                    target[field_name] = field_value
+
+
+@functools.cache
+def help_options(binary: str) -> dict[str, str]:
+    """Each option of ``binary --help`` with its help text."""
+    text = subprocess.run(
+        [binary, "--help"], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    text = text[text.index("options:") :]
+    options: dict[str, str] = {}
+    current: list[str] = []
+    for line in text.splitlines()[1:]:
+        if match := re.match(r"^  (-\w, )?(--[a-z0-9-]+)", line):
+            current = [line]
+            options[match.group(2)] = ""
+        elif current:
+            current.append(line)
+        if current:
+            options[list(options)[-1]] = " ".join(current)
+    return options
+
+
+def command(service: dict) -> list[str]:
+    return [str(arg) for arg in service.get("command", [])]
+
+
+def binary(service: dict) -> str:
+    return service.get("entrypoint", [DEFAULT_BINARY])[0]
+
+
+def flag(service: dict, name: str) -> str:
+    args = command(service)
+    assert args.count(name) == 1, f"{name} in {args}"
+    return args[args.index(name) + 1]
+
+
+def services_of(compose: dict, prefix: str) -> dict[str, dict]:
+    return {n: s for n, s in compose["services"].items() if n.startswith(prefix)}
+
+
+ALL_VARIANTS = [(COMPOSE,), (COMPOSE, TLS_OVERLAY), (COMPOSE, TLS_OVERLAY, AUTH_OVERLAY)]
+
+
+@pytest.mark.parametrize("files", ALL_VARIANTS, ids=["plain", "tls", "tls+auth"])
+def test_compose_uses_only_current_flower_flags(files: tuple[str, ...]):
+    compose = load_compose(*files)
+    for name, service in compose["services"].items():
+        options = help_options(binary(service))
+        for arg in command(service):
+            if not arg.startswith("--"):
+                continue
+            assert arg in options, f"{name}: {binary(service)} has no {arg}"
+            text = options[arg].lower()
+            assert "deprecated" not in text and "ignored" not in text, f"{name}: {arg}: {text}"
+        isolation = "--isolation" in command(service) and flag(service, "--isolation")
+        if binary(service) in ("flower-superlink", "flower-supernode"):
+            # The apps run in the SuperExec services, not in subprocesses of these.
+            assert isolation == "process", name
+
+
+@pytest.mark.parametrize("files", ALL_VARIANTS, ids=["plain", "tls", "tls+auth"])
+def test_compose_ports_and_addresses_agree(files: tuple[str, ...]):
+    compose = load_compose(*files)
+    services = compose["services"]
+    link = services["superlink"]
+    assert binary(link) == "flower-superlink"
+    port = flag(link, "--port")
+    assert flag(link, "--host") == "0.0.0.0"  # reachable from the other containers
+    assert f"{port}:{port}" in link["ports"]
+    assert f"127.0.0.1:{port}/health" in " ".join(link["healthcheck"]["test"])
+    assert flag(services["superexec-serverapp"], "--runtime-api-address") == f"superlink:{port}"
+
+    supernodes = services_of(compose, "supernode-")
+    clientapps = services_of(compose, "superexec-clientapp-")
+    assert sorted(n.split("-")[-1] for n in clientapps) == sorted(
+        n.split("-")[-1] for n in supernodes
+    )
+    for name, node in supernodes.items():
+        assert binary(node) == "flower-supernode"
+        assert flag(node, "--superlink") == f"superlink:{port}"
+        assert flag(node, "--host") == "0.0.0.0"
+        node_port = flag(node, "--port")
+        assert f"127.0.0.1:{node_port}/health" in " ".join(node["healthcheck"]["test"])
+        clientapp = services[f"superexec-clientapp-{name.split('-')[-1]}"]
+        assert binary(clientapp) == DEFAULT_BINARY
+        assert flag(clientapp, "--runtime-api-address") == f"{name}:{node_port}"
+        assert name in clientapp["depends_on"]
+    for name, service in services.items():
+        assert service["deploy"]["resources"]["limits"]["cpus"], f"{name} has no CPU limit"
+        assert service["image"] == services["superlink"]["image"], name
+
+
+def test_compose_has_one_supernode_per_digit_domain_with_distinct_node_config():
+    compose = load_compose(COMPOSE, TLS_OVERLAY, AUTH_OVERLAY)
+    domains = available_domains("embedded")
+    configs = []
+    for node in services_of(compose, "supernode-").values():
+        pairs = dict(item.split("=") for item in flag(node, "--node-config").split())
+        configs.append((int(pairs["partition-id"]), int(pairs["num-partitions"])))
+    assert sorted(configs) == [(i, len(domains)) for i in range(len(domains))]
+    for variant in ALL_VARIANTS[:2]:
+        nodes = services_of(load_compose(*variant), "supernode-").values()
+        assert sorted(flag(n, "--node-config") for n in nodes) == sorted(
+            flag(n, "--node-config") for n in services_of(compose, "supernode-").values()
+        )
+
+
+def test_compose_volumes_match_the_image_and_the_readme():
+    compose = load_compose(COMPOSE)
+    services = compose["services"]
+    named = set(compose["volumes"])
+
+    def mounts(service: dict) -> dict[str, str]:
+        pairs = (v.split(":")[:2] for v in service.get("volumes", []))
+        return {target: source for source, target in pairs}
+
+    state_dir = str(Path(flag(services["superlink"], "--database")).parent)
+    assert mounts(services["superlink"])[state_dir] in named
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Deploy on several machines") :]
+    runs_dir = re.search(r"runs-dir='(/[^']+)'", section).group(1)
+    cache_dir = re.search(r"cache-dir='(/[^']+)'", section).group(1)
+    for name, service in services.items():
+        if name.startswith("superexec-"):
+            assert mounts(service).get(runs_dir) in named, name
+            assert mounts(service).get(cache_dir) in named, name
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    mkdir = next(line for line in dockerfile.splitlines() if "mkdir -p" in line)
+    for path in (state_dir, runs_dir, cache_dir):
+        assert path in mkdir  # owned by the image's user, so new volumes are writable
+
+
+def test_dockerfile_pins_the_installed_flower_and_drops_only_its_line():
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    base = re.search(r"^ARG BASE_IMAGE=(\S+)$", dockerfile, re.M).group(1)
+    version = importlib.metadata.version("flwr")
+    python = f"py{sys.version_info.major}.{sys.version_info.minor}"
+    assert base.startswith(f"flwr/superexec:{version}-{python}-"), base
+    assert f'ENTRYPOINT ["{DEFAULT_BINARY}"]' in dockerfile
+    pattern = re.search(r"sed -i '/(.+)/d' pyproject.toml", dockerfile).group(1)
+    pyproject = (REPO / "pyproject.toml").read_text().splitlines()
+    dropped = [line for line in pyproject if re.search(pattern.replace("\\[", r"\["), line)]
+    assert len(dropped) == 1 and dropped[0].strip().startswith('"flwr['), dropped
+
+
+def test_compose_tls_and_auth_files_come_from_the_shipped_scripts(tmp_path: Path):
+    compose = load_compose(COMPOSE, TLS_OVERLAY, AUTH_OVERLAY)
+    services = compose["services"]
+    secret_files = {name: Path(s["file"]).name for name, s in compose["secrets"].items()}
+    for name, service in services.items():
+        args = command(service)
+        assert "--insecure" not in args, name
+        for arg in args:
+            if arg.startswith("/run/secrets/"):
+                assert arg.removeprefix("/run/secrets/") in service["secrets"], (name, arg)
+        if binary(service) != "flower-superlink":
+            assert "--root-certificates" in args, name
+    link = command(services["superlink"])
+    for option in ("--ssl-certfile", "--ssl-keyfile", "--ssl-ca-certfile"):
+        assert option in link
+    assert "--enable-supernode-auth" in link
+
+    certs = generate_certs(tmp_path / "certs")
+    keys = generate_auth_keys(tmp_path / "keys", len(services_of(compose, "supernode-")))
+    written = {p.name for p in (*certs.__dict__.values(), *keys)}
+    assert set(secret_files.values()) <= written, (secret_files, written)
+    for name, node in services_of(compose, "supernode-").items():
+        key = flag(node, "--auth-supernode-private-key").removeprefix("/run/secrets/")
+        assert secret_files[key] == name  # supernode-<i> gets key supernode-<i>
+
+    # The certificate names every host the services reach over TLS, and 127.0.0.1.
+    cert = x509.load_pem_x509_certificate(certs.server_cert.read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = set(sans.get_values_for_type(x509.DNSName))
+    names |= {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    hosts = {"127.0.0.1"}
+    for service in services.values():
+        for option in ("--superlink", "--runtime-api-address"):
+            if option in command(service):
+                hosts.add(flag(service, option).rsplit(":", 1)[0])
+    assert hosts <= names, hosts - names
