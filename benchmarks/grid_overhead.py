@@ -1,19 +1,24 @@
-"""Fixed cost per cell of a `fedmatch bench` grid, with and without the shared Ray head.
+"""Fixed cost per cell of a `fedmatch bench` grid: cells in one `flwr run` or one each.
 
 A tiny suite (3 clients, 2 rounds, 200 training images per client, ConvNet width 16,
-FedAvg, one cell per seed) is run through ``fedmatch.bench.run_suite`` twice:
+FedAvg, one cell per seed) is run through ``fedmatch.bench.run_suite`` once per variant:
 
-- ``shared``: one Ray head for the grid (``ray start --head``; every cell's simulation
-  attaches to it through ``RAY_ADDRESS``), the default;
-- ``per-cell``: every cell's simulation starts and stops its own Ray, as a bare
-  ``flwr run`` does.
+- ``batched``: every cell in one `flwr run` (``cells-per-run = 0``, the default; the
+  ServerApp runs the cells one after another on the same SuperNodes and Ray actors,
+  ``fedmatch/cells.py``), on the grid's Ray head;
+- ``shared``: one `flwr run` per cell (``cells-per-run = 1``), every simulation attached
+  to one Ray head for the grid (``ray start --head``, ``RAY_ADDRESS``);
+- ``per-cell``: one `flwr run` per cell, each starting and stopping its own Ray, as a
+  bare ``flwr run`` does.
 
-Both variants use one private SuperLink for the whole grid and the app snapshot (see
-``fedmatch.bench.snapshot_app``).  Per cell, the fixed cost is the `flwr run` wall time
-minus the Σ ``round-seconds`` the ServerApp recorded; the first cell of a grid also
-starts the SuperLink, so it is shown apart.  The phases come from the time stamps of the
-cell's streamed log lines (``bench-state.json`` "timeline"; they arrive through Flower's
-log stream, which polls every 0.5 s).
+Every variant uses one private SuperLink for the whole grid and the app snapshot (see
+``fedmatch.bench.snapshot_app``).  The fixed cost is everything but training rounds:
+the grid's wall time minus the Σ ``round-seconds`` the ServerApp recorded, per cell
+(this includes starting the SuperLink and Ray head once).  The marginal cost is what one
+more cell adds: for ``batched`` a cell's time inside the run minus its rounds, otherwise
+a cell's `flwr run` wall time minus its rounds (median over the cells after the first).
+For the one-run-per-cell variants the phases come from the time stamps of the streamed
+log lines (``bench-state.json`` "timeline"; Flower's log stream polls every 0.5 s).
 
 It also times building the app bundle from the repository (what `flwr run .` does on
 every run) against building it from the snapshot, times each start-up component alone
@@ -46,7 +51,8 @@ from overhead import TAG_VAR, ForeignCpu, Phase  # noqa: E402
 from fedmatch.bench import STATE_FILE, Suite, run_suite, snapshot_app  # noqa: E402
 from fedmatch.localrun import REPO as APP_REPO  # noqa: E402
 
-VARIANTS = {"shared": True, "per-cell": False}
+# variant -> (cells-per-run, shared Ray head)
+VARIANTS = {"batched": (0, True), "shared": (1, True), "per-cell": (1, False)}
 # Consecutive phases of a cell, as (label, start mark, end mark) over the log timeline.
 PHASES = [
     ("CLI start + bundle + submit", None, "submitted"),
@@ -58,11 +64,15 @@ PHASES = [
 ]
 
 
-def suite(cells: int, cache_dir: Path) -> Suite:
+def suite(cells: int, cache_dir: Path, cells_per_run: int) -> Suite:
     return Suite.from_dict(
         {
             "name": "grid-overhead",
-            "federation": {"num-supernodes": 3, "cpus-per-client": 1},
+            "federation": {
+                "num-supernodes": 3,
+                "cpus-per-client": 1,
+                "cells-per-run": cells_per_run,
+            },
             "base": {
                 "strategy": "fedavg",
                 "domains": "mnist,optdigits,font-digits",
@@ -140,28 +150,39 @@ def time_components(repeats: int = 3) -> list[tuple[str, float, float]]:
     return rows
 
 
-def summarize(name: str, out: Path, phase: Phase) -> dict:
+def summarize(name: str, out: Path, phase: Phase, grid_wall: float) -> dict:
     state = json.loads((out / STATE_FILE).read_text())
-    cells = [state["cells"][k] for k in sorted(state["cells"], key=lambda k: int(k.split("-")[1]))]
+    names = sorted(state["cells"], key=lambda k: int(k.split("-")[1]))
+    cells = [state["cells"][k] for k in names]
     failed = [c for c in cells if c["status"] != "done"]
     if failed:
         raise RuntimeError(f"{name}: cells failed: {[c['error'] for c in failed]}")
-    overhead = [c["overhead_seconds"] for c in cells]
+    batches = sorted(state["batches"].values(), key=lambda b: b["finished_at"])
+    rounds = [c["round_seconds"] for c in cells]
+    if len(batches) == 1:  # all cells in one run: a cell's own time inside it
+        marginal = [c["wall_seconds"] - c["round_seconds"] for c in cells]
+        timelines = []
+    else:  # one run per cell: the run's wall time
+        by_cell = {b["cells"][0]: b for b in batches}
+        marginal = [by_cell[n]["wall_seconds"] - state["cells"][n]["round_seconds"] for n in names]
+        timelines = [{**by_cell[n]["timeline"], **state["cells"][n]["timeline"]} for n in names]
     phases = {}
     for label, begin, end in PHASES:
         values = [
-            c["timeline"][end] - (c["timeline"][begin] if begin else 0.0)
-            for c in cells[1:]
-            if end in c["timeline"] and (begin is None or begin in c["timeline"])
+            t[end] - (t[begin] if begin else 0.0)
+            for t in timelines[1:]
+            if end in t and (begin is None or begin in t)
         ]
         phases[label] = statistics.median(values) if values else float("nan")
     return {
         "variant": name,
         "cells": len(cells),
-        "first": overhead[0],
-        "rest": overhead[1:],
-        "wall": [c["wall_seconds"] for c in cells],
-        "rounds": [c["round_seconds"] for c in cells],
+        "runs": len(batches),
+        "grid_wall": grid_wall,
+        "fixed_per_cell": (grid_wall - sum(rounds)) / len(cells),
+        "first": marginal[0],
+        "rest": marginal[1:],
+        "rounds": rounds,
         "phases": phases,
         "ray_jobs": state["last-invocation"].get("ray_jobs_on_shared_head"),
         "machine": phase.describe(),
@@ -171,7 +192,7 @@ def summarize(name: str, out: Path, phase: Phase) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cells", type=int, default=4)
-    parser.add_argument("--variants", default="shared,per-cell")
+    parser.add_argument("--variants", default="batched,shared,per-cell")
     parser.add_argument("--keep", type=Path, default=None, help="keep the grids' folders here")
     parser.add_argument("--no-components", action="store_true", help="skip timing components")
     parser.add_argument(
@@ -205,32 +226,35 @@ def main() -> None:
             for name in variants:
                 out = work / name
                 print(f"{name}: {args.cells} cells ...", flush=True)
+                cells_per_run, shared_ray = VARIANTS[name]
                 with Phase(sampler, name) as phase:
-                    run_suite(
-                        suite(args.cells, args.cache_dir),
+                    result = run_suite(
+                        suite(args.cells, args.cache_dir, cells_per_run),
                         out,
-                        shared_ray=VARIANTS[name],
+                        shared_ray=shared_ray,
                         report=False,
                         progress=False,
                     )
-                results.append(summarize(name, out, phase))
+                results.append(summarize(name, out, phase, result.wall_seconds))
                 print(f"  {results[-1]['machine']}; load {os.getloadavg()}", flush=True)
     finally:
         sampler.stop()
 
     print()
     print(
-        f"{'variant':<9} {'cells':>5} {'1st cell fixed s':>16} {'other cells fixed s':>30} "
-        f"{'median':>7} {'Ray jobs on head':>16}"
+        f"{'variant':<9} {'cells':>5} {'flwr runs':>9} {'grid wall s':>11} "
+        f"{'fixed s/cell':>12} {'1st cell s':>10} {'marginal s, other cells':>30} "
+        f"{'median':>7} {'Ray jobs':>8}"
     )
     for r in results:
         rest = ", ".join(f"{v:.1f}" for v in r["rest"])
         print(
-            f"{r['variant']:<9} {r['cells']:>5} {r['first']:>16.1f} {rest:>30} "
-            f"{statistics.median(r['rest']):>7.1f} {r['ray_jobs']!s:>16}"
+            f"{r['variant']:<9} {r['cells']:>5} {r['runs']:>9} {r['grid_wall']:>11.1f} "
+            f"{r['fixed_per_cell']:>12.1f} {r['first']:>10.1f} {rest:>30} "
+            f"{statistics.median(r['rest']):>7.1f} {r['ray_jobs']!s:>8}"
         )
     print()
-    print("median seconds per phase (cells after the first):")
+    print("median seconds per phase (cells after the first; one-run-per-cell variants):")
     print(f"{'phase':<45}" + "".join(f"{r['variant']:>10}" for r in results))
     for label, _, _ in PHASES:
         print(f"{label:<45}" + "".join(f"{r['phases'][label]:>10.1f}" for r in results))
@@ -241,8 +265,8 @@ def main() -> None:
             print(f"{label:<72} {wall:>7.2f} {cpu:>7.2f}")
     for r in results:
         print(
-            f"{r['variant']}: wall per cell {[round(w, 1) for w in r['wall']]}, "
-            f"Σ round-seconds {[round(s, 1) for s in r['rounds']]}; {r['machine']}"
+            f"{r['variant']}: Σ round-seconds per cell {[round(s, 1) for s in r['rounds']]}; "
+            f"{r['machine']}"
         )
 
 

@@ -1,25 +1,65 @@
-"""The ClientApp: routes each message type to the workload module that handles it."""
+"""The ClientApp: routes each message type to the workload module that handles it.
+
+Before routing, ``cell_context`` applies the run config of the cell a message belongs
+to, when one `flwr run` runs several cells (run-config key ``cells-file``,
+``fedmatch/cells.py``); handlers then read ``context.run_config`` as always.
+"""
 
 from __future__ import annotations
 
-from flwr.app import Context, Message
+import dataclasses
+import json
+
+from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from clients import aligner, classifier, distiller
+from fedmatch.cells import CELL_RECORD
 from fedmatch.logs import setup_logging
 
 app = ClientApp()
+
+# Node-state record naming the run config the node state belongs to.
+_STATE_OWNER = "fedmatch-state-owner"
+
+
+def cell_context(msg: Message, context: Context) -> Context:
+    """``context`` with the run config of the message's cell (itself if it has none).
+
+    The node state is the same object, so what a handler stores there persists.
+    """
+    overrides = msg.content.config_records.get(CELL_RECORD)
+    if overrides is None:
+        return context
+    return dataclasses.replace(context, run_config={**context.run_config, **dict(overrides)})
+
+
+def claim_node_state(context: Context) -> None:
+    """Empty the node state if an earlier cell of this `flwr run` left it.
+
+    Called when the server asks a node who it is, which it does first in every run
+    and every cell: FedBN's local layers or a distilled set of one cell must never
+    reach the next.
+    """
+    owner = json.dumps(dict(context.run_config), sort_keys=True)
+    record = context.state.config_records.get(_STATE_OWNER)
+    if record is not None and record["run-config"] != owner:
+        context.state.clear()
+    context.state[_STATE_OWNER] = ConfigRecord({"run-config": owner})
 
 
 @app.query()
 def describe(msg: Message, context: Context) -> Message:
     setup_logging()
+    context = cell_context(msg, context)
+    claim_node_state(context)
     return classifier.handle_describe(msg, context)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     setup_logging()
+    context = cell_context(msg, context)
     if context.run_config.get("strategy") == "fedka":
         # FedKA trains with the MK-MMD (and DANN) alignment terms.
         return aligner.handle_train(msg, context)
@@ -30,10 +70,10 @@ def train(msg: Message, context: Context) -> Message:
 def distill(msg: Message, context: Context) -> Message:
     # "train.distill": condense the local data (DM/NCFM); see clients/distiller.py.
     setup_logging()
-    return distiller.handle_distill(msg, context)
+    return distiller.handle_distill(msg, cell_context(msg, context))
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     setup_logging()
-    return classifier.handle_evaluate(msg, context)
+    return classifier.handle_evaluate(msg, cell_context(msg, context))

@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import os
+import queue
 import re
 import shutil
 import subprocess
@@ -49,6 +50,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fedmatch.cells import END_MARK, START_MARK, CellSpec, read_status, write_cells
 from fedmatch.config import ConfigError, RunConfig
 from fedmatch.localrun import (
     REPO,
@@ -64,7 +66,7 @@ from fedmatch.results import RESUMABLE_KEYS, atomic_write_bytes, read_metrics
 log = logging.getLogger("fedmatch.bench")
 
 # The runner sets these per cell; a suite may not.
-RESERVED_KEYS = frozenset({"runs-dir", "run-name", "resume"})
+RESERVED_KEYS = frozenset({"runs-dir", "run-name", "resume", "cells-file"})
 STATE_FILE = "bench-state.json"
 CELL_FILE = "bench-cell.json"  # written into each finished run directory
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -112,6 +114,9 @@ class Federation(_Table):
     ray_num_cpus: int = Field(0, ge=0)  # 0: every core of this machine
     ray_num_gpus: int = Field(-1, ge=-1)  # -1: whatever Ray detects
     cell_timeout: float = Field(6 * 3600, gt=0)  # seconds; a cell past it is failed
+    # Cells per `flwr run` (fedmatch/cells.py): 0 runs all pending cells in one, paying
+    # the simulation's start-up once; 1 gives every cell its own `flwr run`.
+    cells_per_run: int = Field(0, ge=0)
 
 
 class ReportOptions(_Table):
@@ -637,13 +642,19 @@ def _run_pending(
     bar: _Progress,
     shared_ray: bool,
 ) -> int | None:
-    """Run the pending cells; returns how many simulations attached to the shared Ray."""
-    runs_dir, logs_dir = out_dir / "runs", out_dir / "logs"
+    """Run the pending cells; returns how many simulations attached to the shared Ray.
+
+    Cells go in batches of ``[federation] cells-per-run`` (0: all) per `flwr run`
+    (``fedmatch/cells.py``).  Cells a batch never reached, because its `flwr run`
+    ended early, go into the next batch; every batch settles at least its first cell,
+    so the loop ends.
+    """
+    logs_dir = out_dir / "logs"
     home = _short_tmp("fedmatch-bench-flwr-")
     ray: RayHead | None = None
     flower: PrivateFlower | None = None
-    executed: list[float] = []
     ray_jobs = None
+    tracker = _Tracker(len(pending), bar)
     try:
         app = snapshot_app(REPO, home / "app")
         if shared_ray:
@@ -660,51 +671,11 @@ def _run_pending(
             ray_address=ray.address if ray else None,
             app=app,
         )
-        for index, item in enumerate(pending):
-            cell = item.cell
-            bar.start_cell(cell.name)
-            log.info(
-                "cell %d/%d %s: %s (%s)",
-                index + 1,
-                len(pending),
-                cell.name,
-                "resuming" if item.action == "resume" else "starting",
-                item.reason,
-            )
-            try:
-                outcome = _run_cell(
-                    flower, suite, cell, runs_dir, logs_dir, resume=item.action == "resume"
-                )
-            except KeyboardInterrupt:
-                outcomes[cell.name] = CellOutcome(cell.name, "interrupted", error="interrupted")
-                state.update(cell, outcomes[cell.name])
-                raise
-            if outcome.error.startswith("timed out"):
-                flower.stop()  # ends the run the CLI left behind; the next cell restarts it
-            outcomes[cell.name] = outcome
-            state.update(cell, outcome)
-            executed.append(outcome.wall_seconds)
-            remaining = len(pending) - index - 1
-            eta = remaining * sum(executed) / len(executed)
-            bar.finish_cell(eta)
-            if outcome.status == "done":
-                log.info(
-                    "cell %s done in %.0f s (%d rounds, %.1f s outside rounds); ETA %s",
-                    cell.name,
-                    outcome.wall_seconds,
-                    outcome.rounds_run,
-                    outcome.overhead_seconds,
-                    _duration(eta),
-                )
-            else:
-                log.error(
-                    "cell %s FAILED after %.0f s: %s (log: %s); ETA %s",
-                    cell.name,
-                    outcome.wall_seconds,
-                    outcome.error.splitlines()[0] if outcome.error else "?",
-                    logs_dir / f"{cell.name}.log",
-                    _duration(eta),
-                )
+        queue = list(pending)
+        while queue:
+            size = suite.federation.cells_per_run or len(queue)
+            batch, queue = queue[:size], queue[size:]
+            queue = _run_batch(flower, suite, batch, out_dir, state, outcomes, tracker) + queue
     finally:
         if flower is not None:
             flower.stop()
@@ -715,28 +686,104 @@ def _run_pending(
     return ray_jobs
 
 
-def _run_cell(
+class _Tracker:
+    """Progress over cells: the bar, the ETA, and a log line per settled cell."""
+
+    def __init__(self, total: int, bar: _Progress) -> None:
+        self.total, self.bar = total, bar
+        self.settled: list[float] = []  # seconds per settled cell, launch costs included
+        self.since = time.perf_counter()
+
+    def start(self, planned: PlannedCell) -> None:
+        log.info(
+            "cell %d/%d %s: %s (%s)",
+            len(self.settled) + 1,
+            self.total,
+            planned.cell.name,
+            "resuming" if planned.action == "resume" else "starting",
+            planned.reason,
+        )
+        self.bar.start_cell(planned.cell.name)
+
+    def settle(self, outcome: CellOutcome, log_path: Path) -> None:
+        now = time.perf_counter()
+        self.settled.append(now - self.since)
+        self.since = now
+        remaining = self.total - len(self.settled)
+        eta = remaining * sum(self.settled) / len(self.settled)
+        self.bar.finish_cell(eta)
+        if outcome.status == "done":
+            log.info(
+                "cell %s done in %.0f s (%d rounds, %.1f s outside rounds); ETA %s",
+                outcome.name,
+                outcome.wall_seconds,
+                outcome.rounds_run,
+                outcome.overhead_seconds,
+                _duration(eta),
+            )
+        else:
+            log.error(
+                "cell %s FAILED after %.0f s: %s (log: %s); ETA %s",
+                outcome.name,
+                outcome.wall_seconds,
+                outcome.error.splitlines()[0] if outcome.error else "?",
+                log_path,
+                _duration(eta),
+            )
+
+
+@dataclass
+class _Running:
+    """What the stream has shown of one cell of a batch."""
+
+    planned: PlannedCell
+    rounds_before: int
+    started: float | None = None  # seconds since the batch's launch
+    ended: float | None = None
+    lines: list[str] = field(default_factory=list)
+    timeline: dict[str, float] = field(default_factory=dict)
+
+
+def _run_batch(
     flower: PrivateFlower,
     suite: Suite,
-    cell: Cell,
-    runs_dir: Path,
-    logs_dir: Path,
-    *,
-    resume: bool,
-) -> CellOutcome:
-    run_dir = runs_dir / cell.name
-    run_config = cell.run_config(runs_dir, resume)
+    batch: list[PlannedCell],
+    out_dir: Path,
+    state: _State,
+    outcomes: dict[str, CellOutcome],
+    tracker: _Tracker,
+) -> list[PlannedCell]:
+    """One `flwr run` for ``batch``; returns the cells it never reached."""
+    runs_dir, logs_dir = out_dir / "runs", out_dir / "logs"
     fed = suite.federation
-    command = flower.command(
-        run_config, fed.num_supernodes, _flt(fed.cpus_per_client), _flt(fed.gpus_per_client)
+    batches_dir = out_dir / "batches"
+    index = len(list(batches_dir.glob("batch-*.json"))) if batches_dir.exists() else 0
+    cells_file = batches_dir / f"batch-{index:03d}.json"
+    write_cells(
+        cells_file,
+        [
+            CellSpec(p.cell.name, p.cell.run_config(runs_dir, resume=p.action == "resume"))
+            for p in batch
+        ],
     )
-    rounds_before = _completed_rounds(run_dir)
-    log_path = logs_dir / f"{cell.name}.log"
+    command = flower.command(
+        {"cells-file": str(cells_file)},
+        fed.num_supernodes,
+        _flt(fed.cpus_per_client),
+        _flt(fed.gpus_per_client),
+    )
+    running = {p.cell.name: _Running(p, _completed_rounds(runs_dir / p.cell.name)) for p in batch}
+    batch_marks: dict[str, float] = {}
+    events: queue.Queue[tuple[str, str, float]] = queue.Queue()
+    current: list[_Running] = []  # the cell whose lines the stream shows now
     start = time.perf_counter()
-    lines: list[str] = []
-    timeline: dict[str, float] = {}
-    with log_path.open("a") as log_file:
-        log_file.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
+    batch_log = logs_dir / f"batch-{index:03d}.log"
+    cell_logs = {name: (logs_dir / f"{name}.log").open("a") for name in running}
+    with batch_log.open("a") as log_file:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        log_file.write(f"# {stamp} {' '.join(command)}\n")
+        for f in cell_logs.values():
+            f.write(f"# {stamp} cell of {cells_file} (log: {batch_log})\n")
         process = subprocess.Popen(
             command,
             cwd=flower.app,
@@ -750,68 +797,196 @@ def _run_cell(
         def pump() -> None:
             assert process.stdout is not None
             for line in process.stdout:
-                elapsed = time.perf_counter() - start
+                elapsed = round(time.perf_counter() - start, 2)
                 clean = _ANSI.sub("", line)
-                lines.append(clean)
-                log_file.write(f"[{elapsed:8.2f} s] {clean}")
+                stamped = f"[{elapsed:8.2f} s] {clean}"
+                log_file.write(stamped)
                 log_file.flush()
+                if START_MARK in clean:
+                    name = clean.split(START_MARK, 1)[1].split()[0]
+                    if name in running:
+                        current[:] = [running[name]]
+                        running[name].started = elapsed
+                        events.put(("start", name, elapsed))
+                cell = current[0] if current else None
+                if cell is None:
+                    for mark, needle in TIMELINE_MARKS.items():
+                        if mark not in batch_marks and needle in clean:
+                            batch_marks[mark] = elapsed
+                    continue
+                cell.lines.append(clean)
+                cell_logs[cell.planned.cell.name].write(stamped)
+                cell_logs[cell.planned.cell.name].flush()
                 for mark, needle in TIMELINE_MARKS.items():
-                    if mark not in timeline and needle in clean:
-                        timeline[mark] = round(elapsed, 2)
+                    if mark not in cell.timeline and needle in clean:
+                        cell.timeline[mark] = elapsed
+                if END_MARK in clean:
+                    cell.ended = elapsed
+                    current.clear()
+                    events.put(("end", cell.planned.cell.name, elapsed))
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
-        timed_out = False
+        timed_out: _Running | None = None
+        killed_for_time = False
+        last_start = 0.0
         try:
-            process.wait(timeout=fed.cell_timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            process.kill()
-            process.wait()
+            while True:
+                try:
+                    kind, name, elapsed = events.get(timeout=0.5)
+                except queue.Empty:
+                    kind = ""
+                if kind == "start":
+                    last_start = elapsed
+                    tracker.start(running[name].planned)
+                elif kind == "end":
+                    first = name == batch[0].cell.name
+                    _settle(
+                        running[name],
+                        batch_marks if first else {},
+                        cells_file,
+                        runs_dir,
+                        suite,
+                        flower,
+                        state,
+                        outcomes,
+                    )
+                    tracker.settle(outcomes[name], logs_dir / f"{name}.log")
+                if kind:
+                    continue
+                if process.poll() is not None and not reader.is_alive():
+                    break
+                overdue = time.perf_counter() - start - last_start > fed.cell_timeout
+                if overdue and not killed_for_time:
+                    timed_out = current[0] if current else None
+                    killed_for_time = True
+                    process.kill()
+                    process.wait()
+                    flower.stop()  # ends the run the CLI left behind; the next batch restarts it
         except BaseException:
             process.kill()
             process.wait()
+            for cell in running.values():
+                if cell.started is not None and cell.ended is None:
+                    name = cell.planned.cell.name
+                    outcomes[name] = CellOutcome(name, "interrupted", error="interrupted")
+                    state.update(cell.planned.cell, outcomes[name])
             raise
         finally:
             reader.join(timeout=10)
+            for f in cell_logs.values():
+                f.close()
     wall = time.perf_counter() - start
-    timeline["exit"] = round(wall, 2)
+    batch_marks["exit"] = round(wall, 2)
 
+    # A cell the run started but never ended (or the first cell, if it started none)
+    # failed with what the output says; the cells after it go into a new batch.
+    unreached: list[PlannedCell] = []
+    tail_lines = _lines_after_last_end(running, batch_log)
+    nothing_started = all(c.started is None for c in running.values())
+    for position, cell in enumerate(running.values()):
+        name = cell.planned.cell.name
+        if cell.ended is not None:
+            continue
+        if cell.started is None and not (nothing_started and position == 0):
+            unreached.append(cell.planned)
+            continue
+        if killed_for_time and (timed_out is None or cell is timed_out):
+            error = f"timed out after {fed.cell_timeout:.0f} s ([federation] cell-timeout)"
+        else:
+            error = _error_from_output(cell.lines or tail_lines, process.returncode)
+        timeline = {**(batch_marks if position == 0 else {}), **cell.timeline}
+        outcomes[name] = CellOutcome(
+            name,
+            "failed",
+            wall_seconds=wall - (cell.started or 0.0),
+            error=error,
+            timeline=timeline,
+        )
+        state.update(cell.planned.cell, outcomes[name])
+        tracker.settle(outcomes[name], logs_dir / f"{name}.log")
+    state.record_batch(cells_file.name, [p.cell.name for p in batch], wall, batch_marks)
+    return unreached
+
+
+def _lines_after_last_end(running: Mapping[str, _Running], batch_log: Path) -> list[str]:
+    """The batch's output after the last finished cell (where a dead run says why)."""
+    lines = batch_log.read_text(errors="replace").splitlines(keepends=True)
+    last_end = max((c.ended for c in running.values() if c.ended is not None), default=None)
+    if last_end is None:
+        return lines
+    out = []
+    for line in lines:
+        try:
+            stamp = float(line[1:9])
+        except ValueError:
+            continue
+        if stamp > last_end:
+            out.append(line)
+    return out
+
+
+def _settle(
+    cell: _Running,
+    batch_marks: Mapping[str, float],
+    cells_file: Path,
+    runs_dir: Path,
+    suite: Suite,
+    flower: PrivateFlower,
+    state: _State,
+    outcomes: dict[str, CellOutcome],
+) -> None:
+    """Record a cell the ServerApp finished (done, or failed with its error)."""
+    planned = cell.planned.cell
+    run_dir = runs_dir / planned.name
+    status = read_status(cells_file).get(planned.name)
     rows = [r for r in read_metrics(run_dir) if r.metric == "round-seconds"]
-    new_rounds = [r for r in rows if r.round > rounds_before]
+    new_rounds = [r for r in rows if r.round > cell.rounds_before]
+    seconds = status.seconds if status else (cell.ended or 0.0) - (cell.started or 0.0)
     outcome = CellOutcome(
-        cell.name,
+        planned.name,
         "done",
-        wall_seconds=wall,
+        wall_seconds=seconds,
         rounds_run=len(new_rounds),
         round_seconds=sum(r.value for r in new_rounds),
-        timeline=timeline,
+        # Seconds since the batch's launch; the first cell also shows the launch phases.
+        timeline={**batch_marks, "cell-start": cell.started or 0.0, **cell.timeline},
     )
     summary_path = run_dir / "summary.json"
     finished = summary_path.exists() and (
-        json.loads(summary_path.read_text()).get("final_round", 0) >= cell.cfg.num_server_rounds
+        json.loads(summary_path.read_text()).get("final_round", 0) >= planned.cfg.num_server_rounds
     )
-    if timed_out:
+    if status is not None and status.status == "failed":
         outcome.status = "failed"
-        outcome.error = f"timed out after {fed.cell_timeout:.0f} s ([federation] cell-timeout)"
+        outcome.error = status.error or _error_from_output(cell.lines, None)
     elif not finished:
         outcome.status = "failed"
-        outcome.error = _error_from_output(lines, process.returncode)
+        outcome.error = _error_from_output(cell.lines, None)
     else:
+        fed = suite.federation
+        alone = flower.command(
+            planned.run_config(runs_dir, resume=False),
+            fed.num_supernodes,
+            _flt(fed.cpus_per_client),
+            _flt(fed.gpus_per_client),
+        )
         atomic_write_bytes(
             run_dir / CELL_FILE,
             json.dumps(
                 {
                     "suite": suite.name,
-                    "cell": cell.name,
-                    "axes": cell.axes,
+                    "cell": planned.name,
+                    "axes": planned.axes,
                     "federation-config": suite.federation_config(),
-                    "command": command,
+                    # This cell alone, as one `flwr run`; the grid ran it from a cells file.
+                    "command": alone,
+                    "cells-file": str(cells_file),
                 },
                 indent=2,
             ).encode(),
         )
-    return outcome
+    outcomes[planned.name] = outcome
+    state.update(planned, outcome)
 
 
 def _flt(value: float) -> float:
@@ -886,6 +1061,18 @@ class _State:
                 finished_at=time.strftime("%Y-%m-%d %H:%M:%S"),
             )
             entry.pop("last-check", None)
+        self._write()
+
+    def record_batch(
+        self, name: str, cells: list[str], wall_seconds: float, marks: Mapping[str, float]
+    ) -> None:
+        """One `flwr run` of the grid: its cells, wall time and launch phases."""
+        self.data.setdefault("batches", {})[name] = {
+            "cells": cells,
+            "wall_seconds": round(wall_seconds, 2),
+            "timeline": dict(marks),
+            "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         self._write()
 
     def finish(self, wall_seconds: float, shared_ray: bool, ray_jobs: int | None) -> None:

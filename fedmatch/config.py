@@ -115,6 +115,9 @@ class RunConfig(BaseModel):
     runs_dir: str = "~/fedmatch-runs"
     run_name: str = ""
     resume: bool = False
+    # A JSON file of cells (run configs) this one `flwr run` runs one after another on
+    # the same nodes; written by `fedmatch bench` (see fedmatch/cells.py).
+    cells_file: str = ""
     cache_dir: str = "~/.cache/fedmatch"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

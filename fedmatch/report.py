@@ -135,6 +135,24 @@ class RunData:
             return pd.Series(dtype=float)
         return self.accuracy.loc[self.final_round].dropna()
 
+    @cached_property
+    def target_domain_accuracy(self) -> float:
+        """Final-round accuracy on the held-out ``target-domain`` (NaN if none is set).
+
+        FedKA's fine-tuned global model (``target-accuracy-finetuned``) where the run has
+        it, else the server's evaluation of the global model on the target's test split
+        (e.g. FedAvg on the sources, the source-only baseline).
+        """
+        target = str(self.config.get("target-domain") or "")
+        if not target:
+            return math.nan
+        for metric in ("target-accuracy-finetuned", "test-accuracy"):
+            rows = self._select(metric, server=True)
+            rows = rows[(rows["domain"] == target) & (rows["round"] > 0)]
+            if not rows.empty:
+                return float(rows.loc[rows["round"].idxmax(), "value"])
+        return math.nan
+
     def rounds_to(self, target: float) -> int | None:
         """First round whose mean accuracy over domains reaches ``target``."""
         reached = self.mean_accuracy[self.mean_accuracy >= target]
@@ -302,6 +320,7 @@ def run_table(groups: Sequence[Group]) -> pd.DataFrame:
                 "final_mean_accuracy": float(final.mean()) if not final.empty else math.nan,
                 "worst_domain": worst_domain,
                 "worst_domain_accuracy": float(final.min()) if not final.empty else math.nan,
+                "target_domain_accuracy": run.target_domain_accuracy,
             }
             for domain, value in final.items():
                 record[f"accuracy.{domain}"] = float(value)
@@ -324,6 +343,7 @@ def variant_table(runs: pd.DataFrame, domains: Sequence[str]) -> pd.DataFrame:
         "final_mean_accuracy",
         "worst_domain_accuracy",
         *[f"accuracy.{d}" for d in domains],
+        "target_domain_accuracy",
         "rounds_to_target",
         "bytes_down_per_client_round",
         "bytes_up_per_client_round",
@@ -351,11 +371,18 @@ def _pm(mean: float, std: float, n: int, digits: int) -> str:
     return f"{mean:.{digits}f}"
 
 
-def format_variant_table(table: pd.DataFrame, domains: Sequence[str], target: float) -> tuple:
-    """Header and rows (strings) of the summary table."""
+def format_variant_table(
+    table: pd.DataFrame, domains: Sequence[str], target: float, target_domain: str = ""
+) -> tuple:
+    """Header and rows (strings) of the summary table.
+
+    ``target_domain``: the held-out domain of leave-one-domain-out runs, whose accuracy
+    gets a column of its own (the other domain columns are the sources').
+    """
     header = [
         "strategy",
         "runs (seeds)",
+        *([f"target {target_domain} acc"] if target_domain else []),
         "final avg acc",
         "worst-domain acc",
         *domains,
@@ -382,6 +409,7 @@ def format_variant_table(table: pd.DataFrame, domains: Sequence[str], target: fl
             [
                 str(variant),
                 f"{n} ({row['seeds']})",
+                *([pm("target_domain_accuracy", 3)] if target_domain else []),
                 pm("final_mean_accuracy", 3),
                 pm("worst_domain_accuracy", 3),
                 *[pm(f"accuracy.{d}", 3) for d in domains],
@@ -710,7 +738,15 @@ def build_report(
             "training message (down) and reply (up). Seconds: wall time per round on the "
             "machine that ran it."
         )
-        header, body = format_variant_table(table, domains, group.target)
+        target_domain = str(group.key.get("target-domain") or "")
+        if target_domain:
+            doc.para(
+                f"Leave-one-domain-out: {target_domain} is held out of the clients. Its "
+                "column is the global model's accuracy on its test split in the final round "
+                "(FedKA: the model fine-tuned on voted pseudo-labels); the other domain "
+                "columns are the source clients'."
+            )
+        header, body = format_variant_table(table, domains, group.target, target_domain)
         doc.table(header, body)
 
         figures = [

@@ -35,8 +35,9 @@ from fedmatch.config import ConfigError, RunConfig
 
 log = logging.getLogger(__name__)
 
-# Keys a resumed run may change: it continues the same experiment for longer.
-RESUMABLE_KEYS = frozenset({"num-server-rounds", "resume"})
+# Keys a resumed run may change: it continues the same experiment for longer (and
+# ``cells-file`` only says how the run was launched, alone or with others).
+RESUMABLE_KEYS = frozenset({"num-server-rounds", "resume", "cells-file"})
 SERVER = "server"
 
 

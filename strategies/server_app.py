@@ -14,6 +14,16 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from fedmatch.cells import (
+    END_MARK,
+    START_MARK,
+    CellsFileError,
+    CellSpec,
+    CellStatus,
+    Scalar,
+    append_status,
+    read_cells,
+)
 from fedmatch.config import ConfigError, RunConfig
 from fedmatch.data.loaders import (
     available_domains,
@@ -29,6 +39,7 @@ from fedmatch.results import SERVER, MetricRow, RunRecorder, format_domain_table
 from fedmatch.seeding import derive_seed
 from fedmatch.train import evaluate, resolve_device
 from strategies.base import NodeInfo, ServerEvaluate
+from strategies.cell_grid import CellGrid
 from strategies.exchange import send_and_collect
 from strategies.registry import STRATEGIES
 
@@ -43,8 +54,46 @@ NODE_WAIT_SECONDS = 300.0
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     setup_logging()
+    run_config = dict(context.run_config)
+    cells_file = str(run_config.get("cells-file", ""))
+    if not cells_file:
+        run(grid, run_config)
+        return
     try:
-        cfg = RunConfig.from_flower(context.run_config)
+        cells = read_cells(cells_file)
+    except CellsFileError as err:
+        log.error("%s", err)
+        raise ConfigError(str(err)) from None
+    run_cells(grid, run_config, cells, cells_file)
+
+
+def run_cells(grid: Grid, base: dict[str, Scalar], cells: list[CellSpec], cells_file: str) -> None:
+    """Run each cell as its own run (own config and run directory) on the same nodes.
+
+    A cell that fails is recorded in the status file with its error and the next one
+    starts; nothing of one cell reaches another (the clients reset their node state
+    when a new cell asks them who they are).
+    """
+    log.info("%d cells in this run (%s)", len(cells), cells_file)
+    for index, cell in enumerate(cells):
+        run_config = {**base, **cell.run_config, "cells-file": ""}
+        log.info("%s %s (%d/%d)", START_MARK, cell.name, index + 1, len(cells))
+        start = time.perf_counter()
+        status, error = "done", ""
+        try:
+            run(CellGrid(grid, cell.run_config), run_config)
+        except Exception as err:  # the next cell must still run
+            status, error = "failed", f"{type(err).__name__}: {err}"
+            log.exception("cell %s failed", cell.name)
+        seconds = time.perf_counter() - start
+        append_status(cells_file, CellStatus(cell.name, status, error, seconds))
+        log.info("%s %s %s %.2f s", END_MARK, cell.name, status, seconds)
+
+
+def run(grid: Grid, run_config: dict[str, Scalar]) -> None:
+    """One run: validate the config, train ``num-server-rounds`` rounds, write the results."""
+    try:
+        cfg = RunConfig.from_flower(run_config)
         # Checks `domains` and `target-domain` (the held-out domain) against the dataset.
         cfg.source_domains(available_domains(cfg.dataset))
     except ConfigError as err:

@@ -40,9 +40,10 @@ def test_grid_runs_then_a_rerun_skips_every_cell(tmp_path: Path, data_cache: Pat
     assert [o.status for o in result.outcomes] == ["done", "done"], [
         o.error for o in result.outcomes
     ]
-    # Both cells' simulations attached to the grid's one Ray head.
-    assert result.ray_jobs == 2
+    # Both cells ran in one `flwr run` (cells-per-run = 0), one simulation on the Ray head.
+    assert result.ray_jobs == 1
     state = json.loads((out / STATE_FILE).read_text())
+    assert [b["cells"] for b in state["batches"].values()] == [[c.name for c in suite.cells()]]
     for cell in suite.cells():
         run_dir = out / "runs" / cell.name
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -52,9 +53,14 @@ def test_grid_runs_then_a_rerun_skips_every_cell(tmp_path: Path, data_cache: Pat
         entry = state["cells"][cell.name]
         assert entry["status"] == "done" and entry["rounds_run"] == 2
         assert 0 < entry["round_seconds"] < entry["wall_seconds"]
-        assert entry["timeline"]["submitted"] < entry["timeline"]["clients-ready"]
+        assert entry["timeline"]["cell-start"] <= entry["timeline"]["clients-ready"]
         cell_file = json.loads((run_dir / "bench-cell.json").read_text())
         assert "num-supernodes=3" in cell_file["federation-config"]
+        assert f"run-name='{cell.name}'" in " ".join(cell_file["command"])  # runs it alone
+        log_text = (out / "logs" / f"{cell.name}.log").read_text()
+        assert f"run directory: {run_dir}" in log_text  # the cell's own share of the output
+    first = state["cells"][suite.cells()[0].name]["timeline"]
+    assert first["submitted"] < first["cell-start"]  # the launch is shown on the first cell
     report = (out / "report" / "report.md").read_text()
     assert "| fedavg | 1 (0) |" in report and "| fedbn | 1 (0) |" in report
     assert "num-supernodes=3 client-resources-num-cpus=1" in report

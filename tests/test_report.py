@@ -251,3 +251,44 @@ def test_cli_finds_run_directories_below_a_folder(runs: list[Path], tmp_path: Pa
     assert "report of 4 run(s)" in capsys.readouterr().out
     assert cli_main(["report", str(tmp_path / "empty")]) == 1
     assert load_run(nested / "runs" / runs[0].name).final_round == ROUNDS
+
+
+def test_leave_one_domain_out_runs_get_a_target_domain_column(tmp_path: Path):
+    # FedAvg (source only): the server's global-model accuracy on the held-out domain;
+    # FedKA: its fine-tuned model's, which takes precedence over its averaged one.
+    runs = tmp_path / "runs"
+    final = {("fedavg", 0): 0.70, ("fedavg", 1): 0.74, ("fedka", 0): 0.80, ("fedka", 1): 0.86}
+    for (strategy, seed), value in final.items():
+        cfg = RunConfig.from_flower(
+            {
+                "strategy": strategy,
+                "seed": seed,
+                "domains": "mnist,optdigits,font-digits",
+                "target-domain": "font-digits",
+                "num-server-rounds": 2,
+                "runs-dir": str(runs),
+                "run-name": f"{strategy}-{seed}",
+            }
+        )
+        recorder = RunRecorder.open(cfg, {"num_nodes": 2})
+        for rnd in (1, 2):
+            rows = [MetricRow(rnd, pid, d, "test-accuracy", 0.9) for pid, d in enumerate(DOMAINS)]
+            value_now = value if rnd == 2 else 0.3
+            if strategy == "fedka":
+                rows += [
+                    MetricRow(rnd, SERVER, "font-digits", "target-accuracy-finetuned", value_now),
+                    MetricRow(rnd, SERVER, "font-digits", "target-accuracy-averaged", 0.01),
+                ]
+            else:
+                rows.append(MetricRow(rnd, SERVER, "font-digits", "test-accuracy", value_now))
+            recorder.append(rows)
+        recorder.write_summary({"strategy": strategy})
+
+    out = tmp_path / "report"
+    build_report(find_run_dirs(runs), out, plots=False)
+    report = (out / "report.md").read_text()
+    assert "target font-digits acc" in report
+    assert "| fedavg | 2 (0,1) | 0.720 ± 0.028 |" in report
+    assert "| fedka | 2 (0,1) | 0.830 ± 0.042 |" in report
+    table = pd.read_csv(out / "summary.csv").set_index("run")
+    assert table.loc["fedka-1", "target_domain_accuracy"] == pytest.approx(0.86)
