@@ -38,9 +38,9 @@ def with_change(table: str, key: str, value) -> dict:
 def test_shipped_suites_are_valid():
     quick = Suite.load(SUITES / "digits-quick.toml")
     cells = quick.cells()
-    assert {c.cfg.strategy for c in cells} == {"fedavg", "fedprox", "fedbn"}
+    assert {c.cfg.strategy for c in cells} == {"fedavg", "fedprox", "fedbn", "feddm"}
     assert {c.cfg.seed for c in cells} == {0, 1}
-    assert len(cells) == 6
+    assert len(cells) == 8
     assert all(c.cfg.domains == "all" and c.cfg.dataset == "embedded" for c in cells)
     assert quick.federation.num_supernodes == 5  # one client per embedded domain
 
