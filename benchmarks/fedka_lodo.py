@@ -5,14 +5,18 @@ per domain).  Methods, all through the real `flwr run` simulation (``PrivateFlow
 
 - ``fedavg``: FedAvg on the sources only; target accuracy = the server's evaluation of the
   global model on the target's test split;
-- ``fedka``: FedKA (MK-MMD alignment + federated voting + fine-tuning); target accuracy =
-  the fine-tuned global model on the target's test split;
+- ``fedka``: FedKA (MK-MMD alignment + federated voting + fine-tuning) as fedmatch runs it
+  by default, pseudo-labels only where all clients agree (``vote-threshold=1``); target
+  accuracy = the fine-tuned global model on the target's test split;
+- ``fedka-plurality``: FedKA with the official code's plurality vote (``vote-threshold=0``);
 - ``fedka-no-voting``: FedKA with ``finetune-steps=0`` (alignment only);
 - ``fedka-no-mmd``: FedKA with ``mmd-weight=0`` (voting + fine-tuning only).
 
-Every finished run appends one JSON line to ``--results`` (the file doubles as a resume
-log: runs already in it are skipped), then the table of final-round target accuracy
-(mean ± std over seeds; best round beside it, labelled) is printed.
+All pending runs go into one `flwr run` (run-config key ``cells-file``: the runs share the
+simulation's start-up and stay separate runs).  Every finished run appends one JSON line to
+``--results`` (the file doubles as a resume log: runs already in it are skipped), then the
+table of final-round target accuracy (mean ± std over seeds; best round beside it,
+labelled) is printed.
 
     python benchmarks/fedka_lodo.py --seeds 0 1 2 --rounds 10 --train-subset 1000 --width 32
     python benchmarks/fedka_lodo.py --table-only --results benchmarks/fedka_lodo.jsonl
@@ -25,10 +29,10 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 import tomllib
 from pathlib import Path
 
+from fedmatch.cells import CellSpec, read_status, write_cells
 from fedmatch.data.embedded import EMBEDDED_DOMAINS
 from fedmatch.localrun import PrivateFlower
 from fedmatch.results import read_metrics
@@ -36,12 +40,14 @@ from fedmatch.results import read_metrics
 METHODS: dict[str, dict[str, object]] = {
     "fedavg": {"strategy": "fedavg"},
     "fedka": {"strategy": "fedka"},
+    "fedka-plurality": {"strategy": "fedka", "vote-threshold": 0.0},
     "fedka-no-voting": {"strategy": "fedka", "finetune-steps": 0},
     "fedka-no-mmd": {"strategy": "fedka", "mmd-weight": 0.0},
 }
 LABELS = {
     "fedavg": "FedAvg (source only)",
     "fedka": "FedKA",
+    "fedka-plurality": "FedKA, plurality vote",
     "fedka-no-voting": "FedKA w/o voting",
     "fedka-no-mmd": "FedKA w/o MMD",
 }
@@ -65,11 +71,9 @@ def server_series(run_dir: Path, metric: str) -> dict[int, float]:
     }
 
 
-def run_one(
-    flower: PrivateFlower, runs: Path, args: argparse.Namespace, target: str, seed: int, method: str
-) -> dict[str, object]:
+def run_config(runs: Path, args: argparse.Namespace, target: str, seed: int, method: str):
     name = f"{method}-{target}-seed{seed}"
-    config: dict[str, object] = {
+    return name, {
         "domains": "all",
         "target-domain": target,
         "num-server-rounds": args.rounds,
@@ -86,13 +90,11 @@ def run_one(
         **METHODS[method],
         **args.extra,
     }
-    start = time.perf_counter()
-    result = flower.run(config, num_supernodes=len(EMBEDDED_DOMAINS) - 1, timeout=args.timeout)
-    wall = time.perf_counter() - start
-    run_dir = runs / name
-    if not (run_dir / "summary.json").exists():
-        tail = (result.stdout + result.stderr)[-3000:]
-        raise RuntimeError(f"{name} did not finish:\n{tail}")
+
+
+def record_of(
+    run_dir: Path, config: dict, target: str, seed: int, method: str, seconds: float
+) -> dict[str, object]:
     curve = target_curve(run_dir, method, target)
     final_round = max(curve)
     record: dict[str, object] = {
@@ -104,15 +106,48 @@ def run_one(
         "best_round": max((v, r) for r, v in curve.items() if r > 0)[1],
         "rounds": final_round,
         "curve": curve,
-        "wall_seconds": wall,
+        "wall_seconds": seconds,
         "config": config,
     }
     if method != "fedavg":
-        for metric in ("target-accuracy-averaged", "pseudo-label-accuracy", "group-effect"):
+        for metric in (
+            "target-accuracy-averaged",
+            "pseudo-label-accuracy",
+            "pseudo-label-coverage",
+            "group-effect",
+        ):
             series = server_series(run_dir, metric)
             if series:
                 record[metric] = series[max(series)]
     return record
+
+
+def run_pending(
+    flower: PrivateFlower, runs: Path, args: argparse.Namespace, pending: list[tuple]
+) -> list[dict]:
+    """All pending (target, seed, method) runs in one `flwr run`; their records."""
+    specs, meta = [], {}
+    for target, seed, method in pending:
+        name, config = run_config(runs, args, target, seed, method)
+        specs.append(CellSpec(name, config))
+        meta[name] = (config, target, seed, method)
+    cells_file = runs / "cells.json"
+    write_cells(cells_file, specs)
+    result = flower.run(
+        {"cells-file": str(cells_file)},
+        num_supernodes=len(EMBEDDED_DOMAINS) - 1,
+        timeout=args.timeout * len(specs),
+    )
+    status = read_status(cells_file)
+    records = []
+    for name, (config, target, seed, method) in meta.items():
+        cell = status.get(name)
+        if cell is None or cell.status != "done":
+            error = cell.error if cell else (result.stdout + result.stderr)[-3000:]
+            print(f"{name} did not finish: {error}", file=sys.stderr)
+            continue
+        records.append(record_of(runs / name, config, target, seed, method, cell.seconds))
+    return records
 
 
 def load_results(path: Path) -> list[dict]:
@@ -256,22 +291,26 @@ def main(argv: list[str] | None = None) -> int:
         flower = PrivateFlower.create(home / "flwr-home")
         try:
             # Seed-major order: an interrupted grid still has whole seeds of all tasks.
-            for seed in args.seeds:
-                for target in args.targets:
-                    for method in args.methods:
-                        key = (target, seed, method)
-                        if any((r["target"], r["seed"], r["method"]) == key for r in done):
-                            continue
-                        record = run_one(flower, runs, args, target, seed, method)
-                        done.append(record)
-                        with args.results.open("a") as handle:
-                            handle.write(json.dumps(record) + "\n")
-                        print(
-                            f"{method:16s} target {target:14s} seed {seed}: final "
-                            f"{record['final']:.4f} best {record['best']:.4f} "
-                            f"({record['wall_seconds']:.0f} s)",
-                            flush=True,
-                        )
+            finished = {(r["target"], r["seed"], r["method"]) for r in done}
+            pending = [
+                (target, seed, method)
+                for seed in args.seeds
+                for target in args.targets
+                for method in args.methods
+                if (target, seed, method) not in finished
+            ]
+            if pending:
+                runs.mkdir(parents=True, exist_ok=True)
+                for record in run_pending(flower, runs, args, pending):
+                    done.append(record)
+                    with args.results.open("a") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                    print(
+                        f"{record['method']:16s} target {record['target']:14s} seed "
+                        f"{record['seed']}: final {record['final']:.4f} best "
+                        f"{record['best']:.4f} ({record['wall_seconds']:.0f} s)",
+                        flush=True,
+                    )
         finally:
             flower.stop()
     # The tables show the requested seeds and methods only (all by default).

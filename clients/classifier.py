@@ -18,7 +18,16 @@ from fedmatch.data.loaders import ClientData, load_client_data, make_loader
 from fedmatch.models.from_config import model_from_config
 from fedmatch.records import arrays_to_state, state_to_arrays
 from fedmatch.seeding import derive_seed
-from fedmatch.train import evaluate, proximal_loss, resolve_device, train_local
+from fedmatch.train import (
+    ExtraLoss,
+    FeatureLoss,
+    GradHook,
+    TrainResult,
+    evaluate,
+    proximal_loss,
+    resolve_device,
+    train_local,
+)
 
 log = logging.getLogger("fedmatch.client")
 
@@ -90,21 +99,9 @@ def handle_train(msg: Message, context: Context) -> Message:
         global_params = {n: p.detach().clone().to(device) for n, p in model.named_parameters()}
         extra_loss = proximal_loss(global_params, float(config["proximal-mu"]))
 
-    seed = derive_seed(cfg.seed, server_round, partition_id)
-    loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        result = train_local(
-            model,
-            loader,
-            epochs=cfg.local_epochs,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            device=device,
-            max_steps=cfg.max_local_steps,
-            extra_loss=extra_loss,
-        )
+    result = local_training(
+        cfg, data, model, server_round, partition_id, device, extra_loss=extra_loss
+    )
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     if local_keys:
         save_local_state(
@@ -114,17 +111,54 @@ def handle_train(msg: Message, context: Context) -> Message:
             server_round,
             {k: state[k] for k in local_keys},
         )
-    metrics = MetricRecord(
-        {
-            "num-examples": len(data.train),
-            "train-loss": result.loss,
-            "train-steps": result.steps,
-            "train-seconds": result.seconds,
-            "partition-id": partition_id,
-        }
-    )
+    metrics = MetricRecord(train_metrics(data, result, partition_id))
     content = RecordDict({"arrays": state_to_arrays(state, sent_keys), "metrics": metrics})
     return Message(content, reply_to=msg)
+
+
+def local_training(
+    cfg: RunConfig,
+    data: ClientData,
+    model: torch.nn.Module,
+    server_round: int,
+    partition_id: int,
+    device: torch.device,
+    *,
+    extra_loss: ExtraLoss | None = None,
+    feature_loss: FeatureLoss | None = None,
+    grad_hook: GradHook | None = None,
+) -> TrainResult:
+    """The run's local SGD on this client's data, shuffled and seeded by (seed, round, client)."""
+    seed = derive_seed(cfg.seed, server_round, partition_id)
+    loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return train_local(
+            model,
+            loader,
+            epochs=cfg.local_epochs,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            device=device,
+            max_steps=cfg.max_local_steps,
+            extra_loss=extra_loss,
+            feature_loss=feature_loss,
+            grad_hook=grad_hook,
+        )
+
+
+def train_metrics(
+    data: ClientData, result: TrainResult, partition_id: int
+) -> dict[str, int | float]:
+    """The metrics every training reply carries (``num-examples`` weights FedAvg)."""
+    return {
+        "num-examples": len(data.train),
+        "train-loss": result.loss,
+        "train-steps": result.steps,
+        "train-seconds": result.seconds,
+        "partition-id": partition_id,
+    }
 
 
 def handle_evaluate(msg: Message, context: Context) -> Message:

@@ -13,7 +13,7 @@ import json
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from clients import aligner, classifier, distiller
+from clients import aligner, baselines, classifier, distiller
 from fedmatch.cells import CELL_RECORD
 from fedmatch.logs import setup_logging
 
@@ -60,9 +60,13 @@ def describe(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     setup_logging()
     context = cell_context(msg, context)
-    if context.run_config.get("strategy") == "fedka":
+    strategy = context.run_config.get("strategy")
+    if strategy == "fedka":
         # FedKA trains with the MK-MMD (and DANN) alignment terms.
         return aligner.handle_train(msg, context)
+    if strategy in baselines.STRATEGIES:
+        # SCAFFOLD, FedNova, FedDyn, MOON: extra client state, hooks or payloads.
+        return baselines.handle_train(msg, context)
     return classifier.handle_train(msg, context)
 
 

@@ -42,7 +42,18 @@ class RunConfig(BaseModel):
     )
 
     # What to run.
-    strategy: Literal["fedavg", "fedprox", "fedbn", "fedka", "feddm"] = "fedavg"
+    strategy: Literal[
+        "fedavg",
+        "fedprox",
+        "fedbn",
+        "fedka",
+        "feddm",
+        "scaffold",
+        "fednova",
+        "feddyn",
+        "moon",
+        "vhl",
+    ] = "fedavg"
     num_server_rounds: int = Field(5, ge=1)
     seed: int = Field(0, ge=0)
 
@@ -69,6 +80,14 @@ class RunConfig(BaseModel):
     weight_decay: float = Field(5e-4, ge=0)
     proximal_mu: float = Field(0.01, ge=0)
 
+    # Comparison baselines (README "Methods"); each key is read by its strategy only.
+    scaffold_server_lr: float = Field(1.0, gt=0)  # SCAFFOLD's global step size η_g
+    feddyn_alpha: float = Field(0.01, gt=0)  # FedDyn's regularisation strength α
+    moon_mu: float = Field(1.0, ge=0)  # MOON's weight μ of the contrastive loss
+    moon_temperature: float = Field(0.5, gt=0)  # MOON's temperature τ
+    vhl_weight: float = Field(1.0, ge=0)  # VHL's weight λ of the feature alignment
+    vhl_virtual_per_class: int = Field(100, ge=1)  # VHL's virtual images per class
+
     # FedKA (strategy='fedka'); target-domain holds a domain out of the clients for any
     # strategy (leave-one-domain-out), so FedAvg gives the source-only baseline.
     target_domain: str = ""
@@ -81,7 +100,8 @@ class RunConfig(BaseModel):
     mmd_estimator: Literal["biased", "unbiased"] = "biased"
     align_schedule: Literal["dann", "constant"] = "dann"
     align_gamma: float = Field(10.0, gt=0)
-    vote_threshold: float = Field(0.0, ge=0, le=1)
+    # 1: pseudo-label only where every client agrees (README "FedKA": why not plurality).
+    vote_threshold: float = Field(1.0, ge=0, le=1)
     finetune_steps: int = Field(32, ge=0)
     finetune_lr: float = Field(0.01, gt=0)
     finetune_weight: float = Field(1.0, ge=0)

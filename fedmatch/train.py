@@ -2,7 +2,8 @@
 
 Methods that change the local objective (FedProx's proximal term, MMD
 alignment, contrastive regularisers, ...) pass an ``extra_loss`` hook instead
-of writing another loop.
+of writing another loop; methods that change the gradient itself (SCAFFOLD's
+control-variate correction) pass a ``grad_hook``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torc
 FeatureLoss = Callable[
     [nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
 ]
+# (model) -> None, called after ``backward`` and before the optimiser step; may change the
+# parameters' ``.grad`` in place (e.g. SCAFFOLD's g − c_i + c).
+GradHook = Callable[[nn.Module], None]
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ def train_local(
     max_steps: int = 0,
     extra_loss: ExtraLoss | None = None,
     feature_loss: FeatureLoss | None = None,
+    grad_hook: GradHook | None = None,
 ) -> TrainResult:
     """SGD on cross-entropy (+ ``extra_loss``) for ``epochs`` epochs or ``max_steps`` steps.
 
@@ -96,6 +101,8 @@ def train_local(
                 loss = loss + feature_loss(model, images, labels, logits, features)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if grad_hook is not None:
+                grad_hook(model)
             optimizer.step()
             total += float(loss.detach())
             steps += 1

@@ -15,8 +15,11 @@ weighted averaging of arrays and metrics.  It changes three things:
   the run goes on with the others, down to ``min-available-nodes``.
 
 Subclasses override ``outgoing_keys`` (which arrays travel to clients),
-``train_config`` (what goes in the config record) and ``state_dict`` /
-``load_state_dict`` (server state a checkpoint must keep).
+``train_config`` (what goes in the config record), ``train_payload`` (extra
+array records sent with the model, e.g. SCAFFOLD's control variate) and
+``state_dict`` / ``load_state_dict`` (server state a checkpoint must keep).
+``bytes-down`` counts the model and the extra records; ``bytes-up`` counts
+every array record a reply carries.
 """
 
 from __future__ import annotations
@@ -95,6 +98,10 @@ class FedMatchStrategy(FedAvg):
         """Extra values for the train config record."""
         return {}
 
+    def train_payload(self, server_round: int) -> dict[str, ArrayRecord]:
+        """Array records sent to every training client beside the model (none for FedAvg)."""
+        return {}
+
     def state_dict(self) -> dict:
         """Server-side state a checkpoint must keep (none for FedAvg)."""
         return {}
@@ -121,12 +128,13 @@ class FedMatchStrategy(FedAvg):
     ) -> list[Message]:
         keys = set(self.outgoing_keys(arrays))
         payload = ArrayRecord({k: v for k, v in arrays.items() if k in keys})
-        down = arrays_nbytes(payload)
+        extra = self.train_payload(int(config["server-round"])) if kind == MessageType.TRAIN else {}
+        down = arrays_nbytes(payload) + sum(arrays_nbytes(record) for record in extra.values())
         messages = []
         for node in nodes:
             messages.append(
                 Message(
-                    content=RecordDict({"arrays": payload, "config": config}),
+                    content=RecordDict({"arrays": payload, "config": config, **extra}),
                     message_type=kind,
                     dst_node_id=node.node_id,
                 )
@@ -245,7 +253,7 @@ class FedMatchStrategy(FedAvg):
                 MetricRow(server_round, node.partition_id, node.domain, name, float(value))
             )
         if with_bytes:
-            up = arrays_nbytes(reply.content.array_records.get("arrays"))
+            up = sum(arrays_nbytes(r) for r in reply.content.array_records.values())
             self._round_rows.append(
                 MetricRow(server_round, node.partition_id, node.domain, "bytes-up", up)
             )

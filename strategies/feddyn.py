@@ -1,0 +1,73 @@
+"""FedDyn (Acar et al., ICLR 2021), Alg. 1; the math is in ``fedmatch.baselines.feddyn``.
+
+The server sends θ^{t−1} and ``feddyn-alpha``; each client minimises its loss plus the
+dynamic regulariser −⟨∇L_k(θ_k^{t−1}), θ⟩ + (α/2)‖θ − θ^{t−1}‖² and keeps its gradient state
+(local state).  The server updates h^t = h^{t−1} − (α/m)Σ_{k∈P_t}(θ_k^t − θ^{t−1}) and sends
+θ^t = mean_{k∈P_t} θ_k^t − h^t/α (uniform mean, as in Alg. 1); m counts every client of the
+run.  Buffers (BatchNorm statistics) are averaged uniformly.
+
+Communication: as FedAvg.  h is server state: it goes into every checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord
+
+from fedmatch.baselines import feddyn
+from fedmatch.baselines.common import parameter_names, squared_norm, weighted_mean, zeros_like
+from fedmatch.config import RunConfig
+from fedmatch.models.from_config import model_from_config
+from fedmatch.records import arrays_to_state, state_to_arrays
+from fedmatch.results import SERVER, MetricRow
+from strategies.base import FedMatchStrategy, NodeInfo
+
+
+class FedDynStrategy(FedMatchStrategy):
+    name = "feddyn"
+
+    def __init__(self, cfg: RunConfig, nodes: list[NodeInfo]) -> None:
+        super().__init__(cfg, nodes)
+        model = model_from_config(cfg)
+        self.param_names = parameter_names(model)
+        params = dict(model.named_parameters())
+        self.h = zeros_like({n: params[n].detach() for n in self.param_names})
+        self.num_clients = len(self.nodes)
+
+    def train_config(self, server_round: int) -> dict[str, int | float | str | bool]:
+        return {"feddyn-alpha": float(self.cfg.feddyn_alpha)}
+
+    def state_dict(self) -> dict:
+        return {"h": {k: v.clone() for k, v in self.h.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        h = state.get("h")
+        if h is not None:
+            self.h = {k: torch.as_tensor(v).clone() for k, v in h.items()}
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid = self._ordered_valid(server_round, replies)
+        for reply in valid:
+            self._record_reply(server_round, reply, with_bytes=True)
+        if not valid or self._current is None:
+            return None, None
+        x = arrays_to_state(self._current)
+        ys = [arrays_to_state(reply.content["arrays"]) for reply in valid]
+        self.h, new_params = feddyn.server_update(
+            self.h,
+            {n: x[n] for n in self.param_names},
+            ys,
+            alpha=self.cfg.feddyn_alpha,
+            num_clients=self.num_clients,
+        )
+        buffers = [k for k in ys[0] if k not in new_params]
+        averaged = weighted_mean([{k: y[k] for k in buffers} for y in ys], [1.0] * len(ys))
+        merged = {k: new_params.get(k, averaged.get(k, v)) for k, v in x.items()}
+        self._round_rows.append(
+            MetricRow(server_round, SERVER, "all", "feddyn-h-norm", squared_norm(self.h) ** 0.5)
+        )
+        return state_to_arrays(merged), MetricRecord({"num-clients": len(valid)})
