@@ -26,7 +26,13 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from clients.classifier import _client_data, _model_with, local_training, train_metrics
+from clients.classifier import (
+    _client_data,
+    _model_with,
+    local_training,
+    train_metrics,
+    training_set,
+)
 from clients.local_state import load_local_state, save_local_state
 from fedmatch.baselines import feddyn, moon, scaffold, vhl
 from fedmatch.baselines.common import State, zeros_like
@@ -49,6 +55,7 @@ def handle_train(msg: Message, context: Context) -> Message:
     run_dir = str(config["run-dir"])
     device = resolve_device(cfg.device)
     model, sent_keys, local_keys = _model_with(cfg, msg, context, partition_id, server_round - 1)
+    train_set = training_set(cfg, data, context, partition_id, device)
     # x / θ^{t−1}: the model as received, before any local step.
     received: State = {n: p.detach().clone() for n, p in model.named_parameters()}
     extra_records: dict[str, ArrayRecord] = {}
@@ -65,7 +72,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         c_local = previous(scaffold.CLIENT_STATE_SLOT) or zeros_like(c_global)
         result = local_training(
             cfg,
-            data,
+            train_set,
             model,
             server_round,
             partition_id,
@@ -91,7 +98,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         anchor = {n: t.to(device) for n, t in received.items()}
         result = local_training(
             cfg,
-            data,
+            train_set,
             model,
             server_round,
             partition_id,
@@ -106,7 +113,7 @@ def handle_train(msg: Message, context: Context) -> Message:
     elif cfg.strategy == "moon":
         hook = _moon_hook(cfg, model, previous(moon.CLIENT_STATE_SLOT), config, device)
         result = local_training(
-            cfg, data, model, server_round, partition_id, device, feature_loss=hook
+            cfg, train_set, model, server_round, partition_id, device, feature_loss=hook
         )
         keep(moon.CLIENT_STATE_SLOT, {k: v.detach().cpu() for k, v in model.state_dict().items()})
         if hook is not None and hook.values:
@@ -122,13 +129,13 @@ def handle_train(msg: Message, context: Context) -> Message:
             seed=derive_seed(cfg.seed, server_round, partition_id, _VHL_BATCHES),
         )
         result = local_training(
-            cfg, data, model, server_round, partition_id, device, feature_loss=vhl_hook
+            cfg, train_set, model, server_round, partition_id, device, feature_loss=vhl_hook
         )
         extra_metrics["vhl-virtual-loss"] = float(np.mean(vhl_hook.virtual_ce))
         if vhl_hook.align:
             extra_metrics["vhl-align-loss"] = float(np.mean(vhl_hook.align))
     elif cfg.strategy == "fednova":
-        result = local_training(cfg, data, model, server_round, partition_id, device)
+        result = local_training(cfg, train_set, model, server_round, partition_id, device)
     else:
         raise ValueError(f"clients.baselines cannot train strategy {cfg.strategy!r}")
 
@@ -137,7 +144,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         save_local_state(
             context, run_dir, partition_id, server_round, {k: state[k] for k in local_keys}
         )
-    metrics = MetricRecord({**train_metrics(data, result, partition_id), **extra_metrics})
+    metrics = MetricRecord({**train_metrics(len(train_set), result, partition_id), **extra_metrics})
     content = RecordDict(
         {"arrays": state_to_arrays(state, sent_keys), "metrics": metrics, **extra_records}
     )

@@ -11,8 +11,11 @@ import logging
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from torch.utils.data import TensorDataset
 
+from clients.distiller import local_virtual_set
 from clients.local_state import load_local_state, save_local_state
+from clients.node import node_partition
 from fedmatch.config import RunConfig
 from fedmatch.data.loaders import ClientData, load_client_data, make_loader
 from fedmatch.models.from_config import model_from_config
@@ -32,17 +35,6 @@ from fedmatch.train import (
 log = logging.getLogger("fedmatch.client")
 
 EVAL_BATCH_SIZE = 256
-
-
-def node_partition(context: Context) -> tuple[int, int]:
-    """(partition-id, num-partitions) from the node config, with a clear error if absent."""
-    try:
-        return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
-    except KeyError as err:
-        raise ValueError(
-            f"node config lacks {err.args[0]!r}: start each SuperNode with "
-            "--node-config 'partition-id=<i> num-partitions=<n>'"
-        ) from None
 
 
 def _client_data(context: Context) -> tuple[RunConfig, ClientData, int]:
@@ -99,8 +91,9 @@ def handle_train(msg: Message, context: Context) -> Message:
         global_params = {n: p.detach().clone().to(device) for n, p in model.named_parameters()}
         extra_loss = proximal_loss(global_params, float(config["proximal-mu"]))
 
+    train_set = training_set(cfg, data, context, partition_id, device)
     result = local_training(
-        cfg, data, model, server_round, partition_id, device, extra_loss=extra_loss
+        cfg, train_set, model, server_round, partition_id, device, extra_loss=extra_loss
     )
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     if local_keys:
@@ -111,14 +104,32 @@ def handle_train(msg: Message, context: Context) -> Message:
             server_round,
             {k: state[k] for k in local_keys},
         )
-    metrics = MetricRecord(train_metrics(data, result, partition_id))
+    metrics = MetricRecord(train_metrics(len(train_set), result, partition_id))
     content = RecordDict({"arrays": state_to_arrays(state, sent_keys), "metrics": metrics})
     return Message(content, reply_to=msg)
 
 
-def local_training(
+def training_set(
     cfg: RunConfig,
     data: ClientData,
+    context: Context,
+    partition_id: int,
+    device: torch.device,
+) -> TensorDataset:
+    """What local training runs on: the real partition, or its local virtual data.
+
+    ``train-data='distilled'`` is the FedLGD protocol for any classifier strategy: the
+    client distils its partition once per run (``distill-method``, ``ipc`` images per
+    class; ``clients.distiller.local_virtual_set``) and trains on that set every round.
+    """
+    if cfg.train_data == "real":
+        return data.train
+    return local_virtual_set(cfg, data, context, partition_id, device)
+
+
+def local_training(
+    cfg: RunConfig,
+    train_set: TensorDataset,
     model: torch.nn.Module,
     server_round: int,
     partition_id: int,
@@ -128,9 +139,9 @@ def local_training(
     feature_loss: FeatureLoss | None = None,
     grad_hook: GradHook | None = None,
 ) -> TrainResult:
-    """The run's local SGD on this client's data, shuffled and seeded by (seed, round, client)."""
+    """The run's local SGD on ``train_set``, shuffled and seeded by (seed, round, client)."""
     seed = derive_seed(cfg.seed, server_round, partition_id)
-    loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=seed)
+    loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return train_local(
@@ -149,11 +160,11 @@ def local_training(
 
 
 def train_metrics(
-    data: ClientData, result: TrainResult, partition_id: int
+    num_examples: int, result: TrainResult, partition_id: int
 ) -> dict[str, int | float]:
     """The metrics every training reply carries (``num-examples`` weights FedAvg)."""
     return {
-        "num-examples": len(data.train),
+        "num-examples": num_examples,
         "train-loss": result.loss,
         "train-steps": result.steps,
         "train-seconds": result.seconds,

@@ -17,10 +17,11 @@ import logging
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from torch.utils.data import TensorDataset
 
-from clients.classifier import node_partition
+from clients.node import node_partition
 from fedmatch.config import RunConfig
-from fedmatch.data.loaders import load_client_data
+from fedmatch.data.loaders import ClientData, load_client_data
 from fedmatch.distill.from_config import distill_from_config
 from fedmatch.distill.wire import (
     DISTILL_ACTION,
@@ -44,6 +45,45 @@ def stored_synthetic(context: Context) -> tuple[torch.Tensor, torch.Tensor] | No
     """The set this node distilled last (None if it has not distilled in this run)."""
     record = context.state.array_records.get(STATE_KEY)
     return None if record is None else synthetic_from_record(record)
+
+
+def local_virtual_set(
+    cfg: RunConfig,
+    data: ClientData,
+    context: Context,
+    partition_id: int,
+    device: torch.device,
+) -> TensorDataset:
+    """This client's local virtual data: distilled once per run, then kept in node state.
+
+    The first call distils the partition (``distill-method``, ``ipc`` images per class,
+    seeded by (seed, partition)); later rounds reuse the stored set, and so does a
+    ``train.distill`` message's result.  A resumed run distils again from the same seed,
+    which gives the same set.
+    """
+    stored = stored_synthetic(context)
+    if stored is not None:
+        return TensorDataset(*stored)
+    images, labels = data.train.tensors
+    seed = derive_seed(cfg.seed, 0, partition_id, _SEED_TAG)
+    syn_images, syn_labels, history = distill_from_config(
+        cfg, images, labels, seed=seed, device=device
+    )
+    log.info(
+        "client %d (%s): local virtual data, %s distilled %d images to %d in %d steps, %.1f s",
+        partition_id,
+        data.domain,
+        cfg.distill_method,
+        len(labels),
+        len(syn_labels),
+        history.steps,
+        history.seconds,
+    )
+    context.state[STATE_KEY] = synthetic_record(syn_images, syn_labels)
+    context.state[META_KEY] = ConfigRecord(
+        {"round": 0, "method": cfg.distill_method, "ipc": cfg.ipc}
+    )
+    return TensorDataset(syn_images, syn_labels)
 
 
 def handle_distill(msg: Message, context: Context) -> Message:

@@ -121,6 +121,9 @@ class RunConfig(BaseModel):
     ncfm_frequencies: int = Field(1024, ge=1)
     ncfm_psi_lr: float = Field(1e-3, ge=0)  # 0: no sampling network, t ~ N(0, I)
     eval_epochs: int = Field(300, ge=1)
+    # What local training runs on: the real partition, or the client's local virtual data
+    # (distilled once per run with the keys above; the FedLGD protocol).
+    train_data: Literal["real", "distilled"] = "real"
 
     # Participation.
     fraction_train: float = Field(1.0, gt=0, le=1)
@@ -198,6 +201,17 @@ class RunConfig(BaseModel):
                 f"run-config key 'ncfm-frequencies' = {self.ncfm_frequencies}: the NCFM sampling "
                 "network (ncfm-psi-lr > 0) draws 16 frequencies per mixture component and "
                 "needs at least two components; use more than 16, or ncfm-psi-lr=0"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _train_data_checks(self) -> RunConfig:
+        if self.train_data == "distilled" and self.strategy in ("fedka", "feddm"):
+            raise ValueError(
+                f"run-config key 'train-data' = 'distilled' is not allowed with "
+                f"strategy={self.strategy!r}: it trains the classifier strategies (fedavg, "
+                "fedprox, fedbn, scaffold, fednova, feddyn, moon, vhl) on local virtual data; "
+                "feddm distils by itself and fedka aligns real source data"
             )
         return self
 

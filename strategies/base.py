@@ -35,7 +35,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedmatch.config import RunConfig
-from fedmatch.records import arrays_nbytes, arrays_to_numpy
+from fedmatch.records import arrays_nbytes, arrays_to_numpy, arrays_to_state
 from fedmatch.results import SERVER, MetricRow, RunRecorder
 from fedmatch.seeding import derive_seed
 from strategies.exchange import send_and_collect
@@ -223,6 +223,23 @@ class FedMatchStrategy(FedAvg):
         )
 
     # ------------------------------------------------------------ aggregation
+
+    def collect_models(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[list[Message], dict, list[dict]] | None:
+        """For strategies with their own server step (SCAFFOLD, FedNova, FedDyn).
+
+        Records every valid reply (with its bytes) and returns the valid replies in
+        partition order, the model this round sent (x) and the models that came back
+        (y_i), as state dicts; None when no client returned a model.
+        """
+        valid = self._ordered_valid(server_round, replies)
+        for reply in valid:
+            self._record_reply(server_round, reply, with_bytes=True)
+        if not valid or self._current is None:
+            return None
+        models = [arrays_to_state(reply.content["arrays"]) for reply in valid]
+        return valid, arrays_to_state(self._current), models
 
     def _ordered_valid(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         valid = []

@@ -20,7 +20,7 @@ from fedmatch.baselines import fednova
 from fedmatch.baselines.common import parameter_names, weighted_mean
 from fedmatch.config import RunConfig
 from fedmatch.models.from_config import model_from_config
-from fedmatch.records import arrays_to_state, state_to_arrays
+from fedmatch.records import state_to_arrays
 from fedmatch.results import SERVER, MetricRow
 from strategies.base import FedMatchStrategy, NodeInfo
 
@@ -35,13 +35,10 @@ class FedNovaStrategy(FedMatchStrategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid = self._ordered_valid(server_round, replies)
-        for reply in valid:
-            self._record_reply(server_round, reply, with_bytes=True)
-        if not valid or self._current is None:
+        collected = self.collect_models(server_round, replies)
+        if collected is None:
             return None, None
-        x = arrays_to_state(self._current)
-        ys = [arrays_to_state(reply.content["arrays"]) for reply in valid]
+        valid, x, ys = collected
         metrics = [reply.content["metrics"] for reply in valid]
         steps = [int(m["train-steps"]) for m in metrics]
         weights = [float(m["num-examples"]) for m in metrics]

@@ -57,13 +57,11 @@ class ScaffoldStrategy(FedMatchStrategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid = self._ordered_valid(server_round, replies)
-        for reply in valid:
-            self._record_reply(server_round, reply, with_bytes=True)
-        if not valid or self._current is None:
+        collected = self.collect_models(server_round, replies)
+        if collected is None:
             return None, None
-        x = arrays_to_state(self._current)
-        ys, delta_cs = [], []
+        valid, x, ys = collected
+        delta_cs = []
         for reply in valid:
             record = reply.content.array_records.get(scaffold.DELTA_CONTROL_RECORD)
             if record is None:
@@ -72,7 +70,6 @@ class ScaffoldStrategy(FedMatchStrategy):
                     f"round {server_round}: client {partition} replied without its "
                     f"control-variate update (record {scaffold.DELTA_CONTROL_RECORD!r})"
                 )
-            ys.append(arrays_to_state(reply.content["arrays"]))
             delta_cs.append(arrays_to_state(record))
         new_params, self.control = scaffold.server_update(
             {n: x[n] for n in self.param_names},

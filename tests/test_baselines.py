@@ -547,3 +547,45 @@ def test_the_baselines_suite_is_valid():
         == ("dirichlet", 0.1, "all", "embedded")
         for c in cells
     )
+
+
+@pytest.mark.parametrize("name", ["fedavg", "scaffold"])
+def test_training_on_local_virtual_data_distils_once_and_reuses_the_set(
+    data_cache, tmp_path, flower_task, monkeypatch, name: str
+):
+    """``train-data='distilled'`` (the FedLGD protocol): each client trains on its own DM set."""
+    import clients.distiller as distiller
+    from fedmatch.models.from_config import model_from_config
+    from fedmatch.records import state_to_arrays
+
+    calls = []
+    real_distill = distiller.distill_from_config
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real_distill(*args, **kwargs)
+
+    monkeypatch.setattr(distiller, "distill_from_config", counting)
+    cfg = _tiny_cfg(data_cache, name).model_copy(
+        update={"train_data": "distilled", "ipc": 2, "distill_steps": 3, "distill_batch_real": 8}
+    )
+    run = _Federation(cfg, tmp_path / "run")
+    start = state_to_arrays(model_from_config(cfg, init_seed=0).state_dict())
+    after_1, _, _, replies_1 = run.round(1, start)
+    stored = {node: distiller.stored_synthetic(context) for node, context in run.contexts.items()}
+    _, _, _, replies_2 = run.round(2, after_1)
+
+    assert len(calls) == 2  # one distillation per client, in its first round only
+    for reply in [*replies_1, *replies_2]:
+        images, labels = stored[reply.metadata.src_node_id]
+        # FedAvg weights by the virtual set's size: ipc images per class the client holds.
+        assert reply.content["metrics"]["num-examples"] == len(labels) == 2 * len(labels.unique())
+        assert images.shape[1:] == (3, 28, 28)
+    for node, context in run.contexts.items():
+        again = distiller.stored_synthetic(context)
+        assert torch.equal(again[0], stored[node][0])  # round 2 reused round 1's set
+
+
+def test_train_data_distilled_is_refused_where_it_cannot_apply():
+    with pytest.raises(ConfigError, match="'train-data' = 'distilled' is not allowed"):
+        RunConfig.from_flower({"strategy": "feddm", "train-data": "distilled"})

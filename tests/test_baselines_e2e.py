@@ -58,14 +58,30 @@ def test_every_baseline_learns_and_writes_its_own_metrics(
                 },
             )
             for name in STRATEGIES
+        ]
+        # The FedLGD protocol: SCAFFOLD on each client's local virtual data (5 DM images
+        # per class, distilled in the client's first round).
+        + [
+            CellSpec(
+                "scaffold-virtual",
+                {
+                    **base,
+                    "strategy": "scaffold",
+                    "run-name": "scaffold-virtual",
+                    "train-data": "distilled",
+                    "ipc": 5,
+                    "distill-steps": 10,
+                },
+            )
         ],
     )
     result = flower.run({"cells-file": str(cells_file)}, timeout=900)
     output = result.stdout + result.stderr
     status = read_status(cells_file)
-    assert {n: s.status for n, s in status.items()} == dict.fromkeys(STRATEGIES, "done"), output[
-        -4000:
-    ] + "".join(s.error for s in status.values())
+    expected = dict.fromkeys([*STRATEGIES, "scaffold-virtual"], "done")
+    assert {n: s.status for n, s in status.items()} == expected, output[-4000:] + "".join(
+        s.error for s in status.values()
+    )
 
     rows = {name: read_jsonl(runs / name / "metrics.jsonl") for name in STRATEGIES}
     for name in STRATEGIES:
@@ -115,3 +131,18 @@ def test_every_baseline_learns_and_writes_its_own_metrics(
         )
         tau = [r["value"] for r in of_round if r["metric"] == "fednova-tau-eff"]
         assert tau == [pytest.approx(expected)]
+
+    # Local virtual data: every training reply counts the client's 5 images per class.
+    virtual = read_jsonl(runs / "scaffold-virtual" / "metrics.jsonl")
+    trained = [r for r in virtual if r["metric"] == "train-steps"]
+    assert len(trained) == 6
+    for r in trained:
+        sizes = [
+            v["value"]
+            for v in virtual
+            if v["metric"] == "num-examples"
+            and (v["round"], v["client"]) == (r["round"], r["client"])
+        ]
+        assert sizes[0] == 50, sizes  # the first is the training reply's; 10 classes each
+    summary = json.loads((runs / "scaffold-virtual" / "summary.json").read_text())
+    assert summary["mean_accuracy"] > 0.1
