@@ -34,15 +34,15 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from clients.classifier import _client_data, _model_with
+from clients.classifier import _client_data, _model_with, local_training
 from clients.local_state import save_local_state
 from fedmatch.align import domain_loss, mk_mmd, parse_multipliers, schedule_weight
 from fedmatch.config import RunConfig
-from fedmatch.data.loaders import load_target_domain, make_loader, to_images
+from fedmatch.data.loaders import load_target_domain, to_images
 from fedmatch.models.from_config import model_from_config
 from fedmatch.records import arrays_to_state, state_to_arrays
 from fedmatch.seeding import derive_seed
-from fedmatch.train import TrainResult, resolve_device, train_local
+from fedmatch.train import TrainResult, resolve_device
 
 log = logging.getLogger("fedmatch.client")
 
@@ -174,8 +174,6 @@ def train_aligned(
     device: torch.device,
 ) -> tuple[TrainResult, AlignmentLoss | None]:
     """One round of FedKA local training (``target=None``: plain supervised training)."""
-    seed = derive_seed(cfg.seed, server_round, partition_id)
-    loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=seed)
     hook = None
     if target is not None:
         hook = AlignmentLoss(
@@ -185,19 +183,9 @@ def train_aligned(
             steps_per_round=local_steps(len(train_set), cfg),
             seed=derive_seed(cfg.seed, server_round, partition_id, _DRAW_TARGET_BATCHES),
         )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        result = train_local(
-            model,
-            loader,
-            epochs=cfg.local_epochs,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            device=device,
-            max_steps=cfg.max_local_steps,
-            feature_loss=hook,
-        )
+    result = local_training(
+        cfg, train_set, model, server_round, partition_id, device, feature_loss=hook
+    )
     return result, hook
 
 

@@ -22,6 +22,7 @@ from torch.utils.data import TensorDataset
 from clients.node import node_partition
 from fedmatch.config import RunConfig
 from fedmatch.data.loaders import ClientData, load_client_data
+from fedmatch.distill.common import DistillHistory
 from fedmatch.distill.from_config import distill_from_config
 from fedmatch.distill.wire import (
     DISTILL_ACTION,
@@ -47,55 +48,17 @@ def stored_synthetic(context: Context) -> tuple[torch.Tensor, torch.Tensor] | No
     return None if record is None else synthetic_from_record(record)
 
 
-def local_virtual_set(
+def _distill_and_keep(
     cfg: RunConfig,
     data: ClientData,
     context: Context,
     partition_id: int,
+    server_round: int,
     device: torch.device,
-) -> TensorDataset:
-    """This client's local virtual data: distilled once per run, then kept in node state.
-
-    The first call distils the partition (``distill-method``, ``ipc`` images per class,
-    seeded by (seed, partition)); later rounds reuse the stored set, and so does a
-    ``train.distill`` message's result.  A resumed run distils again from the same seed,
-    which gives the same set.
-    """
-    stored = stored_synthetic(context)
-    if stored is not None:
-        return TensorDataset(*stored)
-    images, labels = data.train.tensors
-    seed = derive_seed(cfg.seed, 0, partition_id, _SEED_TAG)
-    syn_images, syn_labels, history = distill_from_config(
-        cfg, images, labels, seed=seed, device=device
-    )
-    log.info(
-        "client %d (%s): local virtual data, %s distilled %d images to %d in %d steps, %.1f s",
-        partition_id,
-        data.domain,
-        cfg.distill_method,
-        len(labels),
-        len(syn_labels),
-        history.steps,
-        history.seconds,
-    )
-    context.state[STATE_KEY] = synthetic_record(syn_images, syn_labels)
-    context.state[META_KEY] = ConfigRecord(
-        {"round": 0, "method": cfg.distill_method, "ipc": cfg.ipc}
-    )
-    return TensorDataset(syn_images, syn_labels)
-
-
-def handle_distill(msg: Message, context: Context) -> Message:
-    cfg = RunConfig.from_flower(context.run_config)
-    partition_id, num_partitions = node_partition(context)
-    data = load_client_data(cfg, partition_id, num_partitions)
-    config = msg.content["config"]
-    server_round = int(config["server-round"])
-    device = resolve_device(cfg.device)
+) -> tuple[torch.Tensor, torch.Tensor, DistillHistory]:
+    """Distil the partition, seeded by (seed, round, partition), and keep it in node state."""
     images, labels = data.train.tensors
     seed = derive_seed(cfg.seed, server_round, partition_id, _SEED_TAG)
-
     syn_images, syn_labels, history = distill_from_config(
         cfg, images, labels, seed=seed, device=device
     )
@@ -115,6 +78,41 @@ def handle_distill(msg: Message, context: Context) -> Message:
     context.state[META_KEY] = ConfigRecord(
         {"round": server_round, "method": cfg.distill_method, "ipc": cfg.ipc}
     )
+    return syn_images, syn_labels, history
+
+
+def local_virtual_set(
+    cfg: RunConfig,
+    data: ClientData,
+    context: Context,
+    partition_id: int,
+    device: torch.device,
+) -> TensorDataset:
+    """This client's local virtual data: distilled once per run, then kept in node state.
+
+    The first call distils the partition (``distill-method``, ``ipc`` images per class,
+    seeded by (seed, partition)); later rounds reuse the stored set, and so does a
+    ``train.distill`` message's result.  A resumed run distils again from the same seed,
+    which gives the same set.
+    """
+    stored = stored_synthetic(context)
+    if stored is not None:
+        return TensorDataset(*stored)
+    syn_images, syn_labels, _ = _distill_and_keep(cfg, data, context, partition_id, 0, device)
+    return TensorDataset(syn_images, syn_labels)
+
+
+def handle_distill(msg: Message, context: Context) -> Message:
+    cfg = RunConfig.from_flower(context.run_config)
+    partition_id, num_partitions = node_partition(context)
+    data = load_client_data(cfg, partition_id, num_partitions)
+    config = msg.content["config"]
+    server_round = int(config["server-round"])
+    device = resolve_device(cfg.device)
+    syn_images, syn_labels, history = _distill_and_keep(
+        cfg, data, context, partition_id, server_round, device
+    )
+    labels = data.train.tensors[1]
 
     metrics: dict[str, int | float] = {
         "num-examples": len(labels),
