@@ -13,8 +13,9 @@ import json
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from clients import aligner, baselines, classifier, distiller
+from clients import aligner, baselines, classifier, distiller, fedlgd
 from fedmatch.cells import CELL_RECORD
+from fedmatch.distill.fedlgd_wire import STATS_ACTION
 from fedmatch.logs import setup_logging
 
 app = ClientApp()
@@ -64,6 +65,9 @@ def train(msg: Message, context: Context) -> Message:
     if strategy == "fedka":
         # FedKA trains with the MK-MMD (and DANN) alignment terms.
         return aligner.handle_train(msg, context)
+    if strategy == "fedlgd":
+        # FedLGD trains on local ∪ global virtual data (and refreshes the local part).
+        return fedlgd.handle_train(msg, context)
     if strategy in baselines.STRATEGIES:
         # SCAFFOLD, FedNova, FedDyn, MOON: extra client state, hooks or payloads.
         return baselines.handle_train(msg, context)
@@ -75,6 +79,13 @@ def distill(msg: Message, context: Context) -> Message:
     # "train.distill": condense the local data (DM/NCFM); see clients/distiller.py.
     setup_logging()
     return distiller.handle_distill(msg, cell_context(msg, context))
+
+
+@app.query(STATS_ACTION)
+def class_stats(msg: Message, context: Context) -> Message:
+    # "query.class_stats": FedLGD's per-class image statistics; see clients/fedlgd.py.
+    setup_logging()
+    return fedlgd.handle_stats(msg, cell_context(msg, context))
 
 
 @app.evaluate()

@@ -22,7 +22,7 @@ from torch.utils.data import TensorDataset
 from clients.node import node_partition
 from fedmatch.config import RunConfig
 from fedmatch.data.loaders import ClientData, load_client_data
-from fedmatch.distill.common import DistillHistory
+from fedmatch.distill.common import DistillHistory, InitMode
 from fedmatch.distill.from_config import distill_from_config
 from fedmatch.distill.wire import (
     DISTILL_ACTION,
@@ -55,12 +55,13 @@ def _distill_and_keep(
     partition_id: int,
     server_round: int,
     device: torch.device,
+    init: InitMode | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, DistillHistory]:
     """Distil the partition, seeded by (seed, round, partition), and keep it in node state."""
     images, labels = data.train.tensors
     seed = derive_seed(cfg.seed, server_round, partition_id, _SEED_TAG)
     syn_images, syn_labels, history = distill_from_config(
-        cfg, images, labels, seed=seed, device=device
+        cfg, images, labels, seed=seed, device=device, init=init
     )
     log.info(
         "client %d (%s): %s distilled %d images to %d in %d steps, %.1f s, loss %.4f -> %.4f",
@@ -90,15 +91,19 @@ def local_virtual_set(
 ) -> TensorDataset:
     """This client's local virtual data: distilled once per run, then kept in node state.
 
-    The first call distils the partition (``distill-method``, ``ipc`` images per class,
-    seeded by (seed, partition)); later rounds reuse the stored set, and so does a
-    ``train.distill`` message's result.  A resumed run distils again from the same seed,
-    which gives the same set.
+    The first call distils the partition (``distill-method`` for ``distill-steps`` steps,
+    ``ipc`` images per class, starting from ``virtual-init``, seeded by (seed, partition)):
+    FedLGD's initialisation and warm-up, which the baselines with ``train-data='distilled'``
+    share, so that every method starts from the same local virtual data.  Later rounds reuse
+    the stored set, and so does a ``train.distill`` message's result.  A resumed run distils
+    again from the same seed, which gives the same set.
     """
     stored = stored_synthetic(context)
     if stored is not None:
         return TensorDataset(*stored)
-    syn_images, syn_labels, _ = _distill_and_keep(cfg, data, context, partition_id, 0, device)
+    syn_images, syn_labels, _ = _distill_and_keep(
+        cfg, data, context, partition_id, 0, device, init=cfg.virtual_init
+    )
     return TensorDataset(syn_images, syn_labels)
 
 

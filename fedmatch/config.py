@@ -53,6 +53,7 @@ class RunConfig(BaseModel):
         "feddyn",
         "moon",
         "vhl",
+        "fedlgd",
     ] = "fedavg"
     num_server_rounds: int = Field(5, ge=1)
     seed: int = Field(0, ge=0)
@@ -115,7 +116,7 @@ class RunConfig(BaseModel):
     distill_steps: int = Field(200, ge=1)
     distill_lr: float = Field(0.0, ge=0)  # 0: the method's default (DM 1.0, NCFM 0.01)
     distill_batch_real: int = Field(64, ge=1)
-    distill_init: Literal["real", "noise"] = "real"
+    distill_init: Literal["real", "noise", "stats"] = "real"
     dsa_strategy: str = "color_crop_cutout_scale_rotate"
     ncfm_alpha: float = Field(0.5, ge=0, le=1)
     ncfm_frequencies: int = Field(1024, ge=1)
@@ -124,6 +125,24 @@ class RunConfig(BaseModel):
     # What local training runs on: the real partition, or the client's local virtual data
     # (distilled once per run with the keys above; the FedLGD protocol).
     train_data: Literal["real", "distilled"] = "real"
+    # How local virtual data starts before its DM warm-up (distill-steps): FedLGD's per-class,
+    # per-channel Gaussian ('stats'), random real images or N(0, 1).
+    virtual_init: Literal["stats", "real", "noise"] = "stats"
+
+    # FedLGD (strategy='fedlgd', README "FedLGD"); local IPC is `ipc`, warm-up is
+    # `distill-steps`, local training `lr`/`batch-size`.  Defaults: the CPU schedule.
+    fedlgd_refresh_every: int = Field(5, ge=1)
+    fedlgd_refresh_until: int = Field(10, ge=0)
+    fedlgd_local_steps: int = Field(50, ge=0)
+    fedlgd_server_steps: int = Field(100, ge=0)
+    fedlgd_server_ipc: int = Field(10, ge=1)
+    fedlgd_image_lr: float = Field(1.0, gt=0)
+    fedlgd_regulariser: Literal["supcon", "mmd", "none"] = "supcon"
+    fedlgd_lambda: float = Field(10.0, ge=0)
+    fedlgd_temperature: float = Field(0.07, gt=0)
+    fedlgd_gm_target: Literal["pseudo-gradient", "client-gradients"] = "pseudo-gradient"
+    fedlgd_gm_distance: Literal["ours", "mse", "cos"] = "ours"
+    fedlgd_save_images: bool = False
 
     # Participation.
     fraction_train: float = Field(1.0, gt=0, le=1)
@@ -206,12 +225,13 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _train_data_checks(self) -> RunConfig:
-        if self.train_data == "distilled" and self.strategy in ("fedka", "feddm"):
+        if self.train_data == "distilled" and self.strategy in ("fedka", "feddm", "fedlgd"):
             raise ValueError(
                 f"run-config key 'train-data' = 'distilled' is not allowed with "
                 f"strategy={self.strategy!r}: it trains the classifier strategies (fedavg, "
                 "fedprox, fedbn, scaffold, fednova, feddyn, moon, vhl) on local virtual data; "
-                "feddm distils by itself and fedka aligns real source data"
+                "feddm distils by itself, fedlgd always trains on its own virtual data and fedka "
+                "aligns real source data"
             )
         return self
 

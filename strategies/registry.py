@@ -8,6 +8,7 @@ from strategies.fedbn import FedBNStrategy
 from strategies.feddm import FedDMStrategy
 from strategies.feddyn import FedDynStrategy
 from strategies.fedka import FedKAStrategy
+from strategies.fedlgd import FedLGDStrategy
 from strategies.fednova import FedNovaStrategy
 from strategies.fedprox import FedProxStrategy
 from strategies.moon import MoonStrategy
@@ -27,5 +28,6 @@ STRATEGIES: dict[str, type[FedMatchStrategy]] = {
         FedDynStrategy,
         MoonStrategy,
         VHLStrategy,
+        FedLGDStrategy,
     )
 }

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from fedmatch.distill.stats import class_channel_stats, sample_from_stats
 from fedmatch.models import build_model
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,9 @@ __all__ = [
 # The DM/DC ConvNet: three blocks of 128 channels with instance norm.
 DM_NET: Mapping[str, Any] = {"width": 128, "depth": 3, "norm": "instancenorm"}
 
-InitMode = Literal["real", "noise"]
+# real: random real images; noise: N(0, 1); stats: N(μ_c, σ_c) per class and channel of the
+# real images (FedLGD's initialisation, ``fedmatch.distill.stats``).
+InitMode = Literal["real", "noise", "stats"]
 
 
 @dataclass
@@ -156,15 +159,19 @@ def init_synthetic(
     init: InitMode,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``ipc`` images per class, class-major: random real images (``init='real'``) or N(0, 1).
+    """``ipc`` images per class, class-major: random real images (``init='real'``), N(0, 1)
+    (``'noise'``) or noise with each class's per-channel mean and std (``'stats'``).
 
     A class with fewer than ``ipc`` real images fills the rest with noise: copies of one image
     would receive identical gradients and stay identical forever.
     """
     if ipc < 1:
         raise ValueError(f"ipc must be at least 1, got {ipc}")
-    if init not in ("real", "noise"):
-        raise ValueError(f"init must be 'real' or 'noise', got {init!r}")
+    if init not in ("real", "noise", "stats"):
+        raise ValueError(f"init must be 'real', 'noise' or 'stats', got {init!r}")
+    if init == "stats":
+        stats = class_channel_stats(images, labels, max(classes) + 1)
+        return sample_from_stats(stats, classes, ipc, (images.shape[2], images.shape[3]), generator)
     shape = (len(classes) * ipc, *images.shape[1:])
     syn = torch.randn(shape, generator=generator)
     syn_labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(ipc)

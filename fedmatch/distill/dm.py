@@ -28,11 +28,13 @@ distribution of augmentations either way; only the correlation across classes di
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
 from fedmatch.distill.common import (
     DM_NET,
@@ -101,18 +103,32 @@ def distill_dm(
     generator: torch.Generator,
     device: torch.device | str = "cpu",
     log_every: int = 0,
+    start: tuple[torch.Tensor, torch.Tensor] | None = None,
+    feature_net: nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, DistillHistory]:
     """Distil ``(images, labels)`` to ``ipc`` images per class with DM.
 
     Only classes present in ``labels`` get synthetic images.  Returns the synthetic images
     (CPU, class-major), their labels and the history (per-step loss, seconds, peak memory).
+
+    ``start`` continues from an existing synthetic set (images, labels) instead of ``init``
+    (``ipc`` is then ignored); ``feature_net`` embeds with that one network every step instead
+    of a fresh random ConvNet: FedLGD's iterative local refresh, which matches in the current
+    global model's feature space (Huang et al., Sec. 3.3).  The network is not changed.
     """
     check_dataset(images, labels, num_classes)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     device = torch.device(device)
-    classes = sorted(int(c) for c in torch.unique(labels.cpu()))
-    syn_init, syn_labels = init_synthetic(images, labels, classes, ipc, init, generator)
+    if start is None:
+        classes = sorted(int(c) for c in torch.unique(labels.cpu()))
+        syn_init, syn_labels = init_synthetic(images, labels, classes, ipc, init, generator)
+    else:
+        syn_init, syn_labels = start[0].detach().float(), start[1].long()
+        check_dataset(syn_init, syn_labels, num_classes)
+        classes = sorted(int(c) for c in torch.unique(syn_labels))
+    if feature_net is not None:
+        feature_net = copy.deepcopy(feature_net).to(device).train().requires_grad_(False)
     images, labels = images.to(device), labels.to(device)
     syn = syn_init.to(device).requires_grad_(True)
     syn_labels_dev = syn_labels.to(device)
@@ -123,13 +139,17 @@ def distill_dm(
 
     with measure_peak_memory(device) as peak, Stopwatch(device) as watch:
         for step in range(steps):
-            model = fresh_convnet(
-                net,
-                in_channels=images.shape[1],
-                num_classes=num_classes,
-                image_size=images.shape[2],
-                seed=draw_seed(generator),
-                device=device,
+            model = (
+                feature_net
+                if feature_net is not None
+                else fresh_convnet(
+                    net,
+                    in_channels=images.shape[1],
+                    num_classes=num_classes,
+                    image_size=images.shape[2],
+                    seed=draw_seed(generator),
+                    device=device,
+                )
             )
             augment = sample_dsa(dsa_strategy, generator, image_size=image_size)
             idx = sampler.sample(generator).to(device)

@@ -8,7 +8,7 @@ import torch
 
 from fedmatch.config import RunConfig
 from fedmatch.data.types import NUM_CLASSES
-from fedmatch.distill.common import DistillHistory
+from fedmatch.distill.common import DistillHistory, InitMode
 from fedmatch.distill.dm import distill_dm
 from fedmatch.distill.evaluate import EvalProtocol
 from fedmatch.distill.ncfm import distill_ncfm
@@ -45,14 +45,18 @@ def distill_from_config(
     *,
     seed: int,
     device: torch.device,
+    init: InitMode | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, DistillHistory]:
-    """Run the distillation ``distill-method`` names, with every run-config knob applied."""
+    """Run the distillation ``distill-method`` names, with every run-config knob applied.
+
+    ``init`` overrides ``distill-init`` (local virtual data starts from ``virtual-init``).
+    """
     generator = torch.Generator().manual_seed(seed)
     common: dict[str, Any] = {
         "num_classes": NUM_CLASSES,
         "lr": method_lr(cfg),
         "batch_real": cfg.distill_batch_real,
-        "init": cfg.distill_init,
+        "init": init or cfg.distill_init,
         "net": distill_net(cfg),
         "dsa_strategy": cfg.dsa_strategy,
         "generator": generator,

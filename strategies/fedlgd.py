@@ -1,0 +1,246 @@
+"""FedLGD (Huang, Jin, Zhao, Xu & Li, TMLR 2024): local virtual data by DM, global virtual data by
+federated gradient matching (strategy ``fedlgd``; client side in ``clients/fedlgd.py``, the math
+in ``fedmatch.distill.fedlgd``).
+
+Schedule, with t = server round − 1 (the official code's 0-based round):
+
+- before round 1, the server asks every client for its per-class, per-channel image statistics
+  (``query.class_stats``) and initialises ``fedlgd-server-ipc`` global virtual images per class
+  from the pooled statistics;
+- every round, the sampled clients get the current global model and the global virtual images,
+  and train one local pass on their local ∪ global virtual data;
+- *refresh rounds* are those with t % ``fedlgd-refresh-every`` == 0 and t ≤
+  ``fedlgd-refresh-until`` (the code's 0, 5, …, 50).  In them the clients first refresh their
+  local virtual data by DM in the global model's features (not in round 1, which follows the
+  warm-up), train with cross-entropy only, and after FedAvg the server updates the global
+  virtual images by gradient matching (``fedlgd-server-steps`` steps) against the
+  pseudo-gradient (θ_old − θ_new)/lr, or, with ``fedlgd-gm-target='client-gradients'``, against
+  the per-class gradients of the clients' local virtual data at θ_old (an extra upload);
+- in the other rounds local training adds λ · L_reg (``fedlgd-regulariser``: SupCon, MMD or
+  nothing) against the global virtual images' features.
+
+Departures from the official code (README "FedLGD"): sampled clients always start from the
+current global model (the code lets unsampled clients keep stale models and train from them
+later); aggregation weighs clients by their training-set size (equal whenever every client
+holds every class, as in the paper's setting); the server's initial statistics are the pooled
+moments of all clients' images, not the average of their means and standard deviations.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from fedmatch.data.types import IMAGE_SHAPE, NUM_CLASSES
+from fedmatch.distill.fedlgd import match_global_virtual, pseudo_gradient
+from fedmatch.distill.fedlgd_wire import (
+    CLASS_GRADS_FLAG,
+    CLASS_GRADS_KEY,
+    GLOBAL_VIRTUAL_KEY,
+    REFRESH_FLAG,
+    REGULARISE_FLAG,
+    STATS_KEY,
+    STATS_MESSAGE_TYPE,
+    class_grads_from_record,
+    stats_from_record,
+    virtual_images_dir,
+)
+from fedmatch.distill.stats import pool_class_stats, sample_from_stats
+from fedmatch.distill.wire import synthetic_record
+from fedmatch.images import save_class_grid
+from fedmatch.models.from_config import model_from_config
+from fedmatch.records import arrays_to_state
+from fedmatch.results import SERVER, MetricRow
+from fedmatch.seeding import derive_seed
+from fedmatch.train import resolve_device
+from strategies.base import FedMatchStrategy
+
+log = logging.getLogger("fedmatch.strategy")
+
+_INIT_TAG = 61  # seed stream of the global virtual images' initial noise
+
+
+class FedLGDStrategy(FedMatchStrategy):
+    """FedAvg plus the server's global virtual data, initialised from statistics and updated by
+    gradient matching in refresh rounds."""
+
+    name = "fedlgd"
+
+    def __init__(self, cfg, nodes) -> None:
+        super().__init__(cfg, nodes)
+        self.global_images: torch.Tensor | None = None
+        self.global_labels: torch.Tensor | None = None
+
+    # ------------------------------------------------------------ schedule
+
+    def is_refresh_round(self, server_round: int) -> bool:
+        t = server_round - 1
+        return t % self.cfg.fedlgd_refresh_every == 0 and t <= self.cfg.fedlgd_refresh_until
+
+    def train_config(self, server_round: int) -> dict[str, int | float | str | bool]:
+        refresh = self.is_refresh_round(server_round)
+        return {
+            # Round 1's local data was just warmed up: nothing to refresh yet.
+            REFRESH_FLAG: refresh and server_round > 1,
+            REGULARISE_FLAG: not refresh,
+            CLASS_GRADS_FLAG: refresh and self.cfg.fedlgd_gm_target == "client-gradients",
+        }
+
+    def train_payload(self, server_round: int) -> dict[str, ArrayRecord]:
+        assert self.global_images is not None and self.global_labels is not None
+        return {GLOBAL_VIRTUAL_KEY: synthetic_record(self.global_images, self.global_labels)}
+
+    # ------------------------------------------------------------ state (checkpoints)
+
+    def state_dict(self) -> dict:
+        if self.global_images is None:
+            return {}
+        return {"global-images": self.global_images, "global-labels": self.global_labels}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "global-images" in state:
+            self.global_images = state["global-images"]
+            self.global_labels = state["global-labels"]
+
+    # ------------------------------------------------------------ initialisation
+
+    def _initialise(self, grid: Grid, server_round: int) -> None:
+        """Global virtual images from the pooled per-class statistics of every client."""
+        messages = [
+            Message(
+                RecordDict({"config": ConfigRecord({"server-round": server_round})}),
+                message_type=STATS_MESSAGE_TYPE,
+                dst_node_id=node.node_id,
+            )
+            for node in self.nodes
+        ]
+        replies = self.exchange(grid, messages, server_round, self.cfg.round_timeout)
+        parts = []
+        for reply in self._ordered_valid(server_round, replies):
+            node = self._by_node[reply.metadata.src_node_id]
+            record = reply.content.array_records.get(STATS_KEY)
+            if record is None:
+                raise RuntimeError(
+                    f"client {node.partition_id} replied to {STATS_MESSAGE_TYPE} without its "
+                    f"statistics (record {STATS_KEY!r})"
+                )
+            parts.append(stats_from_record(record))
+        if not parts:
+            raise RuntimeError("no client sent its class statistics: cannot initialise FedLGD")
+        pooled = pool_class_stats(parts)
+        classes = [c for c in range(NUM_CLASSES) if int(pooled.counts[c]) > 0]
+        generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, _INIT_TAG))
+        self.global_images, self.global_labels = sample_from_stats(
+            pooled, classes, self.cfg.fedlgd_server_ipc, IMAGE_SHAPE[1:], generator
+        )
+        log.info(
+            "FedLGD: %d global virtual images (%d classes) from the statistics of %d clients",
+            len(self.global_labels),
+            len(classes),
+            len(parts),
+        )
+        self._save_images(0)
+
+    def _save_images(self, server_round: int) -> None:
+        if not (self.cfg.fedlgd_save_images and self.run_dir):
+            return
+        assert self.global_images is not None and self.global_labels is not None
+        save_class_grid(
+            self.global_images,
+            self.global_labels,
+            virtual_images_dir(self.run_dir) / f"server-round-{server_round}.png",
+        )
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if self.global_images is None:
+            self._initialise(grid, server_round)
+        return super().configure_train(server_round, arrays, config, grid)
+
+    # ------------------------------------------------------------ aggregation + matching
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        old = self._current
+        aggregated, metrics = super().aggregate_train(server_round, replies)
+        if aggregated is None or old is None or not self.is_refresh_round(server_round):
+            return aggregated, metrics
+        if self.cfg.fedlgd_server_steps > 0:
+            self._match(server_round, old, aggregated, replies)
+        return aggregated, metrics
+
+    def _match(
+        self, server_round: int, old: ArrayRecord, new: ArrayRecord, replies: list[Message]
+    ) -> None:
+        assert self.global_images is not None and self.global_labels is not None
+        device = resolve_device(self.cfg.device)
+        model = model_from_config(self.cfg)
+        old_state = arrays_to_state(old)
+        model.load_state_dict(old_state)
+        model.to(device)
+        if self.cfg.fedlgd_gm_target == "pseudo-gradient":
+            target = pseudo_gradient(model, old_state, arrays_to_state(new), self.cfg.lr)
+        else:
+            target = self._mean_class_gradients(server_round, replies)
+        start = time.perf_counter()
+        self.global_images, history = match_global_virtual(
+            model,
+            self.global_images,
+            self.global_labels,
+            target,
+            steps=self.cfg.fedlgd_server_steps,
+            lr=self.cfg.fedlgd_image_lr,
+            metric=self.cfg.fedlgd_gm_distance,
+            device=device,
+        )
+        seconds = time.perf_counter() - start
+        log.info(
+            "round %d: gradient matching on %d global virtual images, %d steps, %.1f s, "
+            "distance %.4f -> %.4f",
+            server_round,
+            len(self.global_labels),
+            self.cfg.fedlgd_server_steps,
+            seconds,
+            history.initial_loss,
+            history.final_loss,
+        )
+        for metric, value in (
+            ("fedlgd-gm-initial-distance", history.initial_loss),
+            ("fedlgd-gm-final-distance", history.final_loss),
+            ("fedlgd-gm-seconds", seconds),
+        ):
+            self._round_rows.append(MetricRow(server_round, SERVER, "all", metric, value))
+        self._save_images(server_round)
+
+    def _mean_class_gradients(
+        self, server_round: int, replies: list[Message]
+    ) -> dict[int, list[torch.Tensor]]:
+        """Per class: the mean of the gradients of the clients that hold it (weights 1/N_c)."""
+        sums: dict[int, list[torch.Tensor]] = {}
+        counts: dict[int, int] = {}
+        for reply in (r for r in replies if not r.has_error()):
+            record = reply.content.array_records.get(CLASS_GRADS_KEY)
+            if record is None:
+                node = self._by_node[reply.metadata.src_node_id]
+                raise RuntimeError(
+                    f"round {server_round}: client {node.partition_id} sent no per-class "
+                    f"gradients (record {CLASS_GRADS_KEY!r}) for fedlgd-gm-target="
+                    "'client-gradients'"
+                )
+            for c, grads in class_grads_from_record(record).items():
+                if c in sums:
+                    sums[c] = [a + b for a, b in zip(sums[c], grads, strict=True)]
+                else:
+                    sums[c] = [g.clone() for g in grads]
+                counts[c] = counts.get(c, 0) + 1
+        if not sums:
+            raise RuntimeError(f"round {server_round}: no per-class gradients came back")
+        return {c: [g / counts[c] for g in grads] for c, grads in sums.items()}
