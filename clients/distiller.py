@@ -13,7 +13,10 @@ fewer than ``10 · ipc`` images.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from pathlib import Path
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -31,6 +34,7 @@ from fedmatch.distill.wire import (
     synthetic_from_record,
     synthetic_record,
 )
+from fedmatch.results import atomic_torch_save
 from fedmatch.seeding import derive_seed
 from fedmatch.train import resolve_device
 
@@ -101,10 +105,82 @@ def local_virtual_set(
     stored = stored_synthetic(context)
     if stored is not None:
         return TensorDataset(*stored)
+    cache_file = virtual_cache_file(cfg, partition_id, node_partition(context)[1], device)
+    if cfg.virtual_cache and cache_file.exists():
+        try:
+            cached = torch.load(cache_file, weights_only=True)
+            syn_images, syn_labels = cached["images"], cached["labels"]
+        except (OSError, RuntimeError, KeyError, EOFError) as err:
+            log.warning(
+                "local virtual data cache %s is unreadable (%s): distilling", cache_file, err
+            )
+        else:
+            log.info(
+                "client %d (%s): local virtual data (%d images) from the cache %s",
+                partition_id,
+                data.domain,
+                len(syn_labels),
+                cache_file,
+            )
+            context.state[STATE_KEY] = synthetic_record(syn_images, syn_labels)
+            return TensorDataset(syn_images, syn_labels)
     syn_images, syn_labels, _ = _distill_and_keep(
         cfg, data, context, partition_id, 0, device, init=cfg.virtual_init
     )
+    if cfg.virtual_cache:
+        atomic_torch_save({"images": syn_images, "labels": syn_labels}, cache_file)
     return TensorDataset(syn_images, syn_labels)
+
+
+# Every key the initial local virtual data depends on (data, partition, distillation, seed).
+_VIRTUAL_KEYS = (
+    "dataset",
+    "data-root",
+    "domains",
+    "partitioning",
+    "alpha",
+    "train-subset",
+    "target-domain",
+    "seed",
+    "ipc",
+    "virtual-init",
+    "distill-method",
+    "distill-steps",
+    "distill-lr",
+    "distill-batch-real",
+    "dsa-strategy",
+    "ncfm-alpha",
+    "ncfm-frequencies",
+    "ncfm-psi-lr",
+    "model-width",
+    "model-depth",
+    "model-norm",
+)
+# Bump when the distillation code changes what it computes: old cache files stop matching.
+_VIRTUAL_CACHE_VERSION = 1
+
+
+def virtual_cache_file(
+    cfg: RunConfig, partition_id: int, num_partitions: int, device: torch.device
+) -> Path:
+    """``<cache-dir>/virtual/<digest>.pt``: the digest of everything the set depends on.
+
+    Runs that differ only in strategy or training keys (FedLGD and the baselines of its
+    comparison) share the file, so the warm-up distillation runs once per client, not per run.
+    The device type is part of the key: CPU and GPU kernels give slightly different numbers.
+    """
+    flower = cfg.to_flower()
+    fields = {key: flower[key] for key in _VIRTUAL_KEYS}
+    fields.update(
+        {
+            "partition-id": partition_id,
+            "num-partitions": num_partitions,
+            "device": device.type,
+            "version": _VIRTUAL_CACHE_VERSION,
+        }
+    )
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
+    return cfg.cache_path / "virtual" / f"{digest}.pt"
 
 
 def handle_distill(msg: Message, context: Context) -> Message:

@@ -567,7 +567,13 @@ def test_training_on_local_virtual_data_distils_once_and_reuses_the_set(
 
     monkeypatch.setattr(distiller, "distill_from_config", counting)
     cfg = _tiny_cfg(data_cache, name).model_copy(
-        update={"train_data": "distilled", "ipc": 2, "distill_steps": 3, "distill_batch_real": 8}
+        update={
+            "train_data": "distilled",
+            "ipc": 2,
+            "distill_steps": 3,
+            "distill_batch_real": 8,
+            "virtual_cache": False,  # count distillations, not cache hits (tests/test_fedlgd.py)
+        }
     )
     run = _Federation(cfg, tmp_path / "run")
     start = state_to_arrays(model_from_config(cfg, init_seed=0).state_dict())

@@ -203,5 +203,65 @@ def test_fedlgd_config_errors_name_the_key():
         RunConfig.from_flower({"strategy": "fedlgd", "fedlgd-regulariser": "l2"})
     with pytest.raises(ConfigError, match="'fedlgd-refresh-every' = 0"):
         RunConfig.from_flower({"strategy": "fedlgd", "fedlgd-refresh-every": 0})
-    with pytest.raises(ConfigError, match="fedlgd always trains on its own virtual data"):
-        RunConfig.from_flower({"strategy": "fedlgd", "train-data": "distilled"})
+    # FedLGD always trains on virtual data, so a suite can set train-data for every cell.
+    assert RunConfig.from_flower({"strategy": "fedlgd", "train-data": "distilled"}).ipc == 10
+
+
+@pytest.mark.parametrize("name", ["fedlgd-cpu", "fedlgd-paper"])
+def test_presets_are_valid_fedlgd_run_configs(name: str):
+    import tomllib
+    from pathlib import Path
+
+    preset = Path(__file__).resolve().parents[1] / "presets" / f"{name}.toml"
+    cfg = RunConfig.from_flower(tomllib.loads(preset.read_text()))
+    assert cfg.strategy == "fedlgd" and cfg.virtual_init == "stats"
+    # The refresh horizon lies inside the run, so every refresh happens.
+    assert cfg.fedlgd_refresh_until < cfg.num_server_rounds
+
+
+def test_initial_local_virtual_data_is_cached_across_runs_that_share_its_keys(
+    tmp_path, monkeypatch
+):
+    """FedLGD and its baselines (same data, distillation keys, seed) distil once per client."""
+    from flwr.app import Context, RecordDict
+
+    import clients.distiller as distiller
+    from fedmatch.data.loaders import load_client_data
+
+    calls = []
+    real = distiller.distill_from_config
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(distiller, "distill_from_config", counting)
+
+    def first_set(strategy: str, **update):
+        cfg = RunConfig(
+            strategy=strategy,
+            domains="mnist,optdigits",
+            train_subset=64,
+            model_width=8,
+            ipc=2,
+            distill_steps=3,
+            distill_batch_real=8,
+            cache_dir=str(tmp_path / "cache"),
+        ).model_copy(update=update)
+        context = Context(
+            run_id=1,
+            node_id=1,
+            node_config={"partition-id": 1, "num-partitions": 2},
+            state=RecordDict(),
+            run_config=cfg.to_flower(),
+        )
+        data = load_client_data(cfg, 1, 2)
+        return distiller.local_virtual_set(cfg, data, context, 1, torch.device("cpu")).tensors
+
+    fedlgd_images, fedlgd_labels = first_set("fedlgd")
+    fedavg_images, fedavg_labels = first_set("fedavg", lr=0.5, train_data="distilled")
+    assert len(calls) == 1  # the second run read the first one's set
+    assert torch.equal(fedlgd_images, fedavg_images) and torch.equal(fedlgd_labels, fedavg_labels)
+    first_set("fedavg", seed=1)  # another seed: another set
+    first_set("fedavg", virtual_cache=False)  # cache off: always distils
+    assert len(calls) == 3
