@@ -28,6 +28,7 @@ moments of all clients' images, not the average of their means and standard devi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable
@@ -54,7 +55,7 @@ from fedmatch.distill.stats import pool_class_stats, sample_from_stats
 from fedmatch.distill.wire import synthetic_record
 from fedmatch.images import save_class_grid
 from fedmatch.models.from_config import model_from_config
-from fedmatch.records import arrays_to_state
+from fedmatch.records import arrays_nbytes, arrays_to_state
 from fedmatch.results import SERVER, MetricRow
 from fedmatch.seeding import derive_seed
 from fedmatch.train import resolve_device
@@ -170,15 +171,40 @@ class FedLGDStrategy(FedMatchStrategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         old = self._current
+        # Flower's FedAvg averages replies that carry exactly one ArrayRecord: take the
+        # per-class gradients out first (their bytes still count as uploaded).
+        class_grads = self._take_class_grads(replies)
         aggregated, metrics = super().aggregate_train(server_round, replies)
+        self._count_upload(server_round, class_grads)
         if aggregated is None or old is None or not self.is_refresh_round(server_round):
             return aggregated, metrics
         if self.cfg.fedlgd_server_steps > 0:
-            self._match(server_round, old, aggregated, replies)
+            self._match(server_round, old, aggregated, class_grads)
         return aggregated, metrics
 
+    def _take_class_grads(self, replies: list[Message]) -> dict[int, ArrayRecord]:
+        out = {}
+        for reply in replies:
+            if not reply.has_error() and CLASS_GRADS_KEY in reply.content.array_records:
+                out[reply.metadata.src_node_id] = reply.content.array_records[CLASS_GRADS_KEY]
+                del reply.content[CLASS_GRADS_KEY]
+        return out
+
+    def _count_upload(self, server_round: int, class_grads: dict[int, ArrayRecord]) -> None:
+        for node_id, record in class_grads.items():
+            partition = self._by_node[node_id].partition_id
+            for i, row in enumerate(self._round_rows):
+                if row.metric == "bytes-up" and row.client == partition:
+                    self._round_rows[i] = dataclasses.replace(
+                        row, value=row.value + arrays_nbytes(record)
+                    )
+
     def _match(
-        self, server_round: int, old: ArrayRecord, new: ArrayRecord, replies: list[Message]
+        self,
+        server_round: int,
+        old: ArrayRecord,
+        new: ArrayRecord,
+        class_grads: dict[int, ArrayRecord],
     ) -> None:
         assert self.global_images is not None and self.global_labels is not None
         device = resolve_device(self.cfg.device)
@@ -189,7 +215,7 @@ class FedLGDStrategy(FedMatchStrategy):
         if self.cfg.fedlgd_gm_target == "pseudo-gradient":
             target = pseudo_gradient(model, old_state, arrays_to_state(new), self.cfg.lr)
         else:
-            target = self._mean_class_gradients(server_round, replies)
+            target = self._mean_class_gradients(server_round, class_grads)
         start = time.perf_counter()
         self.global_images, history = match_global_virtual(
             model,
@@ -221,26 +247,21 @@ class FedLGDStrategy(FedMatchStrategy):
         self._save_images(server_round)
 
     def _mean_class_gradients(
-        self, server_round: int, replies: list[Message]
+        self, server_round: int, class_grads: dict[int, ArrayRecord]
     ) -> dict[int, list[torch.Tensor]]:
         """Per class: the mean of the gradients of the clients that hold it (weights 1/N_c)."""
+        if not class_grads:
+            raise RuntimeError(
+                f"round {server_round}: no client sent per-class gradients (record "
+                f"{CLASS_GRADS_KEY!r}) for fedlgd-gm-target='client-gradients'"
+            )
         sums: dict[int, list[torch.Tensor]] = {}
         counts: dict[int, int] = {}
-        for reply in (r for r in replies if not r.has_error()):
-            record = reply.content.array_records.get(CLASS_GRADS_KEY)
-            if record is None:
-                node = self._by_node[reply.metadata.src_node_id]
-                raise RuntimeError(
-                    f"round {server_round}: client {node.partition_id} sent no per-class "
-                    f"gradients (record {CLASS_GRADS_KEY!r}) for fedlgd-gm-target="
-                    "'client-gradients'"
-                )
-            for c, grads in class_grads_from_record(record).items():
+        for node_id in sorted(class_grads, key=lambda n: self._by_node[n].partition_id):
+            for c, grads in class_grads_from_record(class_grads[node_id]).items():
                 if c in sums:
                     sums[c] = [a + b for a, b in zip(sums[c], grads, strict=True)]
                 else:
                     sums[c] = [g.clone() for g in grads]
                 counts[c] = counts.get(c, 0) + 1
-        if not sums:
-            raise RuntimeError(f"round {server_round}: no per-class gradients came back")
         return {c: [g / counts[c] for g in grads] for c, grads in sums.items()}

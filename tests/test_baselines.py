@@ -376,15 +376,6 @@ def test_baseline_keys_are_bounded(values: dict, key: str):
 # ------------------------------------------------------- both sides, in process
 
 
-@pytest.fixture
-def flower_task(monkeypatch):
-    """Lets tests build Flower Messages outside a run (Flower reads the run id from here)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for attr in ("_run_id", "_node_id", "_task_id"):
-        monkeypatch.setattr(TaskIdentity, attr, 1)
-
-
 def _tiny_cfg(data_cache, strategy: str) -> RunConfig:
     return RunConfig(
         strategy=strategy,

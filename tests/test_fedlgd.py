@@ -265,3 +265,120 @@ def test_initial_local_virtual_data_is_cached_across_runs_that_share_its_keys(
     first_set("fedavg", seed=1)  # another seed: another set
     first_set("fedavg", virtual_cache=False)  # cache off: always distils
     assert len(calls) == 3
+
+
+# ----------------------------------------------------------------------------- strategy
+
+
+class _InProcess:
+    """FedLGD's server and two ClientApp nodes exchanging in process (no Flower engine)."""
+
+    def __init__(self, tmp_path, data_cache, **update) -> None:
+        from flwr.app import Context, RecordDict
+
+        from strategies.base import NodeInfo
+        from strategies.fedlgd import FedLGDStrategy
+
+        self.cfg = RunConfig(
+            strategy="fedlgd",
+            domains="mnist,optdigits",
+            train_subset=60,
+            model_width=8,
+            model_depth=2,
+            ipc=2,
+            distill_steps=2,
+            distill_batch_real=4,
+            fedlgd_server_ipc=1,
+            fedlgd_local_steps=2,
+            fedlgd_server_steps=3,
+            fedlgd_refresh_every=2,
+            fedlgd_refresh_until=2,
+            cache_dir=str(data_cache),
+            virtual_cache=False,
+            seed=4,
+        ).model_copy(update=update)
+        nodes = [NodeInfo(10 + i, i, "?", 60, 60, "cpu") for i in range(2)]
+        self.strategy = FedLGDStrategy(self.cfg, nodes)
+        self.strategy.run_dir = str(tmp_path / "run")
+        self.contexts = {
+            10 + i: Context(
+                run_id=1,
+                node_id=10 + i,
+                node_config={"partition-id": i, "num-partitions": 2},
+                state=RecordDict(),
+                run_config=self.cfg.to_flower(),
+            )
+            for i in range(2)
+        }
+        self.sent: list = []
+        self.strategy.exchange = self._exchange
+
+    def _exchange(self, grid, messages, server_round, timeout):
+        from clients.client_app import class_stats, train
+
+        replies = []
+        for message in messages:
+            self.sent.append(message)
+            context = self.contexts[message.metadata.dst_node_id]
+            handler = class_stats if message.metadata.message_type.startswith("query") else train
+            replies.append(handler(message, context))
+        self.uploaded = [sorted(r.content.array_records) for r in replies]
+        return replies
+
+    def round(self, server_round: int, arrays):
+        from flwr.app import ConfigRecord
+
+        self.strategy._round_rows = []
+        messages = list(self.strategy.configure_train(server_round, arrays, ConfigRecord(), None))
+        replies = self._exchange(None, messages, server_round, 0)
+        aggregated, _ = self.strategy.aggregate_train(server_round, replies)
+        assert aggregated is not None
+        return aggregated, messages, replies, self.strategy._round_rows
+
+
+def _initial_arrays(cfg):
+    from fedmatch.models.from_config import model_from_config
+    from fedmatch.records import state_to_arrays
+
+    return state_to_arrays(model_from_config(cfg, init_seed=0).state_dict())
+
+
+@pytest.mark.parametrize("target", ["pseudo-gradient", "client-gradients"])
+def test_strategy_follows_the_refresh_schedule_and_matches_in_refresh_rounds(
+    tmp_path, data_cache, flower_task, target
+):
+    from fedmatch.distill.fedlgd_wire import CLASS_GRADS_KEY, REFRESH_FLAG, REGULARISE_FLAG
+
+    fed = _InProcess(tmp_path, data_cache, fedlgd_gm_target=target)
+    arrays = _initial_arrays(fed.cfg)
+    flags, matched, uploads = {}, {}, {}
+    for server_round in (1, 2, 3, 4):
+        before = None if fed.strategy.global_images is None else fed.strategy.global_images.clone()
+        arrays, messages, _, rows = fed.round(server_round, arrays)
+        config = messages[0].content["config"]
+        flags[server_round] = (bool(config[REFRESH_FLAG]), bool(config[REGULARISE_FLAG]))
+        matched[server_round] = any(r.metric == "fedlgd-gm-final-distance" for r in rows)
+        uploads[server_round] = all(CLASS_GRADS_KEY in names for names in fed.uploaded)
+        if before is not None and not matched[server_round]:
+            assert torch.equal(before, fed.strategy.global_images)  # untouched between refreshes
+    # Refresh rounds (t % 2 == 0, t <= 2): rounds 1 and 3; round 1 follows the warm-up.
+    assert flags == {1: (False, False), 2: (False, True), 3: (True, False), 4: (False, True)}
+    assert matched == {1: True, 2: False, 3: True, 4: False}
+    expected_uploads = target == "client-gradients"
+    assert uploads == {1: expected_uploads, 2: False, 3: expected_uploads, 4: False}
+    # The stats query went out once, before round 1, to both clients.
+    assert sum(m.metadata.message_type == "query.class_stats" for m in fed.sent) == 2
+    assert fed.strategy.global_labels.tolist() == list(range(10))
+
+
+def test_strategy_state_restores_the_global_virtual_images_without_asking_again(
+    tmp_path, data_cache, flower_task
+):
+    fed = _InProcess(tmp_path, data_cache)
+    fed.round(1, _initial_arrays(fed.cfg))
+    state = fed.strategy.state_dict()
+    resumed = _InProcess(tmp_path, data_cache)
+    resumed.strategy.load_state_dict(state)
+    resumed.round(2, _initial_arrays(resumed.cfg))
+    assert not any(m.metadata.message_type.startswith("query") for m in resumed.sent)
+    assert torch.equal(resumed.strategy.global_images, state["global-images"])
