@@ -40,10 +40,16 @@ def with_change(table: str, key: str, value) -> dict:
 def test_shipped_suites_are_valid():
     quick = Suite.load(SUITES / "digits-quick.toml")
     cells = quick.cells()
-    # Every strategy but FedKA, which needs a held-out domain (fedka-lodo.toml).
-    assert {c.cfg.strategy for c in cells} == set(STRATEGIES) - {"fedka"}
+    # Every strategy but FedKA, which needs a held-out domain (fedka-lodo.toml), and FedLGD,
+    # whose virtual-data protocol has its own suite (fedlgd-digits.toml).
+    assert {c.cfg.strategy for c in cells} == set(STRATEGIES) - {"fedka", "fedlgd"}
     assert {c.cfg.seed for c in cells} == {0, 1}
-    assert len(cells) == 2 * (len(STRATEGIES) - 1)
+    assert len(cells) == 2 * (len(STRATEGIES) - 2)
+    fedlgd = Suite.load(SUITES / "fedlgd-digits.toml").cells()
+    assert {c.cfg.strategy for c in fedlgd} == {"fedlgd", "fedavg", "fedprox"}
+    # The baselines train on the local virtual data FedLGD starts from.
+    assert {c.cfg.train_data for c in fedlgd} == {"distilled"}
+    assert {c.cfg.ipc for c in fedlgd} == {10, 50} and len(fedlgd) == 18
     lodo = Suite.load(SUITES / "fedka-lodo.toml").cells()
     assert {c.cfg.strategy for c in lodo} == {"fedavg", "fedka"}
     assert {c.cfg.target_domain for c in lodo} == set(EMBEDDED_DOMAINS)
