@@ -13,8 +13,9 @@ import json
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from clients import aligner, baselines, classifier, distiller
+from clients import aligner, baselines, classifier, distiller, generator
 from fedmatch.cells import CELL_RECORD
+from fedmatch.diffusion.from_config import GENERATOR_ACTION, TEACHER_ACTION
 from fedmatch.logs import setup_logging
 
 app = ClientApp()
@@ -75,6 +76,20 @@ def distill(msg: Message, context: Context) -> Message:
     # "train.distill": condense the local data (DM/NCFM); see clients/distiller.py.
     setup_logging()
     return distiller.handle_distill(msg, cell_context(msg, context))
+
+
+@app.train(TEACHER_ACTION.removeprefix("train."))
+def train_teacher(msg: Message, context: Context) -> Message:
+    # "train.teacher": DDPM steps of the diffusion teacher; see clients/generator.py.
+    setup_logging()
+    return generator.handle_teacher(msg, cell_context(msg, context))
+
+
+@app.train(GENERATOR_ACTION.removeprefix("train."))
+def train_generator(msg: Message, context: Context) -> Message:
+    # "train.generator": DMD2/DisBack generator distillation; see clients/generator.py.
+    setup_logging()
+    return generator.handle_generator(msg, cell_context(msg, context))
 
 
 @app.evaluate()

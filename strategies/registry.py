@@ -10,6 +10,7 @@ from strategies.feddyn import FedDynStrategy
 from strategies.fedka import FedKAStrategy
 from strategies.fednova import FedNovaStrategy
 from strategies.fedprox import FedProxStrategy
+from strategies.generators import DiffusionTeacherStrategy, DisBackStrategy, DMD2Strategy
 from strategies.moon import MoonStrategy
 from strategies.scaffold import ScaffoldStrategy
 from strategies.vhl import VHLStrategy
@@ -27,5 +28,8 @@ STRATEGIES: dict[str, type[FedMatchStrategy]] = {
         FedDynStrategy,
         MoonStrategy,
         VHLStrategy,
+        DiffusionTeacherStrategy,
+        DMD2Strategy,
+        DisBackStrategy,
     )
 }
