@@ -26,6 +26,9 @@ from fedmatch.diffusion import (
     dm_loss,
     fake_score_loss,
     frechet_distance,
+    gan_critic_loss,
+    gan_generator_loss,
+    gan_logits,
     generate,
     pad_images,
     precision_recall,
@@ -217,6 +220,44 @@ def test_bottleneck_and_gan_head_give_one_logit_per_image():
     assert features.shape == (4, 16, 16, 16)
     assert GanHead(16)(features).shape == (4,)
     assert not unet.mid_block._forward_hooks  # the hook is removed again
+
+
+def test_gan_critic_on_the_fake_bottleneck_learns_real_from_generated():
+    images, labels = toy_digits(32)
+    real = pad_images(images)
+    generator = build_unet(TINY, seed=0).eval().requires_grad_(False)
+    fake_images = generate_padded(
+        generator, labels, num_steps=1, rng=torch.Generator().manual_seed(1)
+    )
+    fake_unet, head = build_unet(TINY, seed=1), GanHead(16)
+    ac = alphas_cumprod()
+
+    def loss(rng: torch.Generator) -> torch.Tensor:
+        return gan_critic_loss(
+            gan_logits(fake_unet, head, real, labels, ac, rng),
+            gan_logits(fake_unet, head, fake_images, labels, ac, rng),
+        )
+
+    with torch.no_grad():
+        before = float(loss(torch.Generator().manual_seed(5)))
+    params = [*fake_unet.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    rng = torch.Generator().manual_seed(2)
+    for _ in range(15):
+        value = loss(rng)
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = float(loss(torch.Generator().manual_seed(5)))
+    assert after < 0.8 * before, (before, after)
+    # The generator's GAN loss reaches the generator through the frozen critic.
+    fake_unet.requires_grad_(False)
+    head.requires_grad_(False)
+    g = build_unet(TINY, seed=0)
+    x = predict_x0(g, torch.randn(4, 3, 32, 32), torch.full((4,), 999), labels[:4], ac)
+    gan_generator_loss(gan_logits(fake_unet, head, x, labels[:4], ac, rng)).backward()
+    assert max(float(p.grad.abs().max()) for p in g.parameters() if p.grad is not None) > 0
 
 
 def test_dmd2_local_training_runs_ttur_with_gan_and_multistep():

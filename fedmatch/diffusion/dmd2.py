@@ -302,9 +302,8 @@ def train_dmd2(
     for module in (generator, fake_unet, head, real_unet):
         module.to(device)
     real_unet.eval().requires_grad_(False)
-    generator.train()
-    fake_unet.train()
-    head.train()
+    for module in (generator, fake_unet, head):
+        module.train().requires_grad_(True)
     timesteps = student_timesteps(settings.nfe)
     opt_g = torch.optim.AdamW(generator.parameters(), lr=settings.lr, weight_decay=0.01)
     critic_params = [*fake_unet.parameters(), *head.parameters()]
