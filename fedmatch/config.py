@@ -150,6 +150,8 @@ class RunConfig(BaseModel):
     gan_weight_critic: float = Field(1e-2, ge=0)
     disback_nodes: int = Field(4, ge=1)
     disback_degradation_steps: int = Field(200, ge=1)
+    # When the target moves back a node: Alg. 1's fixed schedule, or once converged.
+    disback_switch: Literal["schedule", "converged"] = "schedule"
     fid_samples: int = Field(500, ge=10)  # generated images per FID evaluation
     fid_feature_steps: int = Field(500, ge=1)  # training steps of the FID feature network
     grid_per_class: int = Field(8, ge=1)  # sample-grid columns (one row per class)

@@ -35,7 +35,7 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from fedmatch.data.types import DomainArrays
-from fedmatch.diffusion.disback import backtrack_target, record_degradation
+from fedmatch.diffusion.disback import BacktrackController, record_degradation
 from fedmatch.diffusion.dmd2 import generate
 from fedmatch.diffusion.evaluate import ALL, DiffusionEvaluator, Sampler
 from fedmatch.diffusion.from_config import (
@@ -272,7 +272,8 @@ class DMD2Strategy(_DiffusionStrategy):
                 message_type=TEACHER_ACTION,
                 dst_node_id=node.node_id,
             )
-            for node in self.nodes
+            # Sampled as the base round loop samples (so fraction-train means the same).
+            for node in self.sample(self.fraction_train, teacher_round, purpose=0)
         ]
         self._round_rows = []
         replies = self._ordered_valid(
@@ -301,6 +302,9 @@ class DisBackStrategy(DMD2Strategy):
     def __init__(self, cfg, nodes: list[NodeInfo]) -> None:
         super().__init__(cfg, nodes)
         self.path: list[dict[str, torch.Tensor]] | None = None
+        self.controller = BacktrackController(
+            cfg.disback_nodes, cfg.num_server_rounds, cfg.disback_switch
+        )
 
     def prepare(self, recorder: RunRecorder) -> None:
         if self.path is not None:
@@ -335,9 +339,18 @@ class DisBackStrategy(DMD2Strategy):
         return self.path[-1]  # the most degraded node (not a fixed checkpoint: hazard (c))
 
     def target_index(self, server_round: int) -> int:
-        return backtrack_target(
-            self.cfg.disback_nodes, server_round - 1, self.cfg.num_server_rounds
-        )
+        return self.controller.target(server_round)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        norms = [
+            r.value
+            for r in self._round_rows
+            if r.round == server_round and r.metric == "dm-grad-norm" and r.client != SERVER
+        ]
+        if norms:
+            self.controller.observe(server_round, float(np.mean(norms)))
+        return arrays, metrics
 
     def target_state(self, server_round: int) -> dict[str, torch.Tensor]:
         assert self.path is not None
@@ -350,9 +363,14 @@ class DisBackStrategy(DMD2Strategy):
     def state_dict(self) -> dict:
         if self.path is None:
             return {}
-        return {"path": [{k: v.numpy() for k, v in node.items()} for node in self.path]}
+        return {
+            "path": [{k: v.numpy() for k, v in node.items()} for node in self.path],
+            "controller": self.controller.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
+        if "controller" in state:
+            self.controller.load_state_dict(state["controller"])
         if "path" in state:
             self.path = [
                 {k: torch.from_numpy(v) for k, v in node.items()} for node in state["path"]

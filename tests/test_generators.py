@@ -302,6 +302,30 @@ def test_backtrack_schedule_visits_every_node_in_reverse_and_ends_at_the_teacher
     assert [backtrack_target(1, s, 3) for s in range(3)] == [0, 0, 0]
 
 
+def test_backtrack_controller_schedule_and_convergence_switching():
+    from fedmatch.diffusion.disback import BacktrackController
+
+    scheduled = BacktrackController(3, 6)
+    assert [scheduled.target(r) for r in range(1, 7)] == [2, 2, 1, 1, 0, 0]
+    ctl = BacktrackController(3, 10, mode="converged")
+    targets = []
+    # Falling norms keep the target; a plateau (round 3) moves it back one node.
+    for r, norm in enumerate([1.0, 0.8, 0.8, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.01], start=1):
+        targets.append(ctl.target(r))
+        ctl.observe(r, norm)
+    assert targets[:4] == [2, 2, 2, 1]
+    assert targets[-1] == 0 and targets == sorted(targets, reverse=True)
+    # Never converging: forced moves still end at the teacher in the last round.
+    stuck = BacktrackController(4, 5, mode="converged")
+    seen = []
+    for r in range(1, 6):
+        seen.append(stuck.target(r))
+        stuck.observe(r, 1.0 / r)
+    assert seen[-1] == 0
+    with pytest.raises(ValueError, match="disback-switch"):
+        BacktrackController(2, 2, mode="sometimes")
+
+
 def test_degradation_path_starts_at_the_teacher_and_moves_towards_the_generator():
     teacher = build_unet(TINY, seed=0)
     generator0 = build_unet(TINY, seed=1)  # a generator whose distribution differs

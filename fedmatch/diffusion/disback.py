@@ -7,7 +7,8 @@
 2. **Backtracking** (:func:`backtrack_target`): the fake score starts from the most degraded
    node s′_N; the generator is distilled (DMD2 loss, ``fedmatch.diffusion.dmd2``) against
    s′_{N−1}, then s′_{N−2}, …, and finally the teacher s′_0, switching targets at fixed
-   intervals (Alg. 1: every ``total / N`` iterations).
+   intervals (Alg. 1: every ``total / N`` iterations), or once the generator has converged
+   on the current target (:class:`BacktrackController`, ``disback-switch='converged'``).
 
 This follows the paper's algorithm, not the released SDXL script, which (a) loads whole
 guidance state dicts into the target with ``strict=False`` so the target may silently not
@@ -96,6 +97,56 @@ def backtrack_target(num_nodes: int, step: int, total_steps: int) -> int:
         raise ValueError(f"num_nodes={num_nodes}, total_steps={total_steps}: both must be >= 1")
     stage = min(num_nodes - 1, max(0, step) * num_nodes // total_steps)
     return num_nodes - 1 - stage
+
+
+class BacktrackController:
+    """The target node round by round: on Alg. 1's schedule, or when the generator converges.
+
+    ``mode='schedule'``: :func:`backtrack_target` over ``total_rounds``.
+    ``mode='converged'``: the target moves one node back once the generator has converged on
+    the current one, i.e. when the round's distribution-matching gradient norm (the distance
+    between fake and target score the generator still sees) fails to improve on the best of
+    this stage by a relative ``tolerance``; it also moves whenever the rounds left are no more
+    than the nodes left, so the last round always distils the teacher itself.
+    """
+
+    def __init__(
+        self, num_nodes: int, total_rounds: int, mode: str = "schedule", tolerance: float = 0.01
+    ) -> None:
+        if mode not in ("schedule", "converged"):
+            raise ValueError(f"disback-switch={mode!r}: allowed 'schedule', 'converged'")
+        self.num_nodes = num_nodes
+        self.total_rounds = total_rounds
+        self.mode = mode
+        self.tolerance = tolerance
+        self.index = num_nodes - 1
+        self.best = float("inf")
+
+    def target(self, server_round: int) -> int:
+        """The node index distilled in round ``server_round`` (1-based)."""
+        if self.mode == "schedule":
+            return backtrack_target(self.num_nodes, server_round - 1, self.total_rounds)
+        return self.index
+
+    def observe(self, server_round: int, grad_norm: float) -> None:
+        """Feed the round's mean DM-gradient norm (``converged`` mode decides here)."""
+        if self.mode == "schedule" or self.index == 0:
+            return
+        converged = grad_norm > self.best * (1 - self.tolerance)
+        forced = self.total_rounds - server_round <= self.index
+        if converged or forced:
+            self.index -= 1
+            self.best = float("inf")
+            log.info("DisBack: round %d, target moves to node %d", server_round, self.index)
+        else:
+            self.best = grad_norm
+
+    def state_dict(self) -> dict[str, float]:
+        return {"index": self.index, "best": self.best}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.index = int(state["index"])
+        self.best = float(state["best"])
 
 
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
