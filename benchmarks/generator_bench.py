@@ -11,7 +11,8 @@ A federated simulation in one process (no Flower: the same functions the ``train
    initial generator (the teacher) and seeds: ``--rounds`` rounds of ``--generator-steps``
    local generator updates (``--critic-steps`` critic updates each, GAN on local real images);
    FID after every round gives the FID-vs-generator-step curves;
-4. wall time per sampled image for every sampler (batch 250, same thread count).
+4. wall time per sampled image for every sampler (batch 250, same thread count);
+5. sample grids (one row per class) of every sampler's final model in ``<out-dir>/figures/``.
 
 Presets: ``cpu`` (tiny UNet, ≈20 min on one core of the reference machine) and ``gpu``
 (a larger UNet and 10-50x the steps, for the device machine).  Every flag overrides its preset.
@@ -39,7 +40,7 @@ from fedmatch.config import RunConfig
 from fedmatch.data.loaders import load_domains, to_images
 from fedmatch.diffusion.disback import backtrack_target, record_degradation
 from fedmatch.diffusion.dmd2 import DMD2Settings, GanHead, generate, train_dmd2
-from fedmatch.diffusion.evaluate import balanced_labels
+from fedmatch.diffusion.evaluate import balanced_labels, save_grid
 from fedmatch.diffusion.fid import FIDScorer, cached_feature_net
 from fedmatch.diffusion.teacher import ddim_sample, train_denoiser
 from fedmatch.diffusion.unet import UNetSpec, build_unet
@@ -129,9 +130,17 @@ class Bench:
         floor = FIDScorer(net, {"a": half[: len(half) // 2]}).score(half[len(half) // 2 :])
         self.real_floor = floor["a"]
 
-    def score(self, sampler) -> dict[str, float]:
+    def score(self, sampler, grid: str = "") -> dict[str, float]:
+        """FID-digits etc. of ``sampler``; ``grid``: also save a sample grid PNG of that name."""
         rng = torch.Generator().manual_seed(derive_seed(self.args.seed, 61))
         images, seconds = timed(sampler, self.labels, rng)
+        if grid:
+            path = (
+                Path(self.args.out_dir)
+                / "figures"
+                / f"generator_bench_{self.args.preset}_{grid}.png"
+            )
+            save_grid(images, self.labels, 8, path)
         fid = self.scorer.score(images)["all"]
         precision, recall = self.scorer.precision_recall(images, "all")
         return {
@@ -255,10 +264,11 @@ class Bench:
             avg = fedavg(states, weights)
             for prefix, module in (("g.", generator), ("f.", fake), ("h.", head)):
                 module.load_state_dict({k[2:]: v for k, v in avg.items() if k.startswith(prefix)})
+            name = "disback" if disback else f"dmd2-{nfe}step"
             point = {
                 "round": r,
                 "generator_steps": r * a.generator_steps,
-                **self.score(self.sampler(generator, nfe)),
+                **self.score(self.sampler(generator, nfe), grid=name if r == a.rounds else ""),
             }
             if path is not None:
                 point["target_node"] = index
@@ -305,7 +315,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     for steps in (50, 10, 1):
         results["teacher"][str(steps)] = bench.score(
-            lambda labels, rng, s=steps: ddim_sample(teacher, labels, steps=s, generator=rng)
+            lambda labels, rng, s=steps: ddim_sample(teacher, labels, steps=s, generator=rng),
+            grid=f"teacher-ddim{steps}",
         )
         log.info("teacher %d DDIM steps: %s", steps, results["teacher"][str(steps)])
     skip = set(filter(None, args.skip.split(",")))

@@ -424,3 +424,23 @@ def test_trained_feature_net_separates_domains_and_noise():
         torch.rand(200, 3, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
     )["a"]
     assert same < 0.2 * shifted and same < 0.2 * noise, (same, shifted, noise)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        ({"unet-channels": "12,24"}, ["'unet-channels'", "'12,24'", "GroupNorm"]),
+        ({"unet-channels": "8,16,16,16,16"}, ["'unet-channels'", "levels"]),
+        ({"generator-nfe": 3}, ["'generator-nfe'", "divide 1000"]),
+        ({"strategy": "disback", "disback-nodes": 5, "disback-degradation-steps": 4}, ["5"]),
+        ({"disback-switch": "often"}, ["'disback-switch'", "'schedule'", "'converged'"]),
+        ({"teacher-checkpoint": "teacher.pt"}, ["'teacher-checkpoint'", "absolute"]),
+    ],
+)
+def test_generator_config_errors_name_key_value_and_allowed(overrides, fragments):
+    from fedmatch.config import ConfigError, RunConfig
+
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_flower(overrides)
+    for fragment in fragments:
+        assert fragment in str(err.value)
