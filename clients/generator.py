@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
 from clients.node import node_partition
 from fedmatch.config import RunConfig
-from fedmatch.data.loaders import load_client_data
+from fedmatch.data.loaders import ClientData, load_client_data
 from fedmatch.diffusion.dmd2 import DMD2History, train_dmd2
 from fedmatch.diffusion.from_config import (
     TARGET_KEY,
@@ -40,7 +41,7 @@ _TEACHER_TAG = 51
 _GENERATOR_TAG = 53
 
 
-def _setup(msg: Message, context: Context):
+def _setup(msg: Message, context: Context) -> tuple[RunConfig, ClientData, int, int, torch.device]:
     cfg = RunConfig.from_flower(context.run_config)
     partition_id, num_partitions = node_partition(context)
     data = load_client_data(cfg, partition_id, num_partitions)

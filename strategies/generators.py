@@ -27,13 +27,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from torch import nn
 
+from fedmatch.config import RunConfig
 from fedmatch.data.types import DomainArrays
 from fedmatch.diffusion.disback import BacktrackController, record_degradation
 from fedmatch.diffusion.dmd2 import generate
@@ -64,16 +67,18 @@ _DEGRADATION_TAG = 71
 class _DiffusionStrategy(FedMatchStrategy):
     """What the three share: no client evaluation phase, FID-digits on the server."""
 
-    def __init__(self, cfg, nodes: list[NodeInfo]) -> None:
+    def __init__(self, cfg: RunConfig, nodes: list[NodeInfo]) -> None:
         super().__init__(cfg, nodes)
         self.spec = unet_spec(cfg)
         self.num_clients = len(nodes)
         self._last_fid: dict[str, float] = {}
 
-    def configure_evaluate(self, server_round, arrays, config, grid) -> Iterable[Message]:
-        return []
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return []  # no client evaluation phase: the server scores the samples
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> None:
         return None
 
     def sampler(self, model: nn.Module) -> Sampler:
@@ -92,7 +97,7 @@ class _DiffusionStrategy(FedMatchStrategy):
             model.eval()
             grid_path = None
             if self.run_dir:
-                grid_path = recorder_samples(self.run_dir, server_round)
+                grid_path = sample_grid_path(self.run_dir, server_round)
             rows = []
             samplers = {"": self.sampler(model), **self.extra_samplers(model)}
             for suffix, sampler in samplers.items():
@@ -117,9 +122,8 @@ class _DiffusionStrategy(FedMatchStrategy):
         return {"final_fid_per_domain": self._last_fid, "fid_kind": "FID-digits (not Inception)"}
 
 
-def recorder_samples(run_dir: str, server_round: int):
-    from pathlib import Path
-
+def sample_grid_path(run_dir: str, server_round: int) -> Path:
+    """Where a round's sample grid goes: ``<run-dir>/samples/round-NNN.png``."""
     return Path(run_dir) / "samples" / f"round-{server_round:03d}.png"
 
 
@@ -136,7 +140,7 @@ class DiffusionTeacherStrategy(_DiffusionStrategy):
         steps = self.cfg.teacher_ddim_steps
         return lambda labels, rng: ddim_sample(model, labels, steps=steps, generator=rng)
 
-    def run_rounds(self, grid: Grid, arrays: ArrayRecord, **kwargs) -> ArrayRecord:
+    def run_rounds(self, grid: Grid, arrays: ArrayRecord, **kwargs: Any) -> ArrayRecord:
         arrays = super().run_rounds(grid, arrays, **kwargs)
         unet = build_unet(self.spec, 0)
         unet.load_state_dict(arrays_to_state(arrays), strict=True)
@@ -156,7 +160,7 @@ class DMD2Strategy(_DiffusionStrategy):
     name = "dmd2"
     train_message_type = GENERATOR_ACTION
 
-    def __init__(self, cfg, nodes: list[NodeInfo]) -> None:
+    def __init__(self, cfg: RunConfig, nodes: list[NodeInfo]) -> None:
         super().__init__(cfg, nodes)
         self.teacher: nn.Module | None = None
         self._teacher_record: ArrayRecord | None = None
@@ -299,7 +303,7 @@ class DisBackStrategy(DMD2Strategy):
 
     name = "disback"
 
-    def __init__(self, cfg, nodes: list[NodeInfo]) -> None:
+    def __init__(self, cfg: RunConfig, nodes: list[NodeInfo]) -> None:
         super().__init__(cfg, nodes)
         self.path: list[dict[str, torch.Tensor]] | None = None
         self.controller = BacktrackController(
@@ -341,7 +345,9 @@ class DisBackStrategy(DMD2Strategy):
     def target_index(self, server_round: int) -> int:
         return self.controller.target(server_round)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         arrays, metrics = super().aggregate_train(server_round, replies)
         norms = [
             r.value
