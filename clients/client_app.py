@@ -13,8 +13,9 @@ import json
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from clients import aligner, baselines, classifier, distiller, fedlgd
+from clients import aligner, baselines, classifier, distiller, fedlgd, generator
 from fedmatch.cells import CELL_RECORD
+from fedmatch.diffusion.from_config import GENERATOR_ACTION, TEACHER_ACTION
 from fedmatch.distill.fedlgd_wire import STATS_ACTION
 from fedmatch.logs import setup_logging
 
@@ -86,6 +87,20 @@ def class_stats(msg: Message, context: Context) -> Message:
     # "query.class_stats": FedLGD's per-class image statistics; see clients/fedlgd.py.
     setup_logging()
     return fedlgd.handle_stats(msg, cell_context(msg, context))
+
+
+@app.train(TEACHER_ACTION.removeprefix("train."))
+def train_teacher(msg: Message, context: Context) -> Message:
+    # "train.teacher": DDPM steps of the diffusion teacher; see clients/generator.py.
+    setup_logging()
+    return generator.handle_teacher(msg, cell_context(msg, context))
+
+
+@app.train(GENERATOR_ACTION.removeprefix("train."))
+def train_generator(msg: Message, context: Context) -> Message:
+    # "train.generator": DMD2/DisBack generator distillation; see clients/generator.py.
+    setup_logging()
+    return generator.handle_generator(msg, cell_context(msg, context))
 
 
 @app.evaluate()

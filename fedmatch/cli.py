@@ -25,7 +25,15 @@ def _show(args: argparse.Namespace) -> int:
         f"strategy {config['strategy']}, {summary['final_round']} rounds, "
         f"{config['dataset']} data, {config['partitioning']} partitioning, seed {config['seed']}"
     )
-    print(format_domain_table(summary))
+    fid = summary.get("final_fid_per_domain")
+    if fid:
+        # The diffusion strategies: final-round FID-digits (not Inception-FID) per domain.
+        print(
+            "final FID-digits (not Inception-FID): "
+            + ", ".join(f"{domain} {value:.2f}" for domain, value in sorted(fid.items()))
+        )
+    else:
+        print(format_domain_table(summary))
     if (line := target_summary(read_metrics(run_dir))) is not None:
         print(line)  # FedKA: the held-out target's final-round metrics
     if summary.get("seconds_per_round") is not None:

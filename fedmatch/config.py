@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedmatch.align.mmd import parse_multipliers
 
+# Strategies whose global model is a diffusion UNet (bundle), not a classifier.
+GENERATOR_STRATEGIES = ("diffusion-teacher", "dmd2", "disback")
+
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -54,6 +57,9 @@ class RunConfig(BaseModel):
         "moon",
         "vhl",
         "fedlgd",
+        "diffusion-teacher",
+        "dmd2",
+        "disback",
     ] = "fedavg"
     num_server_rounds: int = Field(5, ge=1)
     seed: int = Field(0, ge=0)
@@ -147,6 +153,31 @@ class RunConfig(BaseModel):
     fedlgd_gm_distance: Literal["ours", "mse", "cos"] = "ours"
     fedlgd_save_images: bool = False
 
+    # Diffusion workloads (strategies diffusion-teacher, dmd2, disback; README "Generators").
+    # The UNet of the teacher, the generator and the fake score; images are padded to 32x32.
+    unet_channels: str = "32,64"
+    unet_layers_per_block: int = Field(1, ge=1)
+    unet_attention: bool = False
+    teacher_steps: int = Field(200, ge=1)  # local DDPM steps per teacher round
+    teacher_lr: float = Field(1e-3, gt=0)
+    # dmd2/disback train the teacher first for this many rounds unless it is cached.
+    teacher_rounds: int = Field(10, ge=1)
+    teacher_checkpoint: str = ""  # a teacher.pt to distil from; "" = the cache
+    teacher_ddim_steps: int = Field(10, ge=1)  # DDIM steps when the teacher is evaluated
+    generator_steps: int = Field(20, ge=1)  # local generator updates per round
+    generator_lr: float = Field(1e-4, gt=0)  # generator and critic (AdamW, as DMD2)
+    generator_nfe: int = Field(1, ge=1)  # student steps: 1 = one-step; 4 = [999, 749, 499, 249]
+    critic_steps: int = Field(5, ge=1)  # fake-score updates per generator update (TTUR)
+    gan_weight_generator: float = Field(3e-3, ge=0)
+    gan_weight_critic: float = Field(1e-2, ge=0)
+    disback_nodes: int = Field(4, ge=1)
+    disback_degradation_steps: int = Field(200, ge=1)
+    # When the target moves back a node: Alg. 1's fixed schedule, or once converged.
+    disback_switch: Literal["schedule", "converged"] = "schedule"
+    fid_samples: int = Field(500, ge=10)  # generated images per FID evaluation
+    fid_feature_steps: int = Field(500, ge=1)  # training steps of the FID feature network
+    grid_per_class: int = Field(8, ge=1)  # sample-grid columns (one row per class)
+
     # Participation.
     fraction_train: float = Field(1.0, gt=0, le=1)
     fraction_evaluate: float = Field(1.0, ge=0, le=1)
@@ -215,6 +246,42 @@ class RunConfig(BaseModel):
 
         parse_strategy(value)
         return value
+
+    @field_validator("unet_channels")
+    @classmethod
+    def _unet_channels(cls, value: str) -> str:
+        from fedmatch.diffusion.unet import parse_channels
+
+        parse_channels(value)
+        return value
+
+    @field_validator("generator_nfe")
+    @classmethod
+    def _generator_nfe(cls, value: int) -> int:
+        from fedmatch.diffusion.dmd2 import student_timesteps
+
+        student_timesteps(value)
+        return value
+
+    @model_validator(mode="after")
+    def _generator_checks(self) -> RunConfig:
+        if self.strategy == "disback" and self.disback_degradation_steps < self.disback_nodes:
+            raise ValueError(
+                f"run-config key 'disback-degradation-steps' = {self.disback_degradation_steps} "
+                f"is smaller than disback-nodes={self.disback_nodes}: one path node is kept "
+                "every steps/nodes degradation steps"
+            )
+        if self.teacher_checkpoint and not Path(self.teacher_checkpoint).expanduser().is_absolute():
+            raise ValueError(
+                f"run-config key 'teacher-checkpoint' = {self.teacher_checkpoint!r}: must be "
+                "an absolute path (or empty for the cached teacher)"
+            )
+        if self.train_data == "distilled" and self.strategy in GENERATOR_STRATEGIES:
+            raise ValueError(
+                f"run-config key 'train-data' = 'distilled' is not allowed with "
+                f"strategy={self.strategy!r}: the diffusion workloads train on real data"
+            )
+        return self
 
     @model_validator(mode="after")
     def _distill_checks(self) -> RunConfig:

@@ -33,8 +33,11 @@ from dataclasses import dataclass
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from torch import nn
 
 from fedmatch.config import RunConfig
+from fedmatch.data.types import DomainArrays
+from fedmatch.models.from_config import model_from_config
 from fedmatch.records import arrays_nbytes, arrays_to_numpy, arrays_to_state
 from fedmatch.results import SERVER, MetricRow, RunRecorder
 from fedmatch.seeding import derive_seed
@@ -66,6 +69,8 @@ class FedMatchStrategy(FedAvg):
     """FedAvg with deterministic sampling, per-client recording and a resumable round loop."""
 
     name = "fedavg"
+    # The message type of the training phase (a workload route of the ClientApp).
+    train_message_type: str = MessageType.TRAIN
     # False when part of the model stays on the clients (FedBN): the server's copy
     # of those layers is never trained, so server-side evaluation would mislead.
     global_model_is_complete = True
@@ -109,6 +114,21 @@ class FedMatchStrategy(FedAvg):
     def load_state_dict(self, state: dict) -> None:
         del state
 
+    def initial_model(self, init_seed: int) -> nn.Module:
+        """The global model before round 1 (the run's classifier unless overridden)."""
+        return model_from_config(self.cfg, init_seed=init_seed)
+
+    def make_server_evaluate(
+        self, domains: list[DomainArrays], model: nn.Module
+    ) -> ServerEvaluate | None:
+        """The strategy's own server-side evaluation; None: per-domain test accuracy."""
+        del domains, model
+        return None
+
+    def summary_extra(self) -> dict:
+        """Extra entries for ``summary.json`` (none for FedAvg)."""
+        return {}
+
     # ------------------------------------------------------------ sampling
 
     def sample(self, fraction: float, server_round: int, purpose: int) -> list[NodeInfo]:
@@ -128,7 +148,9 @@ class FedMatchStrategy(FedAvg):
     ) -> list[Message]:
         keys = set(self.outgoing_keys(arrays))
         payload = ArrayRecord({k: v for k, v in arrays.items() if k in keys})
-        extra = self.train_payload(int(config["server-round"])) if kind == MessageType.TRAIN else {}
+        # "train" and its sub-types ("train.teacher", ...) carry the payload and count bytes.
+        is_train = kind.split(".")[0] == MessageType.TRAIN
+        extra = self.train_payload(int(config["server-round"])) if is_train else {}
         down = arrays_nbytes(payload) + sum(arrays_nbytes(record) for record in extra.values())
         messages = []
         for node in nodes:
@@ -139,7 +161,7 @@ class FedMatchStrategy(FedAvg):
                     dst_node_id=node.node_id,
                 )
             )
-            if kind == MessageType.TRAIN:
+            if is_train:
                 row_round = int(config["server-round"])
                 self._round_rows.append(
                     MetricRow(row_round, node.partition_id, node.domain, "bytes-down", down)
@@ -157,7 +179,7 @@ class FedMatchStrategy(FedAvg):
         log.debug(
             "round %d: training on partitions %s", server_round, [n.partition_id for n in nodes]
         )
-        return self._messages(arrays, config, nodes, MessageType.TRAIN)
+        return self._messages(arrays, config, nodes, self.train_message_type)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -11,6 +11,7 @@ from strategies.fedka import FedKAStrategy
 from strategies.fedlgd import FedLGDStrategy
 from strategies.fednova import FedNovaStrategy
 from strategies.fedprox import FedProxStrategy
+from strategies.generators import DiffusionTeacherStrategy, DisBackStrategy, DMD2Strategy
 from strategies.moon import MoonStrategy
 from strategies.scaffold import ScaffoldStrategy
 from strategies.vhl import VHLStrategy
@@ -29,5 +30,8 @@ STRATEGIES: dict[str, type[FedMatchStrategy]] = {
         MoonStrategy,
         VHLStrategy,
         FedLGDStrategy,
+        DiffusionTeacherStrategy,
+        DMD2Strategy,
+        DisBackStrategy,
     )
 }

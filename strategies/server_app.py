@@ -33,7 +33,6 @@ from fedmatch.data.loaders import (
     to_tensors,
 )
 from fedmatch.logs import setup_logging
-from fedmatch.models.from_config import model_from_config
 from fedmatch.records import arrays_to_state, numpy_to_arrays, state_to_arrays
 from fedmatch.results import SERVER, MetricRow, RunRecorder, format_domain_table
 from fedmatch.seeding import derive_seed
@@ -115,7 +114,7 @@ def run(grid: Grid, run_config: dict[str, Scalar]) -> None:
     nodes = _describe_nodes(grid, node_ids)
     strategy = STRATEGIES[cfg.strategy](cfg, nodes)
 
-    model = model_from_config(cfg, init_seed=derive_seed(cfg.seed, 0))
+    model = strategy.initial_model(derive_seed(cfg.seed, 0))
     arrays = state_to_arrays(model.state_dict())
     first_round = 1
     checkpoint = recorder.load_checkpoint() if cfg.resume else None
@@ -131,7 +130,9 @@ def run(grid: Grid, run_config: dict[str, Scalar]) -> None:
 
     server_evaluate = None
     if domains is not None and strategy.global_model_is_complete:
-        server_evaluate = _server_evaluator(cfg, domains, model)
+        server_evaluate = strategy.make_server_evaluate(domains, model) or _server_evaluator(
+            cfg, domains, model
+        )
     elif domains is not None:
         log.info("%s keeps layers on the clients: server-side evaluation skipped", cfg.strategy)
 
@@ -151,9 +152,14 @@ def run(grid: Grid, run_config: dict[str, Scalar]) -> None:
     model.load_state_dict(arrays_to_state(arrays))
     model_path = recorder.save_model(model.state_dict())
     summary = recorder.write_summary(
-        {"strategy": cfg.strategy, "wall_seconds_this_session": time.perf_counter() - start}
+        {
+            "strategy": cfg.strategy,
+            "wall_seconds_this_session": time.perf_counter() - start,
+            **strategy.summary_extra(),
+        }
     )
-    log.info("final per-domain test accuracy:\n%s", format_domain_table(summary))
+    if summary["server_accuracy_per_domain"] or summary["client_accuracy_per_domain"]:
+        log.info("final per-domain test accuracy:\n%s", format_domain_table(summary))
     log.info("final model: %s", model_path)
     log.info("run directory: %s", recorder.run_dir)
 

@@ -1,0 +1,354 @@
+"""Generator benchmark: the federated teacher at 50/10/1 DDIM steps vs DMD2 and DisBack.
+
+A federated simulation in one process (no Flower: the same functions the ``train.teacher`` and
+``train.generator`` workloads call, FedAvg weighted by local examples, one client per domain):
+
+1. the teacher: ``--teacher-rounds`` rounds of ``--teacher-steps`` local DDPM steps per client
+   (cached in ``--out-dir`` by preset, so a rerun reuses it);
+2. FID-digits (``fedmatch.diffusion.fid``, *not* Inception-FID) of ``--fid-samples`` images
+   against the pooled test splits, for the teacher with 50, 10 and 1 DDIM steps;
+3. DMD2 one-step, DMD2 4-step (backward simulation) and DisBack one-step, each from the same
+   initial generator (the teacher) and seeds: ``--rounds`` rounds of ``--generator-steps``
+   local generator updates (``--critic-steps`` critic updates each, GAN on local real images);
+   FID after every round gives the FID-vs-generator-step curves;
+4. wall time per sampled image for every sampler (batch 250, same thread count);
+5. sample grids (one row per class) of every sampler's final model in ``<out-dir>/figures/``.
+
+Presets: ``cpu`` (tiny UNet, ≈20 min on one core of the reference machine) and ``gpu``
+(a larger UNet and 10-50x the steps, for the device machine).  Every flag overrides its preset.
+
+    python benchmarks/generator_bench.py --preset cpu
+    python benchmarks/generator_bench.py --preset gpu --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedmatch.config import RunConfig
+from fedmatch.data.loaders import load_domains, to_images
+from fedmatch.diffusion.disback import backtrack_target, record_degradation
+from fedmatch.diffusion.dmd2 import DMD2Settings, GanHead, generate, train_dmd2
+from fedmatch.diffusion.evaluate import balanced_labels, save_grid
+from fedmatch.diffusion.fid import FIDScorer, cached_feature_net
+from fedmatch.diffusion.teacher import ddim_sample, train_denoiser
+from fedmatch.diffusion.unet import UNetSpec, build_unet
+from fedmatch.logs import setup_logging
+from fedmatch.seeding import derive_seed
+
+log = logging.getLogger("fedmatch.bench")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {
+        "channels": "16,32",
+        "teacher_rounds": 10,
+        "teacher_steps": 40,
+        "teacher_lr": 2e-3,
+        "batch_size": 32,
+        "rounds": 6,
+        "generator_steps": 6,
+        "critic_steps": 5,
+        "generator_batch": 16,
+        "generator_lr": 3e-4,
+        "disback_nodes": 3,
+        "disback_steps": 150,
+        "fid_samples": 500,
+        "feature_steps": 400,
+        "threads": 1,
+    },
+    "gpu": {
+        "channels": "32,64,64",
+        "teacher_rounds": 20,
+        "teacher_steps": 500,
+        "teacher_lr": 1e-3,
+        "batch_size": 128,
+        "rounds": 20,
+        "generator_steps": 100,
+        "critic_steps": 5,
+        "generator_batch": 64,
+        "generator_lr": 1e-4,
+        "disback_nodes": 5,
+        "disback_steps": 2000,
+        "fid_samples": 5000,
+        "feature_steps": 3000,
+        "threads": 8,
+    },
+}
+
+
+def fedavg(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
+    total = sum(weights)
+    return {
+        k: (sum(w * s[k].double() for w, s in zip(weights, states, strict=True)) / total).to(
+            states[0][k].dtype
+        )
+        for k in states[0]
+    }
+
+
+def timed(fn, *args, **kwargs) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.device = torch.device(args.device)
+        self.spec = UNetSpec(channels=tuple(int(c) for c in args.channels.split(","))).validate()
+        cfg = RunConfig(domains=args.domains, cache_dir=str(Path(args.cache_dir).expanduser()))
+        domains = load_domains(cfg)
+        self.clients = [
+            (d.name, to_images(d.x_train), torch.from_numpy(d.y_train)) for d in domains
+        ]
+        log.info("clients: %s", ", ".join(f"{n} ({len(y)})" for n, _, y in self.clients))
+        net = cached_feature_net(
+            cfg.cache_path,
+            [d.name for d in domains],
+            [x for _, x, _ in self.clients],
+            [y for _, _, y in self.clients],
+            steps=args.feature_steps,
+            seed=args.seed,
+        )
+        test = torch.cat([to_images(d.x_test) for d in domains])
+        self.scorer = FIDScorer(net, {"all": test})
+        self.labels = balanced_labels(args.fid_samples)
+        # The floor: FID of real held-out images (the other half of the test splits).
+        half = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(0))]
+        floor = FIDScorer(net, {"a": half[: len(half) // 2]}).score(half[len(half) // 2 :])
+        self.real_floor = floor["a"]
+
+    def score(self, sampler, grid: str = "") -> dict[str, float]:
+        """FID-digits etc. of ``sampler``; ``grid``: also save a sample grid PNG of that name."""
+        rng = torch.Generator().manual_seed(derive_seed(self.args.seed, 61))
+        images, seconds = timed(sampler, self.labels, rng)
+        if grid:
+            path = (
+                Path(self.args.out_dir)
+                / "figures"
+                / f"generator_bench_{self.args.preset}_{grid}.png"
+            )
+            save_grid(images, self.labels, 8, path)
+        fid = self.scorer.score(images)["all"]
+        precision, recall = self.scorer.precision_recall(images, "all")
+        return {
+            "fid": fid,
+            "precision": precision,
+            "recall": recall,
+            "ms_per_image": 1e3 * seconds / len(self.labels),
+        }
+
+    # ------------------------------------------------------------------ teacher
+
+    def teacher(self) -> torch.nn.Module:
+        a = self.args
+        path = Path(a.out_dir) / f"generator_bench_teacher_{a.preset}.pt"
+        unet = build_unet(self.spec, derive_seed(a.seed, 0))
+        if path.exists() and not a.retrain_teacher:
+            unet.load_state_dict(torch.load(path, weights_only=True))
+            log.info("teacher: %s", path)
+            return unet.to(self.device).eval()
+        start = time.perf_counter()
+        for r in range(1, a.teacher_rounds + 1):
+            states, weights, losses = [], [], []
+            for i, (_, x, y) in enumerate(self.clients):
+                local = copy.deepcopy(unet)
+                h = train_denoiser(
+                    local,
+                    x,
+                    y,
+                    steps=a.teacher_steps,
+                    lr=a.teacher_lr,
+                    batch_size=a.batch_size,
+                    seed=derive_seed(a.seed, r, i, 51),
+                    device=self.device,
+                )
+                states.append({k: v.cpu() for k, v in local.state_dict().items()})
+                weights.append(float(len(y)))
+                losses.append(h.mean_loss())
+            unet.load_state_dict(fedavg(states, weights))
+            log.info(
+                "teacher round %d/%d: loss %.4f", r, a.teacher_rounds, sum(losses) / len(losses)
+            )
+        self.teacher_seconds = time.perf_counter() - start
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(unet.state_dict(), path)
+        return unet.to(self.device).eval()
+
+    # ------------------------------------------------------------------ generators
+
+    def distil(self, teacher, *, nfe: int, disback: bool) -> dict[str, Any]:
+        a = self.args
+        settings = DMD2Settings(
+            generator_steps=a.generator_steps,
+            critic_steps=a.critic_steps,
+            lr=a.generator_lr,
+            batch_size=a.generator_batch,
+            nfe=nfe,
+        )
+        generator, fake = copy.deepcopy(teacher), copy.deepcopy(teacher)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(a.seed, 2))
+            head = GanHead(self.spec.channels[-1], self.spec.norm_groups).to(self.device)
+        path = None
+        extra: dict[str, Any] = {}
+        start = time.perf_counter()
+        if disback:
+            (path, history), seconds = timed(
+                record_degradation,
+                teacher,
+                copy.deepcopy(teacher),
+                steps=a.disback_steps,
+                num_nodes=a.disback_nodes,
+                lr=a.teacher_lr,
+                batch_size=a.batch_size,
+                nfe=nfe,
+                seed=derive_seed(a.seed, 71),
+                device=self.device,
+            )
+            fake.load_state_dict(path[-1])
+            extra = {
+                "degradation_seconds": seconds,
+                "degradation_loss": [history.losses[0], history.losses[-1]],
+            }
+        curve = [{"round": 0, "generator_steps": 0, **self.score(self.sampler(generator, nfe))}]
+        target = teacher
+        for r in range(1, a.rounds + 1):
+            if path is not None:
+                index = backtrack_target(a.disback_nodes, r - 1, a.rounds)
+                target = build_unet(self.spec, 0).to(self.device)
+                target.load_state_dict(path[index])
+            states, weights = [], []
+            for i, (name, x, y) in enumerate(self.clients):
+                g, f, h = copy.deepcopy(generator), copy.deepcopy(fake), copy.deepcopy(head)
+                hist = train_dmd2(
+                    g,
+                    f,
+                    h,
+                    target,
+                    x,
+                    y,
+                    settings,
+                    seed=derive_seed(a.seed, r, i, 53),
+                    device=self.device,
+                )
+                states.append(
+                    {
+                        **{f"g.{k}": v.cpu() for k, v in g.state_dict().items()},
+                        **{f"f.{k}": v.cpu() for k, v in f.state_dict().items()},
+                        **{f"h.{k}": v.cpu() for k, v in h.state_dict().items()},
+                    }
+                )
+                weights.append(float(len(y)))
+                log.info(
+                    "%s round %d client %s: DM %.4g fake %.4f (%.1f s)",
+                    "disback" if disback else f"dmd2-{nfe}",
+                    r,
+                    name,
+                    sum(hist.dm_losses) / len(hist.dm_losses),
+                    sum(hist.fake_losses) / len(hist.fake_losses),
+                    hist.seconds,
+                )
+            avg = fedavg(states, weights)
+            for prefix, module in (("g.", generator), ("f.", fake), ("h.", head)):
+                module.load_state_dict({k[2:]: v for k, v in avg.items() if k.startswith(prefix)})
+            name = "disback" if disback else f"dmd2-{nfe}step"
+            point = {
+                "round": r,
+                "generator_steps": r * a.generator_steps,
+                **self.score(self.sampler(generator, nfe), grid=name if r == a.rounds else ""),
+            }
+            if path is not None:
+                point["target_node"] = index
+            curve.append(point)
+            log.info("  -> FID-digits %.2f", point["fid"])
+        return {"curve": curve, "seconds": time.perf_counter() - start, **extra}
+
+    @staticmethod
+    def sampler(generator, nfe: int):
+        return lambda labels, rng: generate(
+            generator, labels, num_steps=nfe, rng=rng, batch_size=250
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--domains", default="all")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cache-dir", default="~/.cache/fedmatch")
+    parser.add_argument("--out-dir", default=str(Path(__file__).parent))
+    parser.add_argument("--retrain-teacher", action="store_true")
+    parser.add_argument("--skip", default="", help="comma list of: dmd2-1, dmd2-4, disback")
+    for key, value in PRESETS["cpu"].items():
+        parser.add_argument("--" + key.replace("_", "-"), type=type(value), default=None)
+    args = parser.parse_args(argv)
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    setup_logging()
+    torch.set_num_threads(args.threads)
+    total = time.perf_counter()
+    bench = Bench(args)
+    teacher = bench.teacher()
+    results: dict[str, Any] = {
+        "command": "python " + shlex.join(sys.argv),
+        "args": vars(args),
+        "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
+        "params": sum(p.numel() for p in teacher.parameters()),
+        "real_floor_fid": bench.real_floor,
+        "teacher_seconds": getattr(bench, "teacher_seconds", None),
+        "teacher": {},
+    }
+    for steps in (50, 10, 1):
+        results["teacher"][str(steps)] = bench.score(
+            lambda labels, rng, s=steps: ddim_sample(teacher, labels, steps=s, generator=rng),
+            grid=f"teacher-ddim{steps}",
+        )
+        log.info("teacher %d DDIM steps: %s", steps, results["teacher"][str(steps)])
+    skip = set(filter(None, args.skip.split(",")))
+    for name, nfe, disback in (("dmd2-1", 1, False), ("dmd2-4", 4, False), ("disback", 1, True)):
+        if name not in skip:
+            results[name] = bench.distil(teacher, nfe=nfe, disback=disback)
+    results["total_seconds"] = time.perf_counter() - total
+    out = Path(args.out_dir) / f"generator_bench_{args.preset}.json"
+    out.write_text(json.dumps(results, indent=2))
+    log.info("wrote %s (%.0f s)", out, results["total_seconds"])
+    print_table(results)
+
+
+def print_table(results: dict[str, Any]) -> None:
+    rows = [("teacher, 50 DDIM steps", results["teacher"]["50"])]
+    rows += [("teacher, 10 DDIM steps", results["teacher"]["10"])]
+    rows += [("teacher, 1 DDIM step", results["teacher"]["1"])]
+    for name, label in (
+        ("dmd2-1", "DMD2 one-step"),
+        ("dmd2-4", "DMD2 4-step"),
+        ("disback", "DisBack one-step"),
+    ):
+        if name in results:
+            rows.append((label, results[name]["curve"][-1]))
+    lines = ["| sampler | FID-digits | precision | recall | ms / image |", "|---|---|---|---|---|"]
+    for label, r in rows:
+        lines.append(
+            f"| {label} | {r['fid']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} "
+            f"| {r['ms_per_image']:.2f} |"
+        )
+    log.info("\n%s", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

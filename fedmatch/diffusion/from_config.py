@@ -1,0 +1,115 @@
+"""From a run config to the diffusion workloads' pieces: UNet spec, bundle, teacher cache.
+
+The teacher is cached under ``cache-dir/diffusion/teacher-<key>.pt``, where the key hashes
+everything that determines it (UNet spec, data and partitioning, seed, local steps, learning
+rate, batch size, rounds and number of clients): a ``diffusion-teacher`` run of R rounds
+writes the file that a later ``dmd2``/``disback`` run with ``teacher-rounds=R`` and the same
+data reuses instead of training again.  ``teacher-checkpoint`` names a file explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DModel
+from torch import nn
+
+from fedmatch.config import RunConfig
+from fedmatch.diffusion.dmd2 import DMD2Settings, GanHead
+from fedmatch.diffusion.unet import UNetSpec, build_unet, parse_channels
+
+# Message types of the two client workloads (clients/generator.py).
+TEACHER_ACTION = "train.teacher"
+GENERATOR_ACTION = "train.generator"
+# The array record carrying the frozen target score (teacher or DisBack node) to clients.
+TARGET_KEY = "real-score"
+_TEACHER_FORMAT = 1
+
+
+def unet_spec(cfg: RunConfig) -> UNetSpec:
+    return UNetSpec(
+        channels=parse_channels(cfg.unet_channels),
+        layers_per_block=cfg.unet_layers_per_block,
+        attention=cfg.unet_attention,
+    ).validate()
+
+
+def dmd2_settings(cfg: RunConfig) -> DMD2Settings:
+    return DMD2Settings(
+        generator_steps=cfg.generator_steps,
+        critic_steps=cfg.critic_steps,
+        lr=cfg.generator_lr,
+        batch_size=cfg.batch_size,
+        nfe=cfg.generator_nfe,
+        gan_weight_generator=cfg.gan_weight_generator,
+        gan_weight_critic=cfg.gan_weight_critic,
+    )
+
+
+class GeneratorBundle(nn.Module):
+    """What the generator strategies aggregate: generator, fake score and GAN head.
+
+    State-dict keys are prefixed ``generator.``, ``fake.`` and ``head.``.
+    """
+
+    def __init__(self, spec: UNetSpec, seed: int) -> None:
+        super().__init__()
+        self.generator = build_unet(spec, seed)
+        self.fake = build_unet(spec, seed + 1)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 2)
+            self.head = GanHead(spec.channels[-1], spec.norm_groups)
+
+    def init_from(self, teacher: UNet2DModel, fake: dict[str, torch.Tensor] | None = None) -> None:
+        """Generator = teacher; fake score = teacher or ``fake`` (DisBack's degraded node)."""
+        self.generator.load_state_dict(teacher.state_dict(), strict=True)
+        self.fake.load_state_dict(fake if fake is not None else teacher.state_dict(), strict=True)
+
+
+def teacher_key(cfg: RunConfig, rounds: int, num_clients: int) -> str:
+    blob = {
+        "format": _TEACHER_FORMAT,
+        "spec": unet_spec(cfg).to_dict(),
+        "data": [cfg.dataset, cfg.data_root, cfg.domains, cfg.target_domain, cfg.partitioning],
+        "alpha": cfg.alpha,
+        "train-subset": cfg.train_subset,
+        "seed": cfg.seed,
+        "steps": cfg.teacher_steps,
+        "lr": cfg.teacher_lr,
+        "batch-size": cfg.batch_size,
+        "rounds": rounds,
+        "clients": num_clients,
+        "fraction-train": cfg.fraction_train,
+    }
+    digest = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+    return f"teacher-{digest}"
+
+
+def teacher_cache_path(cfg: RunConfig, rounds: int, num_clients: int) -> Path:
+    if cfg.teacher_checkpoint:
+        return Path(cfg.teacher_checkpoint).expanduser()
+    return cfg.cache_path / "diffusion" / f"{teacher_key(cfg, rounds, num_clients)}.pt"
+
+
+def save_teacher(path: Path, unet: UNet2DModel, spec: UNetSpec, meta: dict) -> None:
+    from fedmatch.results import atomic_torch_save
+
+    state = {k: v.detach().cpu() for k, v in unet.state_dict().items()}
+    atomic_torch_save({"spec": spec.to_dict(), "state": state, "meta": meta}, path)
+
+
+def load_teacher(path: Path, spec: UNetSpec) -> UNet2DModel:
+    """The teacher saved at ``path``; its UNet spec must be ``spec`` (named if not)."""
+    saved = torch.load(path, weights_only=True)
+    if saved.get("spec") != spec.to_dict():
+        raise ValueError(
+            f"teacher checkpoint {path} was built with UNet {saved.get('spec')}, but the run "
+            f"config asks for {spec.to_dict()} (run-config keys unet-channels, "
+            "unet-layers-per-block, unet-attention)"
+        )
+    unet = build_unet(spec, 0)
+    unet.load_state_dict(saved["state"], strict=True)
+    return unet.eval()

@@ -1,0 +1,386 @@
+"""Diffusion strategies: the federated teacher (``diffusion-teacher``), ``dmd2`` and ``disback``.
+
+``diffusion-teacher``: FedAvg of the class-conditional diffusion UNet; each client runs
+``teacher-steps`` DDPM steps per round (message ``train.teacher``).  At the end the teacher is
+cached (``fedmatch.diffusion.from_config``) for later generator runs.
+
+``dmd2``: before round 1 the server loads the cached teacher, or trains it here first with
+``teacher-rounds`` federated teacher rounds (rows at round 0).  The generator bundle
+(generator, fake score, GAN head) starts from the teacher; every round each client runs
+DMD2 locally (message ``train.generator``, the frozen teacher sent beside the bundle as
+record ``real-score``) and the server averages generator, fake score and head (FedAvg,
+weighted by local examples).
+
+``disback``: as dmd2, plus DisBack's degradation recording on the server before round 1
+(data-free: it trains a copy of the teacher on samples of the initial generator), the fake
+score starting at the most degraded node, and the target sent to the clients moving back
+along the recorded path, one stage per ``num-server-rounds / disback-nodes`` rounds, ending
+at the teacher.
+
+Server-side evaluation (every round, and round 0 = before training): FID-digits of
+``fid-samples`` generated images per domain and pooled, precision/recall, time per image,
+and a PNG grid (one row per class) in ``<run-dir>/samples/``.  No client evaluation phase.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from torch import nn
+
+from fedmatch.config import RunConfig
+from fedmatch.data.types import DomainArrays
+from fedmatch.diffusion.disback import BacktrackController, record_degradation
+from fedmatch.diffusion.dmd2 import generate
+from fedmatch.diffusion.evaluate import ALL, DiffusionEvaluator, Sampler
+from fedmatch.diffusion.from_config import (
+    GENERATOR_ACTION,
+    TARGET_KEY,
+    TEACHER_ACTION,
+    GeneratorBundle,
+    load_teacher,
+    save_teacher,
+    teacher_cache_path,
+    unet_spec,
+)
+from fedmatch.diffusion.teacher import ddim_sample
+from fedmatch.diffusion.unet import build_unet
+from fedmatch.records import arrays_to_state, state_to_arrays
+from fedmatch.results import SERVER, MetricRow, RunRecorder
+from fedmatch.seeding import derive_seed
+from fedmatch.train import resolve_device
+from strategies.base import FedMatchStrategy, NodeInfo, ServerEvaluate
+
+log = logging.getLogger("fedmatch.strategy")
+
+_DEGRADATION_TAG = 71
+
+
+class _DiffusionStrategy(FedMatchStrategy):
+    """What the three share: no client evaluation phase, FID-digits on the server."""
+
+    def __init__(self, cfg: RunConfig, nodes: list[NodeInfo]) -> None:
+        super().__init__(cfg, nodes)
+        self.spec = unet_spec(cfg)
+        self.num_clients = len(nodes)
+        self._last_fid: dict[str, float] = {}
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return []  # no client evaluation phase: the server scores the samples
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> None:
+        return None
+
+    def sampler(self, model: nn.Module) -> Sampler:
+        raise NotImplementedError
+
+    def extra_samplers(self, model: nn.Module) -> dict[str, Sampler]:
+        return {}
+
+    def make_server_evaluate(
+        self, domains: list[DomainArrays], model: nn.Module
+    ) -> ServerEvaluate | None:
+        evaluator = DiffusionEvaluator(self.cfg, domains)
+
+        def server_evaluate(server_round: int, arrays: ArrayRecord) -> list[MetricRow]:
+            model.load_state_dict(arrays_to_state(arrays), strict=True)
+            model.eval()
+            grid_path = None
+            if self.run_dir:
+                grid_path = sample_grid_path(self.run_dir, server_round)
+            rows = []
+            samplers = {"": self.sampler(model), **self.extra_samplers(model)}
+            for suffix, sampler in samplers.items():
+                score = evaluator.score(sampler, server_round, grid_path if not suffix else None)
+                for domain, value in score.fid.items():
+                    rows.append(MetricRow(server_round, SERVER, domain, f"fid{suffix}", value))
+                for metric, value in (
+                    ("precision", score.precision),
+                    ("recall", score.recall),
+                    ("seconds-per-image", score.seconds_per_image),
+                ):
+                    rows.append(
+                        MetricRow(server_round, SERVER, evaluator.all_key, metric + suffix, value)
+                    )
+                if not suffix:
+                    self._last_fid = dict(score.fid)
+            return rows
+
+        return server_evaluate
+
+    def summary_extra(self) -> dict:
+        return {"final_fid_per_domain": self._last_fid, "fid_kind": "FID-digits (not Inception)"}
+
+
+def sample_grid_path(run_dir: str, server_round: int) -> Path:
+    """Where a round's sample grid goes: ``<run-dir>/samples/round-NNN.png``."""
+    return Path(run_dir) / "samples" / f"round-{server_round:03d}.png"
+
+
+class DiffusionTeacherStrategy(_DiffusionStrategy):
+    """FedAvg of the diffusion teacher; caches it at the end for dmd2/disback runs."""
+
+    name = "diffusion-teacher"
+    train_message_type = TEACHER_ACTION
+
+    def initial_model(self, init_seed: int) -> nn.Module:
+        return build_unet(self.spec, init_seed)
+
+    def sampler(self, model: nn.Module) -> Sampler:
+        steps = self.cfg.teacher_ddim_steps
+        return lambda labels, rng: ddim_sample(model, labels, steps=steps, generator=rng)
+
+    def run_rounds(self, grid: Grid, arrays: ArrayRecord, **kwargs: Any) -> ArrayRecord:
+        arrays = super().run_rounds(grid, arrays, **kwargs)
+        unet = build_unet(self.spec, 0)
+        unet.load_state_dict(arrays_to_state(arrays), strict=True)
+        path = teacher_cache_path(self.cfg, self.cfg.num_server_rounds, self.num_clients)
+        save_teacher(path, unet, self.spec, {"run-dir": self.run_dir})
+        log.info(
+            "teacher cached at %s (dmd2/disback with teacher-rounds=%d reuse it)",
+            path,
+            self.cfg.num_server_rounds,
+        )
+        return arrays
+
+
+class DMD2Strategy(_DiffusionStrategy):
+    """Federated DMD2: clients distil the teacher into the bundle; FedAvg of the bundle."""
+
+    name = "dmd2"
+    train_message_type = GENERATOR_ACTION
+
+    def __init__(self, cfg: RunConfig, nodes: list[NodeInfo]) -> None:
+        super().__init__(cfg, nodes)
+        self.teacher: nn.Module | None = None
+        self._teacher_record: ArrayRecord | None = None
+
+    def initial_model(self, init_seed: int) -> nn.Module:
+        return GeneratorBundle(self.spec, init_seed)
+
+    def sampler(self, model: nn.Module) -> Sampler:
+        assert isinstance(model, GeneratorBundle)
+        nfe = self.cfg.generator_nfe
+        return lambda labels, rng: generate(model.generator, labels, num_steps=nfe, rng=rng)
+
+    def extra_samplers(self, model: nn.Module) -> dict[str, Sampler]:
+        assert isinstance(model, GeneratorBundle)
+        if self.cfg.generator_nfe == 1:
+            return {}
+        return {
+            "-1step": lambda labels, rng: generate(model.generator, labels, num_steps=1, rng=rng)
+        }
+
+    # ----------------------------------------------------------- the target score
+
+    def target_state(self, server_round: int) -> dict[str, torch.Tensor]:
+        assert self.teacher is not None
+        return self.teacher.state_dict()
+
+    def train_payload(self, server_round: int) -> dict[str, ArrayRecord]:
+        return {TARGET_KEY: state_to_arrays(self.target_state(server_round))}
+
+    def initial_fake(self) -> dict[str, torch.Tensor] | None:
+        return None
+
+    def prepare(self, recorder: RunRecorder) -> None:
+        """Server-side work between the teacher and round 1 (DisBack's degradation)."""
+
+    # ----------------------------------------------------------- the round loop
+
+    def run_rounds(
+        self,
+        grid: Grid,
+        arrays: ArrayRecord,
+        *,
+        first_round: int,
+        recorder: RunRecorder,
+        server_evaluate: ServerEvaluate | None,
+        timeout: float | None = None,
+    ) -> ArrayRecord:
+        timeout = self.cfg.round_timeout if timeout is None else timeout
+        self.run_dir = str(recorder.run_dir)
+        self.teacher = self._obtain_teacher(grid, recorder, timeout)
+        self.prepare(recorder)
+        if first_round == 1:
+            bundle = self.initial_model(derive_seed(self.cfg.seed, 0))
+            assert isinstance(bundle, GeneratorBundle)
+            bundle.init_from(self.teacher, self.initial_fake())
+            arrays = state_to_arrays(bundle.state_dict())
+        return super().run_rounds(
+            grid,
+            arrays,
+            first_round=first_round,
+            recorder=recorder,
+            server_evaluate=server_evaluate,
+            timeout=timeout,
+        )
+
+    def _obtain_teacher(self, grid: Grid, recorder: RunRecorder, timeout: float) -> nn.Module:
+        path = teacher_cache_path(self.cfg, self.cfg.teacher_rounds, self.num_clients)
+        if path.exists():
+            log.info("teacher: %s", path)
+            return load_teacher(path, self.spec)
+        if self.cfg.teacher_checkpoint:
+            raise FileNotFoundError(
+                f"run-config key 'teacher-checkpoint' = {self.cfg.teacher_checkpoint!r}: no "
+                "such file (leave it empty to use, or train, the cached teacher)"
+            )
+        log.info(
+            "no cached teacher (%s): training it first, %d federated rounds",
+            path.name,
+            self.cfg.teacher_rounds,
+        )
+        unet = build_unet(self.spec, derive_seed(self.cfg.seed, 0))
+        arrays = state_to_arrays(unet.state_dict())
+        start = time.perf_counter()
+        losses: list[float] = []
+        for teacher_round in range(1, self.cfg.teacher_rounds + 1):
+            arrays, losses = self._teacher_round(grid, arrays, teacher_round, timeout)
+            log.info(
+                "teacher round %d/%d: loss %.4f",
+                teacher_round,
+                self.cfg.teacher_rounds,
+                float(np.mean(losses)) if losses else float("nan"),
+            )
+        seconds = time.perf_counter() - start
+        unet.load_state_dict(arrays_to_state(arrays), strict=True)
+        save_teacher(path, unet, self.spec, {"run-dir": self.run_dir})
+        recorder.append(
+            [
+                MetricRow(0, SERVER, ALL, "teacher-rounds", float(self.cfg.teacher_rounds)),
+                MetricRow(0, SERVER, ALL, "teacher-seconds", seconds),
+                MetricRow(0, SERVER, ALL, "teacher-loss", float(np.mean(losses))),
+            ]
+        )
+        log.info("teacher cached at %s", path)
+        return unet.eval()
+
+    def _teacher_round(
+        self, grid: Grid, arrays: ArrayRecord, teacher_round: int, timeout: float
+    ) -> tuple[ArrayRecord, list[float]]:
+        config = ConfigRecord({"server-round": teacher_round, "run-dir": self.run_dir})
+        messages = [
+            Message(
+                RecordDict({"arrays": arrays, "config": config}),
+                message_type=TEACHER_ACTION,
+                dst_node_id=node.node_id,
+            )
+            # Sampled as the base round loop samples (so fraction-train means the same).
+            for node in self.sample(self.fraction_train, teacher_round, purpose=0)
+        ]
+        self._round_rows = []
+        replies = self._ordered_valid(
+            teacher_round, self.exchange(grid, messages, teacher_round, timeout)
+        )
+        if not replies:
+            raise RuntimeError(f"teacher round {teacher_round}: no client returned the teacher")
+        weights = [float(r.content["metrics"]["num-examples"]) for r in replies]
+        states = [arrays_to_state(r.content["arrays"]) for r in replies]
+        total = sum(weights)
+        averaged = {
+            k: sum(w * s[k].double() for w, s in zip(weights, states, strict=True)) / total
+            for k in states[0]
+        }
+        reference = arrays_to_state(arrays)
+        merged = {k: v.to(reference[k].dtype) for k, v in averaged.items()}
+        losses = [float(r.content["metrics"]["teacher-loss"]) for r in replies]
+        return state_to_arrays(merged), losses
+
+
+class DisBackStrategy(DMD2Strategy):
+    """DMD2 along DisBack's backtracking path (degradation recorded on the server)."""
+
+    name = "disback"
+
+    def __init__(self, cfg: RunConfig, nodes: list[NodeInfo]) -> None:
+        super().__init__(cfg, nodes)
+        self.path: list[dict[str, torch.Tensor]] | None = None
+        self.controller = BacktrackController(
+            cfg.disback_nodes, cfg.num_server_rounds, cfg.disback_switch
+        )
+
+    def prepare(self, recorder: RunRecorder) -> None:
+        if self.path is not None:
+            return  # restored from the checkpoint
+        assert self.teacher is not None
+        start = time.perf_counter()
+        generator0 = build_unet(self.spec, 0)
+        generator0.load_state_dict(self.teacher.state_dict())  # G_0 = the teacher copy
+        self.path, history = record_degradation(
+            self.teacher,
+            generator0,
+            steps=self.cfg.disback_degradation_steps,
+            num_nodes=self.cfg.disback_nodes,
+            lr=self.cfg.teacher_lr,
+            batch_size=self.cfg.batch_size,
+            nfe=self.cfg.generator_nfe,
+            seed=derive_seed(self.cfg.seed, _DEGRADATION_TAG),
+            device=resolve_device(self.cfg.device),
+        )
+        recorder.append(
+            [
+                MetricRow(
+                    0, SERVER, ALL, "disback-degradation-seconds", time.perf_counter() - start
+                ),
+                MetricRow(0, SERVER, ALL, "disback-degradation-loss-first", history.losses[0]),
+                MetricRow(0, SERVER, ALL, "disback-degradation-loss-last", history.losses[-1]),
+            ]
+        )
+
+    def initial_fake(self) -> dict[str, torch.Tensor] | None:
+        assert self.path is not None
+        return self.path[-1]  # the most degraded node (not a fixed checkpoint: hazard (c))
+
+    def target_index(self, server_round: int) -> int:
+        return self.controller.target(server_round)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        norms = [
+            r.value
+            for r in self._round_rows
+            if r.round == server_round and r.metric == "dm-grad-norm" and r.client != SERVER
+        ]
+        if norms:
+            self.controller.observe(server_round, float(np.mean(norms)))
+        return arrays, metrics
+
+    def target_state(self, server_round: int) -> dict[str, torch.Tensor]:
+        assert self.path is not None
+        index = self.target_index(server_round)
+        self._round_rows.append(
+            MetricRow(server_round, SERVER, ALL, "disback-target-node", float(index))
+        )
+        return self.path[index]
+
+    def state_dict(self) -> dict:
+        if self.path is None:
+            return {}
+        return {
+            "path": [{k: v.numpy() for k, v in node.items()} for node in self.path],
+            "controller": self.controller.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if "controller" in state:
+            self.controller.load_state_dict(state["controller"])
+        if "path" in state:
+            self.path = [
+                {k: torch.from_numpy(v) for k, v in node.items()} for node in state["path"]
+            ]
+
+
+__all__ = ["DMD2Strategy", "DiffusionTeacherStrategy", "DisBackStrategy"]

@@ -1,0 +1,457 @@
+"""The diffusion math: teacher, DMD2 losses and backward simulation, DisBack, FID."""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedmatch.diffusion import (
+    DMD2Settings,
+    FIDScorer,
+    GanHead,
+    UNetSpec,
+    alphas_cumprod,
+    backtrack_target,
+    backward_simulate,
+    bottleneck,
+    build_unet,
+    ddim_sample,
+    denoising_loss,
+    dm_gradient,
+    dm_loss,
+    fake_score_loss,
+    frechet_distance,
+    gan_critic_loss,
+    gan_generator_loss,
+    gan_logits,
+    generate,
+    pad_images,
+    precision_recall,
+    record_degradation,
+    student_timesteps,
+    train_denoiser,
+    train_dmd2,
+)
+from fedmatch.diffusion.dmd2 import generate_padded
+from fedmatch.diffusion.fid import train_feature_net
+from fedmatch.diffusion.teacher import predict_x0
+from fedmatch.diffusion.unet import parse_channels
+
+TINY = UNetSpec(channels=(8, 16))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def toy_digits(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-dependent blobs in [-1, 1]: a bright square whose position encodes the label."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    images = torch.full((n, 3, 28, 28), -1.0)
+    for i, y in enumerate(labels.tolist()):
+        r, c = 4 + 2 * (y // 5) * 5, 2 + 5 * (y % 5)
+        images[i, :, r : r + 8, c : c + 5] = 1.0
+    return images + 0.05 * torch.randn(images.shape, generator=g), labels
+
+
+# ----------------------------------------------------------------- UNet and teacher
+
+
+def test_unet_spec_errors_name_the_value():
+    with pytest.raises(ValueError, match=r"'12,24'.*GroupNorm"):
+        parse_channels("12,24")
+    with pytest.raises(ValueError, match="levels"):
+        UNetSpec(channels=(8, 8, 8, 8, 8)).validate()
+    with pytest.raises(ValueError, match="comma-separated"):
+        parse_channels("8;16")
+    assert parse_channels("8,16,16") == (8, 16, 16)
+
+
+def test_unet_spec_width_error_mentions_widths():
+    with pytest.raises(ValueError, match=r"\[12, 20\]"):
+        UNetSpec(channels=(12, 20)).validate()
+
+
+def test_teacher_ddpm_loss_falls_and_ddim_sampling_is_seeded():
+    images, labels = toy_digits(64)
+    unet = build_unet(TINY, seed=0)
+    ac = alphas_cumprod()
+    x0 = pad_images(images[:32])
+
+    def held_out_loss() -> float:
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(123)
+            return float(denoising_loss(unet, x0, labels[:32], ac, g))
+
+    before = held_out_loss()
+    history = train_denoiser(
+        unet, images, labels, steps=40, lr=3e-3, batch_size=16, seed=1, device=torch.device("cpu")
+    )
+    assert history.steps == 40
+    assert held_out_loss() < 0.7 * before
+    samples = ddim_sample(
+        unet, torch.arange(10), steps=3, generator=torch.Generator().manual_seed(5)
+    )
+    again = ddim_sample(unet, torch.arange(10), steps=3, generator=torch.Generator().manual_seed(5))
+    assert samples.shape == (10, 3, 28, 28)
+    assert samples.min() >= -1 and samples.max() <= 1
+    assert torch.equal(samples, again)
+
+
+# ----------------------------------------------------------------- DMD2
+
+
+def test_dm_gradient_is_zero_when_real_and_fake_scores_agree():
+    real = build_unet(TINY, seed=0)
+    fake = copy.deepcopy(real)  # the fake score equals the real score
+    generator = copy.deepcopy(real)
+    ac = alphas_cumprod()
+    labels = torch.arange(8)
+    rng = torch.Generator().manual_seed(0)
+    x_t, t = backward_simulate(generator, labels, 0, [999], ac, rng)
+    x = predict_x0(generator, x_t, t, labels, ac)
+    loss, grad = dm_loss(x, real, fake, labels, ac, rng)
+    assert float(grad.abs().max()) == 0.0
+    loss.backward()
+    assert all(p.grad is None or float(p.grad.abs().max()) == 0.0 for p in generator.parameters())
+    # Scores that disagree give a non-zero gradient that reaches the generator.
+    generator.zero_grad()
+    other = build_unet(TINY, seed=1)
+    x = predict_x0(generator, x_t, t, labels, ac)
+    loss, grad = dm_loss(x, real, other, labels, ac, rng)
+    assert float(grad.abs().max()) > 0
+    loss.backward()
+    assert max(float(p.grad.abs().max()) for p in generator.parameters()) > 0
+
+
+def test_dm_gradient_formula_normalises_per_sample():
+    x = torch.zeros(2, 1, 2, 2)
+    x0_real = torch.tensor([1.0, 2.0]).view(2, 1, 1, 1).expand(2, 1, 2, 2)
+    x0_fake = x0_real + 1.0
+    grad = dm_gradient(x, x0_real, x0_fake)
+    # (fake - real) / mean|x - real| = 1/1 for the first sample, 1/2 for the second.
+    assert torch.allclose(grad[0], torch.ones(1, 2, 2))
+    assert torch.allclose(grad[1], torch.full((1, 2, 2), 0.5))
+    # x equal to the real x̂_0 divides by zero; the gradient is then 0, not NaN.
+    assert torch.equal(dm_gradient(x, torch.zeros_like(x), x0_fake), torch.zeros_like(x))
+
+
+def test_fake_score_loss_falls_on_a_fixed_generator():
+    generator = build_unet(TINY, seed=0).eval().requires_grad_(False)
+    fake = build_unet(TINY, seed=1)
+    ac = alphas_cumprod()
+    labels = torch.arange(16) % 10
+    samples = generate_padded(generator, labels, num_steps=1, rng=torch.Generator().manual_seed(2))
+
+    def held_out() -> float:
+        with torch.no_grad():
+            return float(
+                fake_score_loss(fake, samples, labels, ac, torch.Generator().manual_seed(9))
+            )
+
+    before = held_out()
+    optimizer = torch.optim.AdamW(fake.parameters(), lr=3e-3)
+    rng = torch.Generator().manual_seed(3)
+    for _ in range(30):
+        x = generate_padded(generator, labels, num_steps=1, rng=rng)
+        loss = fake_score_loss(fake, x, labels, ac, rng)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert held_out() < 0.6 * before
+
+
+class ConstantX0(nn.Module):
+    """A stand-in generator whose x̂_0 is the constant ``value`` at every input."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+        self.config = SimpleNamespace(in_channels=3)
+        self.ac = alphas_cumprod()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x_t, t, class_labels=None):
+        a = self.ac[t].view(-1, 1, 1, 1)
+        # x0 = √a x_t − √(1−a) v  =>  v = (√a x_t − x0) / √(1−a)
+        return SimpleNamespace(sample=(a.sqrt() * x_t - self.value) / (1 - a).sqrt())
+
+
+def test_backward_simulation_gives_inputs_at_the_student_timesteps():
+    assert student_timesteps(1) == [999]
+    assert student_timesteps(4) == [999, 749, 499, 249]
+    with pytest.raises(ValueError, match="generator-nfe=3"):
+        student_timesteps(3)
+    ac = alphas_cumprod()
+    stub = ConstantX0(0.5)
+    labels = torch.zeros(64, dtype=torch.long)
+    timesteps = student_timesteps(4)
+    for k, expected_t in enumerate(timesteps):
+        x, t = backward_simulate(stub, labels, k, timesteps, ac, torch.Generator().manual_seed(k))
+        assert x.shape == (64, 3, 32, 32)
+        assert set(t.tolist()) == {expected_t}
+        if k == 0:
+            # Pure noise: N(0, 1).
+            assert abs(float(x.mean())) < 0.02 and abs(float(x.std()) - 1) < 0.02
+        else:
+            # Re-noised x̂_0 of the previous step: √ᾱ_{t_k}·0.5 + √(1−ᾱ_{t_k})·ε.
+            a = float(ac[expected_t])
+            assert abs(float(x.mean()) - 0.5 * a**0.5) < 0.02
+            assert abs(float(x.std()) - (1 - a) ** 0.5) < 0.02
+    with pytest.raises(ValueError):
+        backward_simulate(stub, labels, 4, timesteps, ac, torch.Generator())
+
+
+def test_bottleneck_and_gan_head_give_one_logit_per_image():
+    unet = build_unet(TINY, seed=0)
+    x = torch.randn(4, 3, 32, 32)
+    t = torch.full((4,), 10)
+    features = bottleneck(unet, x, t, torch.arange(4))
+    assert features.shape == (4, 16, 16, 16)
+    assert GanHead(16)(features).shape == (4,)
+    assert not unet.mid_block._forward_hooks  # the hook is removed again
+
+
+HEAD_SEED = 0
+
+
+def seeded_head(seed: int) -> GanHead:
+    """A GAN head whose initialisation does not depend on the global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return GanHead(16)
+
+
+def test_gan_critic_on_the_fake_bottleneck_learns_real_from_generated():
+    images, labels = toy_digits(32)
+    real = pad_images(images)
+    generator = build_unet(TINY, seed=0).eval().requires_grad_(False)
+    fake_images = generate_padded(
+        generator, labels, num_steps=1, rng=torch.Generator().manual_seed(1)
+    )
+    fake_unet, head = build_unet(TINY, seed=1), seeded_head(HEAD_SEED)
+    ac = alphas_cumprod()
+
+    def loss(rng: torch.Generator) -> torch.Tensor:
+        return gan_critic_loss(
+            gan_logits(fake_unet, head, real, labels, ac, rng),
+            gan_logits(fake_unet, head, fake_images, labels, ac, rng),
+        )
+
+    with torch.no_grad():
+        before = float(loss(torch.Generator().manual_seed(5)))
+    params = [*fake_unet.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    rng = torch.Generator().manual_seed(2)
+    for _ in range(30):
+        value = loss(rng)
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = float(loss(torch.Generator().manual_seed(5)))
+    assert after < 0.8 * before, (before, after)
+    # The generator's GAN loss reaches the generator through the frozen critic.
+    fake_unet.requires_grad_(False)
+    head.requires_grad_(False)
+    g = build_unet(TINY, seed=0)
+    noise = torch.randn((4, 3, 32, 32), generator=torch.Generator().manual_seed(3))
+    x = predict_x0(g, noise, torch.full((4,), 999), labels[:4], ac)
+    gan_generator_loss(gan_logits(fake_unet, head, x, labels[:4], ac, rng)).backward()
+    assert max(float(p.grad.abs().max()) for p in g.parameters() if p.grad is not None) > 0
+
+
+def test_dmd2_local_training_runs_ttur_with_gan_and_multistep():
+    images, labels = toy_digits(32)
+    teacher = build_unet(TINY, seed=0)
+    generator, fake = copy.deepcopy(teacher), copy.deepcopy(teacher)
+    head = seeded_head(0)
+    before = {k: v.clone() for k, v in generator.state_dict().items()}
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    settings = DMD2Settings(generator_steps=3, critic_steps=2, batch_size=8, nfe=4, lr=1e-3)
+    history = train_dmd2(
+        generator,
+        fake,
+        head,
+        teacher,
+        images,
+        labels,
+        settings,
+        seed=0,
+        device=torch.device("cpu"),
+    )
+    assert len(history.dm_losses) == 3 and len(history.gan_generator_losses) == 3
+    assert len(history.fake_losses) == 6 and len(history.gan_critic_losses) == 6
+    assert set(history.simulated_steps) <= {999, 749, 499, 249}
+    assert any(not torch.equal(before[k], v) for k, v in generator.state_dict().items())
+    assert all(torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items())
+    samples = generate(
+        generator, torch.arange(10), num_steps=4, rng=torch.Generator().manual_seed(0)
+    )
+    assert samples.shape == (10, 3, 28, 28) and torch.isfinite(samples).all()
+
+
+# ----------------------------------------------------------------- DisBack
+
+
+def test_backtrack_schedule_visits_every_node_in_reverse_and_ends_at_the_teacher():
+    targets = [backtrack_target(4, step, 20) for step in range(20)]
+    assert targets[0] == 3 and targets[-1] == 0
+    assert targets == sorted(targets, reverse=True)
+    assert [targets.count(i) for i in range(4)] == [5, 5, 5, 5]
+    assert backtrack_target(4, 100, 20) == 0
+    assert [backtrack_target(1, s, 3) for s in range(3)] == [0, 0, 0]
+
+
+def test_backtrack_controller_schedule_and_convergence_switching():
+    from fedmatch.diffusion.disback import BacktrackController
+
+    scheduled = BacktrackController(3, 6)
+    assert [scheduled.target(r) for r in range(1, 7)] == [2, 2, 1, 1, 0, 0]
+    ctl = BacktrackController(3, 10, mode="converged")
+    targets = []
+    # Falling norms keep the target; a plateau (round 3) moves it back one node.
+    for r, norm in enumerate([1.0, 0.8, 0.8, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.01], start=1):
+        targets.append(ctl.target(r))
+        ctl.observe(r, norm)
+    assert targets[:4] == [2, 2, 2, 1]
+    assert targets[-1] == 0 and targets == sorted(targets, reverse=True)
+    # Never converging: forced moves still end at the teacher in the last round.
+    stuck = BacktrackController(4, 5, mode="converged")
+    seen = []
+    for r in range(1, 6):
+        seen.append(stuck.target(r))
+        stuck.observe(r, 1.0 / r)
+    assert seen[-1] == 0
+    with pytest.raises(ValueError, match="disback-switch"):
+        BacktrackController(2, 2, mode="sometimes")
+
+
+def test_degradation_path_starts_at_the_teacher_and_moves_towards_the_generator():
+    teacher = build_unet(TINY, seed=0)
+    generator0 = build_unet(TINY, seed=1)  # a generator whose distribution differs
+    path, _ = record_degradation(
+        teacher,
+        generator0,
+        steps=24,
+        num_nodes=3,
+        lr=3e-3,
+        batch_size=8,
+        nfe=1,
+        seed=0,
+        device=torch.device("cpu"),
+    )
+    assert len(path) == 4
+    assert all(torch.equal(path[0][k], v) for k, v in teacher.state_dict().items())
+    ac = alphas_cumprod()
+    labels = torch.arange(16) % 10
+    x = generate_padded(generator0, labels, num_steps=1, rng=torch.Generator().manual_seed(7))
+
+    def loss_of(state) -> float:
+        net = build_unet(TINY, seed=0)
+        net.load_state_dict(state, strict=True)
+        with torch.no_grad():
+            return float(denoising_loss(net, x, labels, ac, torch.Generator().manual_seed(8)))
+
+    losses = [loss_of(state) for state in path]
+    assert losses[-1] < 0.7 * losses[0], losses
+    with pytest.raises(ValueError, match="disback-nodes"):
+        record_degradation(
+            teacher,
+            generator0,
+            steps=2,
+            num_nodes=3,
+            lr=1e-3,
+            batch_size=2,
+            nfe=1,
+            seed=0,
+            device=torch.device("cpu"),
+        )
+
+
+# ----------------------------------------------------------------- FID
+
+
+class Flatten(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.num_features = dim
+
+    def forward(self, x):
+        return x.flatten(1).double()
+
+
+def test_torchmetrics_fid_with_custom_features_matches_the_closed_form():
+    g = torch.Generator().manual_seed(0)
+    d, n = 4, 20000
+    mu1, mu2 = torch.zeros(d), torch.tensor([1.0, -0.5, 0.0, 2.0])
+    a = torch.randn(d, d, generator=g) * 0.5
+    cov2 = a @ a.T + torch.eye(d) * 0.5
+    real = torch.randn(n, d, generator=g).view(n, 1, 1, d) + mu1.view(1, 1, 1, d)
+    fake = (torch.randn(n, d, generator=g) @ torch.linalg.cholesky(cov2).T + mu2).view(n, 1, 1, d)
+    scorer = FIDScorer(Flatten(d), {"ref": real})
+    fid = scorer.score(fake)["ref"]
+    exact = frechet_distance(mu1.numpy(), np.eye(d), mu2.numpy(), cov2.numpy())
+    assert abs(fid - exact) < 0.05 * exact
+    sample = frechet_distance(
+        real.flatten(1).mean(0).double().numpy(),
+        np.cov(real.flatten(1).double().numpy(), rowvar=False),
+        fake.flatten(1).mean(0).double().numpy(),
+        np.cov(fake.flatten(1).double().numpy(), rowvar=False),
+    )
+    assert abs(fid - sample) < 1e-3 * max(1.0, sample)
+    assert scorer.score(real)["ref"] < 1e-6
+
+
+def test_precision_recall_of_identical_and_disjoint_sets():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(200, 8, generator=g)
+    assert precision_recall(real, real.clone()) == (1.0, 1.0)
+    p, r = precision_recall(real, real + 100.0)
+    assert (p, r) == (0.0, 0.0)
+
+
+def test_trained_feature_net_separates_domains_and_noise():
+    images, labels = toy_digits(256, seed=0)
+    other = -images  # a second "domain": inverted colours
+    x = torch.cat([images, other])
+    y = torch.cat([labels, labels + 10])
+    net = train_feature_net(x, y, 20, steps=60, seed=0, batch_size=64)
+    test_a, _ = toy_digits(200, seed=1)
+    scorer = FIDScorer(net, {"a": test_a})
+    same = scorer.score(toy_digits(200, seed=2)[0])["a"]
+    shifted = scorer.score(-toy_digits(200, seed=2)[0])["a"]
+    noise = scorer.score(
+        torch.rand(200, 3, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    )["a"]
+    assert same < 0.2 * shifted and same < 0.2 * noise, (same, shifted, noise)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        ({"unet-channels": "12,24"}, ["'unet-channels'", "'12,24'", "GroupNorm"]),
+        ({"unet-channels": "8,16,16,16,16"}, ["'unet-channels'", "levels"]),
+        ({"generator-nfe": 3}, ["'generator-nfe'", "divide 1000"]),
+        ({"strategy": "disback", "disback-nodes": 5, "disback-degradation-steps": 4}, ["5"]),
+        ({"disback-switch": "often"}, ["'disback-switch'", "'schedule'", "'converged'"]),
+        ({"teacher-checkpoint": "teacher.pt"}, ["'teacher-checkpoint'", "absolute"]),
+    ],
+)
+def test_generator_config_errors_name_key_value_and_allowed(overrides, fragments):
+    from fedmatch.config import ConfigError, RunConfig
+
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_flower(overrides)
+    for fragment in fragments:
+        assert fragment in str(err.value)
