@@ -259,7 +259,8 @@ def format_domain_table(summary: Mapping[str, Any]) -> str:
     mean = summary.get("mean_accuracy")
     worst = summary.get("worst_domain_accuracy")
     if mean is not None:
-        lines.append(f"mean {mean:.4f}  worst domain {worst:.4f}  (client models)")
+        source = "client models" if client else "global model"
+        lines.append(f"mean {mean:.4f}  worst domain {worst:.4f}  ({source})")
     return "\n".join(lines)
 
 
