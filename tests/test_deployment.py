@@ -3,7 +3,7 @@
 No Docker engine exists here, so the compose files are checked statically
 (``test_compose_*``) and the same topology runs as local processes: plain, over
 TLS with SuperNode authentication and separate SuperExecs (as
-docker-compose.tls.yml + docker-compose.auth.yml run it), and with a SuperNode
+docker-compose.tls.yml + docker-compose.auth.yml run it) with a SuperNode
 killed mid-run.  Every test stops every process it started, also on failure.
 """
 
@@ -139,61 +139,24 @@ def test_loopback_deployment_runs_fedavg_on_three_supernodes(
 
 @pytest.mark.e2e
 @pytest.mark.deployment
-def test_tls_deployment_with_supernode_auth_and_separate_superexecs(
-    tmp_path: Path, data_cache: Path
-):
+def test_tls_deployment_with_auth_survives_a_killed_supernode(tmp_path: Path, data_cache: Path):
+    """TLS, SuperNode authentication and separate SuperExecs (docker-compose.tls.yml +
+    docker-compose.auth.yml), and the machine of partition 1 lost after round 1.
+
+    One deployment covers both because each deployment costs a minute or more of process
+    start-ups on two cores; the checks of each part are independent of the other.
+    """
     root = tmp_path / "deploy"
+    run_dir = tmp_path / "runs" / "tls-kill"
     certs = generate_certs(root / "certs")  # the shipped docker/generate-certs.sh
     keys = generate_auth_keys(root / "keys", 4)  # the shipped docker/generate-auth-keys.sh
     deployment = LocalDeployment(
         root, tls=certs, supernode_auth=True, threads_per_node=1, isolation="process"
     )
-    try:
-        deployment.start_superlink()
-        for key in keys[:3]:
-            deployment.register_supernode(key.with_name(key.name + ".pub"))
-        deployment.start_supernodes(3, auth_keys=keys[:3])
-        # A SuperNode whose key was never registered is turned away.
-        deployment.start_supernode(3, 4, auth_key=keys[3], wait=False)
-        result = deployment.run(
-            tiny(
-                tmp_path / "runs",
-                data_cache,
-                "tls",
-                **{"fraction-evaluate": 0.0, "server-eval": False},
-            )
-        )
-        run_dir = tmp_path / "runs" / "tls"
-        summary = finished(result.stdout + result.stderr, run_dir, deployment)
-
-        intruder = deployment.processes["supernode-3"]
-        assert intruder.wait(timeout=60) != 0
-        assert "Failed to initialize the connection" in deployment.log_tail("supernode-3")
-        # The SuperLink speaks TLS only: plain HTTP fails, HTTPS with the CA works.
-        with pytest.raises((urllib.error.URLError, ConnectionError)):
-            urllib.request.urlopen(f"http://{deployment.superlink_address}/health", timeout=5)
-        context = ssl.create_default_context(cafile=str(certs.ca_cert))
-        url = f"https://{deployment.superlink_address}/health"
-        with urllib.request.urlopen(url, timeout=5, context=context) as response:
-            assert response.status == 200
-    finally:
-        stop_and_check(deployment)
-
-    assert summary["final_round"] == 2
-    rows = read_jsonl(run_dir / "metrics.jsonl")
-    assert clients_by_round(rows, "train-loss") == {1: {0, 1, 2}, 2: {0, 1, 2}}
-
-
-@pytest.mark.e2e
-@pytest.mark.deployment
-def test_a_supernode_killed_after_round_1_is_dropped_and_the_run_finishes(
-    tmp_path: Path, data_cache: Path
-):
-    run_dir = tmp_path / "runs" / "kill"
     config = tiny(
         tmp_path / "runs",
         data_cache,
-        "kill",
+        "tls-kill",
         **{
             "min-available-nodes": 2,
             "fraction-evaluate": 0.0,
@@ -201,11 +164,22 @@ def test_a_supernode_killed_after_round_1_is_dropped_and_the_run_finishes(
             "round-timeout": 300.0,
         },
     )
-    deployment = LocalDeployment(tmp_path / "deploy", threads_per_node=1)
     run: subprocess.Popen[str] | None = None
     try:
         deployment.start_superlink()
-        deployment.start_supernodes(3)
+        for key in keys[:3]:
+            deployment.register_supernode(key.with_name(key.name + ".pub"))
+        deployment.start_supernodes(3, auth_keys=keys[:3])
+        # A SuperNode whose key was never registered is turned away.
+        deployment.start_supernode(3, 4, auth_key=keys[3], wait=False)
+        # The SuperLink speaks TLS only: plain HTTP fails, HTTPS with the CA works.
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(f"http://{deployment.superlink_address}/health", timeout=5)
+        context = ssl.create_default_context(cafile=str(certs.ca_cert))
+        url = f"https://{deployment.superlink_address}/health"
+        with urllib.request.urlopen(url, timeout=5, context=context) as response:
+            assert response.status == 200
+
         run = deployment.popen(config)
         deadline = time.monotonic() + 400
         while not (run_dir / "checkpoint.pt").exists():
@@ -216,6 +190,10 @@ def test_a_supernode_killed_after_round_1_is_dropped_and_the_run_finishes(
         deployment.kill_node(1, signal.SIGKILL)
         output = run.communicate(timeout=500)[0]
         summary = finished(output, run_dir, deployment)
+
+        intruder = deployment.processes["supernode-3"]
+        assert intruder.wait(timeout=60) != 0
+        assert "Failed to initialize the connection" in deployment.log_tail("supernode-3")
     finally:
         if run is not None and run.poll() is None:
             stop_tree(run.pid)
