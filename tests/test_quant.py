@@ -298,3 +298,36 @@ def test_block_reconstruction_lowers_the_blocks_output_error():
     for layer in (m for m in block.modules() if hasattr(m, "alpha") and m.alpha is not None):
         w = layer.quantized_weight() / layer.wq.scale
         assert torch.allclose(w, w.round(), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "method,source", [("naive", "local"), ("edadm", "local"), ("dgq", "trajectory")]
+)
+def test_client_calibration_and_server_merge(method, source):
+    from fedmatch.config import RunConfig
+    from fedmatch.quant.from_config import TDAC_KEY, client_calibration, server_quantize
+
+    cfg = RunConfig(
+        unet_channels="8,16",
+        teacher_ddim_steps=3,
+        quant_method=method,
+        quant_bits="W4A8",
+        quant_groups=2,
+        quant_calibration_source=source,
+        quant_calibration_samples=9,
+        quant_recon_iters=2,
+    )
+    teacher = build_unet(TINY, 0).eval()
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(20, 3, 28, 28, generator=g) * 2 - 1
+    labels = torch.randint(0, 10, (20,), generator=g)
+    clients = [client_calibration(cfg, teacher, images[i::2], labels[i::2], seed=i) for i in (0, 1)]
+    for stats, metrics in clients:
+        assert metrics["calibration-samples"] == 9
+        assert (TDAC_KEY in stats) == (method == "edadm")
+    quantized, info = server_quantize(cfg, teacher, [s for s, _ in clients], [10.0, 10.0], 0)
+    assert (method == "edadm") == bool(info)
+    x = torch.randn(2, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        out = quantized(x, torch.tensor([999, 999]), class_labels=torch.tensor([1, 2])).sample
+    assert torch.isfinite(out).all()
