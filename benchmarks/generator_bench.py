@@ -14,7 +14,7 @@ A federated simulation in one process (no Flower: the same functions the ``train
 4. wall time per sampled image for every sampler (batch 250, same thread count);
 5. sample grids (one row per class) of every sampler's final model in ``<out-dir>/figures/``.
 
-Presets: ``cpu`` (tiny UNet, ≈20 min on one core of the reference machine) and ``gpu``
+Presets: ``cpu`` (tiny UNet; the teacher alone ≈15 min on one uncontended core) and ``gpu``
 (a larger UNet and 10-50x the steps, for the device machine).  Every flag overrides its preset.
 
     python benchmarks/generator_bench.py --preset cpu
@@ -52,12 +52,15 @@ log = logging.getLogger("fedmatch.bench")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
-        "channels": "16,32",
-        "teacher_rounds": 10,
+        # 3 levels (8x8 bottleneck): 0.62M parameters at the step cost of the 2-level (16, 32)
+        # UNet; 20 rounds x 40 steps x 5 clients = 4,000 DDPM steps (~15 min at one thread),
+        # cosine LR 2e-3 -> 1e-4, per-round EMA 0.7 (benchmarks/RESULTS.md, generators).
+        "channels": "16,32,64",
+        "teacher_rounds": 20,
         "teacher_steps": 40,
         "teacher_lr": 2e-3,
-        "teacher_lr_final": 2e-3,
-        "teacher_ema": 0.0,
+        "teacher_lr_final": 1e-4,
+        "teacher_ema": 0.7,
         "batch_size": 32,
         "rounds": 6,
         "generator_steps": 6,
