@@ -1,8 +1,10 @@
 """Federated calibration (``diffusion-ptq``, message ``train.calibrate``) through `flwr run`.
 
-One `flwr run`, two cells on the same two SuperNodes: EDA-DM at W4A8 (no cached teacher, so a
-tiny teacher is trained federatedly first; TDAC weights from the clients, block reconstruction
-on the server; personal quantization scored too), then DGQ at W8A8 reusing the cached teacher.
+One `flwr run`, two cells on the same two SuperNodes: EDA-DM at W4A8 (TDAC weights from the
+clients, block reconstruction on the server; personal quantization scored too), then DGQ at
+W8A8.  The teacher and FID settings match ``tests/test_generators_e2e.py``, so in a full test
+session the cached tiny teacher and FID feature network are reused (run alone, the first cell
+trains the teacher federatedly first).
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ def test_federated_calibration_through_flwr_run(
         "domains": ",".join(DOMAINS),
         "train-subset": 64,
         "unet-channels": "8,16",
-        "teacher-rounds": 1,
-        "teacher-steps": 2,
+        "teacher-rounds": 2,
+        "teacher-steps": 3,
         "teacher-ddim-steps": 3,
         "batch-size": 8,
         "num-server-rounds": 1,
@@ -40,7 +42,7 @@ def test_federated_calibration_through_flwr_run(
         "fid-samples": 20,
         "fid-feature-steps": 20,
         "grid-per-class": 2,
-        "seed": 2,
+        "seed": 1,
         "runs-dir": str(runs),
         "cache-dir": str(data_cache),
     }
