@@ -61,7 +61,7 @@ from fedmatch.localrun import (
     process_tree,
     stop_tree,
 )
-from fedmatch.results import RESUMABLE_KEYS, atomic_write_bytes, read_metrics
+from fedmatch.results import atomic_write_bytes, changed_config_keys, read_metrics
 
 log = logging.getLogger("fedmatch.bench")
 
@@ -365,11 +365,7 @@ def plan(cells: list[Cell], runs_dir: Path) -> list[PlannedCell]:
             continue
         saved = json.loads(config_path.read_text())["run_config"]
         wanted = RunConfig.from_flower(cell.run_config(runs_dir, resume=False)).to_flower()
-        changed = sorted(
-            key
-            for key in set(saved) | set(wanted)
-            if key not in RESUMABLE_KEYS | {"runs-dir"} and saved.get(key) != wanted.get(key)
-        )
+        changed = [key for key in changed_config_keys(saved, wanted) if key != "runs-dir"]
         saved_rounds = int(saved.get("num-server-rounds", 0))
         if changed or saved_rounds > cell.cfg.num_server_rounds:
             if saved_rounds > cell.cfg.num_server_rounds:

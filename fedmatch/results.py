@@ -259,17 +259,34 @@ def format_domain_table(summary: Mapping[str, Any]) -> str:
     mean = summary.get("mean_accuracy")
     worst = summary.get("worst_domain_accuracy")
     if mean is not None:
-        lines.append(f"mean {mean:.4f}  worst domain {worst:.4f}  (client models)")
+        source = "client models" if client else "global model"
+        lines.append(f"mean {mean:.4f}  worst domain {worst:.4f}  ({source})")
     return "\n".join(lines)
+
+
+def changed_config_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """The run-config keys whose value differs between a saved run and ``current``.
+
+    ``RESUMABLE_KEYS`` never count.  A key the saved run lacks counts only when ``current``
+    gives it a value other than its default: a later fedmatch added the key, and a new key's
+    default always reproduces the behaviour from before it existed, so an old run stays
+    resumable (and an old benchmark grid stays valid) across upgrades.
+    """
+    defaults = RunConfig().to_flower()
+    changed = []
+    for key in set(saved) | set(current):
+        if key in RESUMABLE_KEYS:
+            continue
+        if key not in saved and key in defaults and current.get(key) == defaults[key]:
+            continue
+        if saved.get(key) != current.get(key):
+            changed.append(key)
+    return sorted(changed)
 
 
 def _check_same_experiment(saved: Mapping[str, Any], cfg: RunConfig) -> None:
     current = cfg.to_flower()
-    changed = sorted(
-        key
-        for key in set(saved) | set(current)
-        if key not in RESUMABLE_KEYS and saved.get(key) != current.get(key)
-    )
+    changed = changed_config_keys(saved, current)
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
         raise ConfigError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import tomllib
 from pathlib import Path
 
@@ -190,6 +191,24 @@ def test_plan_refuses_a_folder_holding_another_config(tmp_path: Path):
     _record(other, {**cells[1].overrides, "run-name": cells[1].name}, 2, finish=True)
     with pytest.raises(BenchError, match="num-server-rounds: 2 -> 1"):
         plan(shorter, other)
+
+
+def test_plan_accepts_runs_from_before_a_key_existed(tmp_path: Path):
+    """A run saved by an older fedmatch lacks the keys added since; their defaults reproduce
+    the old behaviour, so the run still belongs to the grid (unless the suite sets one)."""
+    cells = Suite.from_dict(TINY).cells()
+    runs = tmp_path / "runs"
+    cell = cells[0]
+    _record(runs, {**cell.overrides, "run-name": cell.name}, 2, finish=True)
+    config_path = runs / cell.name / "config.json"
+    saved = json.loads(config_path.read_text())
+    del saved["run_config"]["critic-steps"]
+    config_path.write_text(json.dumps(saved))
+    assert plan(cells, runs)[0].action == "skip"
+
+    changed = Suite.from_dict(with_change("base", "critic-steps", 7)).cells()
+    with pytest.raises(BenchError, match="critic-steps: None -> 7"):
+        plan(changed, runs)
 
 
 def test_snapshot_holds_the_app_and_not_the_virtualenv(tmp_path: Path):

@@ -109,8 +109,11 @@ class VirtualRegulariser:
         features: torch.Tensor,
     ) -> torch.Tensor:
         del images, logits
-        g_images = self.global_images.to(features.device)
-        g_labels = self.global_labels.to(features.device)
+        if self.global_images.device != features.device:
+            # Once, not every step: the global set is re-embedded each step but never changes.
+            self.global_images = self.global_images.to(features.device)
+            self.global_labels = self.global_labels.to(features.device)
+        g_images, g_labels = self.global_images, self.global_labels
         value = regulariser_value(
             self.kind, features, labels, model.embed(g_images), g_labels, self.temperature
         )
