@@ -1,26 +1,47 @@
 """Federated calibration (``diffusion-ptq``, message ``train.calibrate``) through `flwr run`.
 
 One `flwr run`, two cells on the same two SuperNodes: EDA-DM at W4A8 (TDAC weights from the
-clients, block reconstruction on the server; personal quantization scored too), then DGQ at
-W8A8.  The teacher and FID settings match ``tests/test_generators_e2e.py``, so in a full test
-session the cached tiny teacher and FID feature network are reused (run alone, the first cell
-trains the teacher federatedly first).
+clients, block reconstruction on the server; FID of the merged and the personal models), then
+DGQ at W8A8 from teacher trajectories, without server-side evaluation (FID is the same code
+path as in the first cell; skipping it saves the FID reference features and two scores).
+Afterwards the quantized models are rebuilt from the statistics the clients sent and compared
+with the float teacher.  The teacher and FID settings match ``tests/test_generators_e2e.py``,
+so in a full test session the cached tiny teacher and FID feature network are reused (run
+alone, the first cell trains both first: ~5 s).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from fedmatch.cells import CellSpec, read_status, write_cells
+from fedmatch.config import RunConfig
+from fedmatch.diffusion.from_config import load_teacher, teacher_cache_path, unet_spec
 from fedmatch.localrun import PrivateFlower
+from fedmatch.quant.calibrate import trajectory_batches
+from fedmatch.quant.from_config import server_quantize
 from tests.flower_harness import read_jsonl
 
 pytestmark = pytest.mark.e2e
 
 DOMAINS = ("mnist", "optdigits")
+
+
+def _relative_error(model, teacher, batches) -> float:
+    """||ε_q − ε||² / ||ε||² of the noise predictions over ``batches``."""
+    num = den = 0.0
+    with torch.no_grad():
+        for b in batches:
+            t = torch.full((len(b.labels),), b.t, dtype=torch.long)
+            ref = teacher(b.x, t, class_labels=b.labels).sample
+            out = model(b.x, t, class_labels=b.labels).sample
+            num += float((out - ref).pow(2).sum())
+            den += float(ref.pow(2).sum())
+    return num / den
 
 
 def test_federated_calibration_through_flwr_run(
@@ -39,7 +60,7 @@ def test_federated_calibration_through_flwr_run(
         "num-server-rounds": 1,
         "quant-calibration-samples": 12,
         "quant-recon-iters": 3,
-        "fid-samples": 20,
+        "fid-samples": 10,
         "fid-feature-steps": 20,
         "grid-per-class": 2,
         "seed": 1,
@@ -68,6 +89,7 @@ def test_federated_calibration_through_flwr_run(
                     "quant-method": "dgq",
                     "quant-groups": 2,
                     "quant-calibration-source": "trajectory",
+                    "server-eval": False,
                 },
             ),
         ],
@@ -90,12 +112,16 @@ def test_federated_calibration_through_flwr_run(
                 if r["metric"] == metric and r["round"] == round_
             }
 
-        # Float teacher at round 0, the merged quantized model at round 1, per domain.
-        for round_ in (0, 1):
-            fid = values("fid", round_)
-            assert set(fid) == {("server", d) for d in (*DOMAINS, "all")}, name
-            assert all(v > 0 for v in fid.values())
-        assert values("fid", 0) != values("fid", 1)
+        if name == "edadm":
+            # Float teacher at round 0, the merged quantized model at round 1, per domain.
+            for round_ in (0, 1):
+                fid = values("fid", round_)
+                assert set(fid) == {("server", d) for d in (*DOMAINS, "all")}, name
+                assert all(v > 0 for v in fid.values())
+            assert values("fid", 0) != values("fid", 1)
+            assert (runs / name / "samples" / "round-001.png").stat().st_size > 0
+        else:  # server-eval = false
+            assert not [r for r in rows if r["metric"].startswith("fid")]
         # Both clients calibrated and sent statistics only (per-tensor ranges: far fewer
         # bytes than the UNet; DGQ's per-channel and per-pixel ranges per timestep: more).
         up, down = values("bytes-up", 1), values("bytes-down", 1)
@@ -112,10 +138,50 @@ def test_federated_calibration_through_flwr_run(
 
     rows = read_jsonl(runs / "edadm" / "metrics.jsonl")
     recon = {r["metric"]: r["value"] for r in rows if r["metric"].startswith("recon-")}
-    assert recon["recon-blocks"] > 0 and recon["recon-error-before"] > 0
+    assert recon["recon-blocks"] > 0
+    assert 0 < recon["recon-error-after"] < recon["recon-error-before"]
     personal = {(r["client"], r["domain"]) for r in rows if r["metric"] == "fid-personal"}
     assert {d for _, d in personal} == set(DOMAINS)
     assert any(
         k.endswith("|channel|lo")
         for k in torch.load(runs / "dgq" / "calibration-stats-round-001.pt", weights_only=True)[0]
     )
+
+    # The statistics the clients sent make sound quantized models: rebuilt from them (without
+    # the server's reconstruction), the noise prediction on the teacher's own DDIM trajectory
+    # stays close to the float teacher's, more so with more bits, and DGQ's per-index ranges
+    # merged from both clients beat either client's alone.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        errors = {}
+        for name in ("edadm", "dgq"):
+            cfg = RunConfig.from_flower(
+                json.loads((runs / name / "config.json").read_text())["run_config"]
+            )
+            cfg = cfg.model_copy(update={"quant_recon_iters": 0})
+            teacher = load_teacher(teacher_cache_path(cfg, cfg.teacher_rounds, 2), unet_spec(cfg))
+            stats = torch.load(runs / name / "calibration-stats-round-001.pt", weights_only=True)
+            batches, _ = trajectory_batches(
+                teacher,
+                torch.arange(10),
+                steps=cfg.teacher_ddim_steps,
+                generator=torch.Generator().manual_seed(0),
+            )
+
+            def error(bits, some_stats, cfg=cfg, teacher=teacher, batches=batches):
+                c = cfg.model_copy(update={"quant_bits": bits})
+                model, _ = server_quantize(c, teacher, some_stats, [1.0] * len(some_stats), 0)
+                return _relative_error(model, teacher, batches)
+
+            errors[name] = {"merged": error(cfg.quant_bits, stats)}
+            if name == "edadm":
+                errors[name]["W8A8"] = error("W8A8", stats)
+            else:
+                errors[name]["single"] = [error(cfg.quant_bits, [s]) for s in stats]
+    finally:
+        torch.set_num_threads(threads)
+    assert errors["edadm"]["W8A8"] < 5e-3, errors
+    assert errors["edadm"]["W8A8"] < errors["edadm"]["merged"] < 0.05, errors
+    assert errors["dgq"]["merged"] < 0.05, errors
+    assert errors["dgq"]["merged"] < min(errors["dgq"]["single"]), errors

@@ -115,6 +115,11 @@ def _float_targets(unet: nn.Module, block: nn.Module, batches: Sequence[CalibBat
 def block_error(unet: nn.Module, block: nn.Module, batches: Sequence[CalibBatch]) -> float:
     """Mean squared error of the quantized block's output vs the float block (float inputs)."""
     args, outs, _, ts = _float_targets(unet, block, batches)
+    return _block_error(unet, block, args, outs, ts)
+
+
+def _block_error(unet: nn.Module, block: nn.Module, args, outs, ts) -> float:
+    """:func:`block_error` on float inputs and outputs already captured by ``_float_targets``."""
     total = count = 0.0
     with torch.no_grad():
         for (a, kw), y, t in zip(args, outs, ts, strict=True):
@@ -136,10 +141,12 @@ def reconstruct_block(
     generator: torch.Generator,
 ) -> dict[str, float]:
     """Learn ``block``'s rounding and activation scales by FBR; returns errors before/after."""
+    # The float model's block inputs and outputs do not depend on the block's quantization
+    # state: one float pass serves the training targets and both errors.
     args, outs, inner_outs, ts = _float_targets(unet, block, batches)
     layers = [m for m in block.modules() if isinstance(m, QuantLayer)]
     inner = _inner_layers(block)
-    before = block_error(unet, block, batches)
+    before = _block_error(unet, block, args, outs, ts)
     for layer in layers:
         layer.module.requires_grad_(False)
     round_params, act_params = [], []
@@ -191,7 +198,7 @@ def reconstruct_block(
         layer.alpha.requires_grad_(False)
         if layer.aq.learned_scale is not None:
             layer.aq.learned_scale.requires_grad_(False)
-    after = block_error(unet, block, batches)
+    after = _block_error(unet, block, args, outs, ts)
     return {"before": before, "after": after}
 
 
