@@ -14,7 +14,7 @@ A federated simulation in one process (no Flower: the same functions the ``train
 4. wall time per sampled image for every sampler (batch 250, same thread count);
 5. sample grids (one row per class) of every sampler's final model in ``<out-dir>/figures/``.
 
-Presets: ``cpu`` (tiny UNet, ≈20 min on one core of the reference machine) and ``gpu``
+Presets: ``cpu`` (tiny UNet; the teacher alone ≈15 min on one uncontended core) and ``gpu``
 (a larger UNet and 10-50x the steps, for the device machine).  Every flag overrides its preset.
 
     python benchmarks/generator_bench.py --preset cpu
@@ -27,6 +27,7 @@ import argparse
 import copy
 import json
 import logging
+import math
 import platform
 import shlex
 import sys
@@ -51,10 +52,15 @@ log = logging.getLogger("fedmatch.bench")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
-        "channels": "16,32",
-        "teacher_rounds": 10,
+        # 3 levels (8x8 bottleneck): 0.62M parameters at the step cost of the 2-level (16, 32)
+        # UNet; 20 rounds x 40 steps x 5 clients = 4,000 DDPM steps (~15 min at one thread),
+        # cosine LR 2e-3 -> 1e-4, per-round EMA 0.7 (benchmarks/RESULTS.md, generators).
+        "channels": "16,32,64",
+        "teacher_rounds": 20,
         "teacher_steps": 40,
         "teacher_lr": 2e-3,
+        "teacher_lr_final": 1e-4,
+        "teacher_ema": 0.7,
         "batch_size": 32,
         "rounds": 6,
         "generator_steps": 6,
@@ -72,6 +78,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "teacher_rounds": 20,
         "teacher_steps": 500,
         "teacher_lr": 1e-3,
+        "teacher_lr_final": 1e-3,
+        "teacher_ema": 0.0,
         "batch_size": 128,
         "rounds": 20,
         "generator_steps": 100,
@@ -95,6 +103,23 @@ def fedavg(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[
         )
         for k in states[0]
     }
+
+
+def cosine_lr(lr: float, final: float, server_round: int, rounds: int) -> float:
+    """Cosine decay from ``lr`` (round 1) to ``final`` (last round) (Loshchilov & Hutter 2017)."""
+    if rounds <= 1:
+        return lr
+    progress = (server_round - 1) / (rounds - 1)
+    return final + 0.5 * (lr - final) * (1 + math.cos(math.pi * progress))
+
+
+def ema_update(ema: dict[str, torch.Tensor], state: dict[str, torch.Tensor], decay: float):
+    """ema ← decay · ema + (1 − decay) · state, once per round (server-side EMA of the weights)."""
+    for k, v in state.items():
+        if ema[k].is_floating_point():
+            ema[k].mul_(decay).add_(v.to(ema[k].dtype), alpha=1 - decay)
+        else:
+            ema[k].copy_(v)
 
 
 def timed(fn, *args, **kwargs) -> tuple[Any, float]:
@@ -129,6 +154,8 @@ class Bench:
         half = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(0))]
         floor = FIDScorer(net, {"a": half[: len(half) // 2]}).score(half[len(half) // 2 :])
         self.real_floor = floor["a"]
+        self.eval_rounds = {int(r) for r in args.eval_rounds.split(",") if r}
+        self.teacher_curve: list[dict[str, Any]] = []
 
     def score(self, sampler, grid: str = "") -> dict[str, float]:
         """FID-digits etc. of ``sampler``; ``grid``: also save a sample grid PNG of that name."""
@@ -161,7 +188,9 @@ class Bench:
             log.info("teacher: %s", path)
             return unet.to(self.device).eval()
         start = time.perf_counter()
+        ema = {k: v.clone() for k, v in unet.state_dict().items()} if a.teacher_ema else None
         for r in range(1, a.teacher_rounds + 1):
+            lr = cosine_lr(a.teacher_lr, a.teacher_lr_final, r, a.teacher_rounds)
             states, weights, losses = [], [], []
             for i, (_, x, y) in enumerate(self.clients):
                 local = copy.deepcopy(unet)
@@ -170,7 +199,7 @@ class Bench:
                     x,
                     y,
                     steps=a.teacher_steps,
-                    lr=a.teacher_lr,
+                    lr=lr,
                     batch_size=a.batch_size,
                     seed=derive_seed(a.seed, r, i, 51),
                     device=self.device,
@@ -179,13 +208,46 @@ class Bench:
                 weights.append(float(len(y)))
                 losses.append(h.mean_loss())
             unet.load_state_dict(fedavg(states, weights))
+            if ema is not None:
+                ema_update(ema, unet.state_dict(), a.teacher_ema)
             log.info(
-                "teacher round %d/%d: loss %.4f", r, a.teacher_rounds, sum(losses) / len(losses)
+                "teacher round %d/%d: lr %.2g, loss %.4f (%.0f s)",
+                r,
+                a.teacher_rounds,
+                lr,
+                sum(losses) / len(losses),
+                time.perf_counter() - start,
             )
+            if r in self.eval_rounds:
+                self.eval_teacher(unet, ema, r)
+        if ema is not None:
+            unet.load_state_dict(ema)
         self.teacher_seconds = time.perf_counter() - start
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(unet.state_dict(), path)
         return unet.to(self.device).eval()
+
+    def eval_teacher(self, unet, ema, server_round: int) -> None:
+        """FID-digits of the raw (and EMA) teacher after ``server_round`` (10 DDIM steps)."""
+        models = {"raw": unet}
+        if ema is not None:
+            models["ema"] = copy.deepcopy(unet)
+            models["ema"].load_state_dict(ema)
+        steps = self.args.eval_ddim_steps
+        for name, model in models.items():
+            model.eval()
+            point = self.score(
+                lambda labels, rng, m=model: ddim_sample(m, labels, steps=steps, generator=rng)
+            )
+            model.train()
+            self.teacher_curve.append({"round": server_round, "model": name, **point})
+            log.info(
+                "teacher round %d %s: FID-digits (DDIM %d) %.1f",
+                server_round,
+                name,
+                steps,
+                point["fid"],
+            )
 
     # ------------------------------------------------------------------ generators
 
@@ -292,6 +354,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", default="~/.cache/fedmatch")
     parser.add_argument("--out-dir", default=str(Path(__file__).parent))
     parser.add_argument("--retrain-teacher", action="store_true")
+    parser.add_argument(
+        "--eval-rounds", default="", help="teacher rounds after which to log FID (comma list)"
+    )
+    parser.add_argument("--eval-ddim-steps", type=int, default=10)
     parser.add_argument("--skip", default="", help="comma list of: dmd2-1, dmd2-4, disback")
     for key, value in PRESETS["cpu"].items():
         parser.add_argument("--" + key.replace("_", "-"), type=type(value), default=None)
@@ -312,6 +378,7 @@ def main(argv: list[str] | None = None) -> None:
         "real_floor_fid": bench.real_floor,
         "teacher_seconds": getattr(bench, "teacher_seconds", None),
         "teacher": {},
+        "teacher_curve": bench.teacher_curve,
     }
     for steps in (50, 10, 1):
         results["teacher"][str(steps)] = bench.score(

@@ -13,11 +13,12 @@ import json
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from clients import aligner, baselines, classifier, distiller, fedlgd, generator
+from clients import aligner, baselines, classifier, distiller, fedlgd, generator, quantizer
 from fedmatch.cells import CELL_RECORD
 from fedmatch.diffusion.from_config import GENERATOR_ACTION, TEACHER_ACTION
 from fedmatch.distill.fedlgd_wire import STATS_ACTION
 from fedmatch.logs import setup_logging
+from fedmatch.quant.from_config import CALIBRATE_ACTION
 
 app = ClientApp()
 
@@ -101,6 +102,13 @@ def train_generator(msg: Message, context: Context) -> Message:
     # "train.generator": DMD2/DisBack generator distillation; see clients/generator.py.
     setup_logging()
     return generator.handle_generator(msg, cell_context(msg, context))
+
+
+@app.train(CALIBRATE_ACTION.removeprefix("train."))
+def train_calibrate(msg: Message, context: Context) -> Message:
+    # "train.calibrate": PTQ calibration statistics of the teacher; see clients/quantizer.py.
+    setup_logging()
+    return quantizer.handle_calibrate(msg, cell_context(msg, context))
 
 
 @app.evaluate()

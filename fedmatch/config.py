@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fedmatch.align.mmd import parse_multipliers
 
 # Strategies whose global model is a diffusion UNet (bundle), not a classifier.
-GENERATOR_STRATEGIES = ("diffusion-teacher", "dmd2", "disback")
+GENERATOR_STRATEGIES = ("diffusion-teacher", "dmd2", "disback", "diffusion-ptq")
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -60,6 +60,7 @@ class RunConfig(BaseModel):
         "diffusion-teacher",
         "dmd2",
         "disback",
+        "diffusion-ptq",
     ] = "fedavg"
     num_server_rounds: int = Field(5, ge=1)
     seed: int = Field(0, ge=0)
@@ -177,6 +178,16 @@ class RunConfig(BaseModel):
     fid_samples: int = Field(500, ge=10)  # generated images per FID evaluation
     fid_feature_steps: int = Field(500, ge=1)  # training steps of the FID feature network
     grid_per_class: int = Field(8, ge=1)  # sample-grid columns (one row per class)
+    # Post-training quantization of the teacher (strategy diffusion-ptq; README "Quantization").
+    quant_bits: str = "W8A8"  # W<weight bits>A<activation bits>, 2..8 each
+    quant_method: Literal["naive", "edadm", "dgq"] = "naive"
+    quant_groups: int = Field(8, ge=1)  # DGQ: activation groups per layer (1 = per-tensor)
+    quant_per_timestep: bool = True  # one activation range per sampling step
+    quant_calibration_source: Literal["local", "trajectory"] = "local"
+    quant_calibration_samples: int = Field(256, ge=1)  # per client, over all timesteps
+    quant_recon_iters: int = Field(100, ge=0)  # EDA-DM: FBR iterations per block (0 = off)
+    quant_tdac_lambda: float = Field(1.2, ge=0)  # EDA-DM: TDAC diversity weight λ
+    quant_eval_personal: bool = False  # also score each client's own (personal) quantization
 
     # Participation.
     fraction_train: float = Field(1.0, gt=0, le=1)
@@ -253,6 +264,15 @@ class RunConfig(BaseModel):
         from fedmatch.diffusion.unet import parse_channels
 
         parse_channels(value)
+        return value
+
+    @field_validator("quant_bits")
+    @classmethod
+    def _quant_bits(cls, value: str) -> str:
+        from fedmatch.quant.qmodules import QuantSpec, parse_bits
+
+        w, a = parse_bits(value)
+        QuantSpec(weight_bits=w, act_bits=a).validate()
         return value
 
     @field_validator("generator_nfe")

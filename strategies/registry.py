@@ -13,6 +13,7 @@ from strategies.fednova import FedNovaStrategy
 from strategies.fedprox import FedProxStrategy
 from strategies.generators import DiffusionTeacherStrategy, DisBackStrategy, DMD2Strategy
 from strategies.moon import MoonStrategy
+from strategies.quantization import DiffusionPTQStrategy
 from strategies.scaffold import ScaffoldStrategy
 from strategies.vhl import VHLStrategy
 
@@ -33,5 +34,6 @@ STRATEGIES: dict[str, type[FedMatchStrategy]] = {
         DiffusionTeacherStrategy,
         DMD2Strategy,
         DisBackStrategy,
+        DiffusionPTQStrategy,
     )
 }

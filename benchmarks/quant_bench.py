@@ -1,0 +1,182 @@
+"""PTQ benchmark: FID-digits of the teacher at FP32 vs W8A8 / W4A8 / W4A4 for naive, EDA-DM, DGQ.
+
+In one process (no Flower: the functions the ``train.calibrate`` workload and the
+``diffusion-ptq`` strategy call), one client per embedded domain:
+
+- **federated**: every client calibrates on its own domain (``quant-calibration-source``) and
+  sends statistics; the server merges them (``server_quantize``);
+- **pooled**: one calibration on the union of the clients' data with the same total samples;
+- **personal** (``--personal``): each client's own statistics only, scored on all domains.
+
+The teacher is the generator benchmark's cached teacher
+(``<out-dir>/generator_bench_teacher_<preset>.pt``; trained there first if missing).  FID-digits
+(not Inception-FID) of ``--fid-samples`` DDIM samples with ``--ddim-steps`` steps, the same
+noise for every model; packed model bytes; ms per image (fake-quant, float kernels).
+
+    python benchmarks/quant_bench.py --preset cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from generator_bench import PRESETS, Bench  # benchmarks/ (this script's folder)
+
+from fedmatch.config import RunConfig
+from fedmatch.diffusion.teacher import ddim_sample
+from fedmatch.diffusion.unet import build_unet
+from fedmatch.logs import setup_logging
+from fedmatch.quant.from_config import client_calibration, server_quantize
+from fedmatch.quant.qmodules import model_size_bytes
+from fedmatch.seeding import derive_seed
+
+log = logging.getLogger("fedmatch.bench")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--cache-dir", default="~/.cache/fedmatch")
+    parser.add_argument("--out-dir", default=str(Path(__file__).parent))
+    parser.add_argument("--bits", default="W8A8,W4A8,W4A4")
+    parser.add_argument("--methods", default="naive,edadm,dgq")
+    parser.add_argument("--calibrations", default="federated,pooled")
+    parser.add_argument("--personal", action="store_true")
+    parser.add_argument("--ddim-steps", type=int, default=10)
+    parser.add_argument("--fid-samples", type=int, default=500)
+    parser.add_argument("--calibration-samples", type=int, default=128)
+    parser.add_argument("--calibration-source", default="local")
+    parser.add_argument("--recon-iters", type=int, default=100)
+    parser.add_argument("--groups", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--channels", default=None, help="UNet widths (default: the preset's)")
+    parser.add_argument("--teacher", default="", help="a teacher state dict (default: cached)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    setup_logging()
+    torch.set_num_threads(args.threads)
+    total = time.perf_counter()
+    bargs = argparse.Namespace(**PRESETS[args.preset])
+    for key, value in {
+        "preset": args.preset,
+        "domains": "all",
+        "seed": args.seed,
+        "device": "cpu",
+        "cache_dir": args.cache_dir,
+        "out_dir": args.out_dir,
+        "retrain_teacher": False,
+        "eval_rounds": "",
+        "eval_ddim_steps": 10,
+        "fid_samples": args.fid_samples,
+    }.items():
+        setattr(bargs, key, value)
+    if args.channels:
+        bargs.channels = args.channels
+    bench = Bench(bargs)
+    if args.teacher:
+        teacher = build_unet(bench.spec, 0)
+        teacher.load_state_dict(torch.load(args.teacher, weights_only=True))
+        teacher.eval()
+    else:
+        teacher = bench.teacher().eval()
+    steps = args.ddim_steps
+
+    def sampler(model):
+        return lambda labels, rng: ddim_sample(model, labels, steps=steps, generator=rng)
+
+    results: dict[str, Any] = {
+        "command": "python " + shlex.join(sys.argv),
+        "args": vars(args),
+        "teacher_channels": bargs.channels,
+        "real_floor_fid": bench.real_floor,
+        "fp32": {**bench.score(sampler(teacher)), "bytes": model_size_bytes(teacher)["fp32"]},
+        "runs": [],
+    }
+    log.info("FP32: %s", results["fp32"])
+    clients = bench.clients
+    pooled_x = torch.cat([x for _, x, _ in clients])
+    pooled_y = torch.cat([y for _, _, y in clients])
+    for bits in args.bits.split(","):
+        for method in args.methods.split(","):
+            cfg = RunConfig(
+                unet_channels=bargs.channels,
+                teacher_ddim_steps=steps,
+                quant_bits=bits,
+                quant_method=method,
+                quant_groups=args.groups,
+                quant_calibration_source=args.calibration_source,
+                quant_calibration_samples=args.calibration_samples,
+                quant_recon_iters=args.recon_iters,
+            )
+            for calibration in args.calibrations.split(","):
+                start = time.perf_counter()
+                if calibration == "federated":
+                    stats = [
+                        client_calibration(cfg, teacher, x, y, derive_seed(args.seed, i, 81))[0]
+                        for i, (_, x, y) in enumerate(clients)
+                    ]
+                    weights = [float(len(y)) for _, _, y in clients]
+                else:
+                    pooled_cfg = cfg.model_copy(
+                        update={
+                            "quant_calibration_samples": args.calibration_samples * len(clients)
+                        }
+                    )
+                    stats = [
+                        client_calibration(
+                            pooled_cfg, teacher, pooled_x, pooled_y, derive_seed(args.seed, 99, 81)
+                        )[0]
+                    ]
+                    weights = [float(len(pooled_y))]
+                quantized, info = server_quantize(
+                    cfg, teacher, stats, weights, derive_seed(args.seed, 1, 83)
+                )
+                seconds = time.perf_counter() - start
+                point = {
+                    "bits": bits,
+                    "method": method,
+                    "calibration": calibration,
+                    "calibration_seconds": seconds,
+                    "bytes": model_size_bytes(quantized)["quantized"],
+                    "stat_bytes_per_client": sum(
+                        v.numel() * v.element_size() for v in stats[0].values()
+                    ),
+                    **info,
+                    **bench.score(sampler(quantized)),
+                }
+                results["runs"].append(point)
+                log.info("%s %s %s: %s", bits, method, calibration, point)
+    results["total_seconds"] = time.perf_counter() - total
+    out = Path(args.out_dir) / f"quant_bench_{args.preset}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    log.info("wrote %s (%.0f s)", out, results["total_seconds"])
+    print_table(results)
+
+
+def print_table(results: dict[str, Any]) -> None:
+    fp = results["fp32"]["fid"]
+    lines = [
+        f"FP32: FID-digits {fp:.2f}, {results['fp32']['bytes']} bytes, "
+        f"{results['fp32']['ms_per_image']:.2f} ms/image",
+        "| bits | method | calibration | FID-digits | gap to FP32 | bytes | ms / image |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results["runs"]:
+        lines.append(
+            f"| {r['bits']} | {r['method']} | {r['calibration']} | {r['fid']:.2f} "
+            f"| {r['fid'] - fp:+.2f} | {r['bytes']} | {r['ms_per_image']:.2f} |"
+        )
+    log.info("\n%s", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

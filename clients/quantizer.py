@@ -1,0 +1,67 @@
+"""The federated calibration workload (``train.calibrate``) of post-training quantization.
+
+The client receives the float teacher UNet, quantizes a copy with the run's ``quant-*``
+settings, calibrates it on its own domain (``fedmatch.quant.from_config.client_calibration``:
+its images noised to the sampler's timesteps, or teacher trajectories for its labels) and
+replies with **statistics only**: per-layer, per-timestep activation minima/maxima (per channel
+and per pixel for DGQ) and, for EDA-DM, its TDAC weights over the timesteps.  No image, label
+or latent leaves the client; the server merges the statistics into one quantized model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flwr.app import Context, Message, MetricRecord, RecordDict
+
+from clients.node import node_partition
+from fedmatch.config import RunConfig
+from fedmatch.data.loaders import load_client_data
+from fedmatch.diffusion.from_config import unet_spec
+from fedmatch.diffusion.unet import build_unet
+from fedmatch.quant.from_config import client_calibration
+from fedmatch.records import arrays_to_state, state_to_arrays
+from fedmatch.seeding import derive_seed
+
+log = logging.getLogger("fedmatch.client")
+
+_CALIBRATE_TAG = 81
+
+
+def handle_calibrate(msg: Message, context: Context) -> Message:
+    cfg = RunConfig.from_flower(context.run_config)
+    partition_id, num_partitions = node_partition(context)
+    data = load_client_data(cfg, partition_id, num_partitions)
+    server_round = int(msg.content["config"]["server-round"])
+    teacher = build_unet(unet_spec(cfg), 0)
+    teacher.load_state_dict(arrays_to_state(msg.content["arrays"]), strict=True)
+    images, labels = data.train.tensors
+    start = time.perf_counter()
+    stats, metrics = client_calibration(
+        cfg,
+        teacher,
+        images,
+        labels,
+        seed=derive_seed(cfg.seed, server_round, partition_id, _CALIBRATE_TAG),
+    )
+    seconds = time.perf_counter() - start
+    log.info(
+        "client %d (%s): %s %s calibration, %d samples, %d statistics, %.1f s",
+        partition_id,
+        data.domain,
+        cfg.quant_method,
+        cfg.quant_bits,
+        int(metrics["calibration-samples"]),
+        len(stats),
+        seconds,
+    )
+    record = MetricRecord(
+        {
+            "num-examples": len(labels),
+            **metrics,
+            "calibration-seconds": seconds,
+            "partition-id": partition_id,
+        }
+    )
+    return Message(RecordDict({"arrays": state_to_arrays(stats), "metrics": record}), reply_to=msg)

@@ -1,0 +1,181 @@
+"""``diffusion-ptq``: federated post-training quantization of the diffusion teacher.
+
+Before round 1 the server loads the cached teacher (or trains it federatedly first, exactly as
+``dmd2`` does: ``teacher-rounds``, same cache key) and scores the float teacher (round 0).
+Each round (one is enough; more rounds recalibrate with fresh seeds) it sends the float
+teacher to every sampled client (message ``train.calibrate``); each replies with activation
+statistics only (``clients/quantizer.py``).  The server merges them into one quantized model
+(``fedmatch.quant.from_config.server_quantize``: min-max merge, DGQ groups, EDA-DM's block
+reconstruction on data-free trajectories) and scores it: FID-digits per domain with DDIM
+``teacher-ddim-steps`` steps, packed model bytes, and seconds per image (fake-quant: the
+integer grid is simulated in float, so this latency is **not** an int8 speed-up).
+With ``quant-eval-personal`` every client's own statistics also give a personal quantized
+model, scored as ``fid-personal`` on the client's row.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+from torch import nn
+
+from fedmatch.data.types import DomainArrays
+from fedmatch.diffusion.evaluate import ALL, DiffusionEvaluator
+from fedmatch.diffusion.teacher import ddim_sample
+from fedmatch.diffusion.unet import build_unet
+from fedmatch.quant.from_config import CALIBRATE_ACTION, server_quantize
+from fedmatch.quant.qmodules import model_size_bytes
+from fedmatch.records import arrays_to_state, state_to_arrays
+from fedmatch.results import SERVER, MetricRow, RunRecorder
+from fedmatch.seeding import derive_seed
+from strategies.base import ServerEvaluate
+from strategies.generators import DMD2Strategy, sample_grid_path
+
+log = logging.getLogger("fedmatch.strategy")
+
+_SERVER_TAG = 83
+
+
+class DiffusionPTQStrategy(DMD2Strategy):
+    """Federated calibration of the teacher's fake-quantized UNet (naive, EDA-DM, DGQ)."""
+
+    name = "diffusion-ptq"
+    train_message_type = CALIBRATE_ACTION
+
+    def initial_model(self, init_seed: int) -> nn.Module:
+        return build_unet(self.spec, init_seed)
+
+    def sampler(self, model: nn.Module):
+        steps = self.cfg.teacher_ddim_steps
+        return lambda labels, rng: ddim_sample(model, labels, steps=steps, generator=rng)
+
+    def extra_samplers(self, model: nn.Module):
+        return {}
+
+    def make_server_evaluate(
+        self, domains: list[DomainArrays], model: nn.Module
+    ) -> ServerEvaluate | None:
+        self.evaluator = DiffusionEvaluator(self.cfg, domains)
+        return None  # the rounds score the models themselves (run_rounds)
+
+    def train_payload(self, server_round: int) -> dict[str, ArrayRecord]:
+        return {}
+
+    def _score(self, model: nn.Module, server_round: int, client: Any, domain: str, prefix: str):
+        evaluator = getattr(self, "evaluator", None)
+        if evaluator is None:
+            return []
+        grid_path = sample_grid_path(self.run_dir, server_round) if not prefix else None
+        score = evaluator.score(self.sampler(model), server_round, grid_path)
+        if prefix:  # a personal model: its own domain only
+            value = score.fid.get(domain, score.fid[evaluator.all_key])
+            return [MetricRow(server_round, client, domain, f"fid{prefix}", value)]
+        rows = [MetricRow(server_round, SERVER, d, "fid", v) for d, v in score.fid.items()]
+        for metric, value in (
+            ("precision", score.precision),
+            ("recall", score.recall),
+            ("seconds-per-image", score.seconds_per_image),
+        ):
+            rows.append(MetricRow(server_round, SERVER, evaluator.all_key, metric, value))
+        self._last_fid = dict(score.fid)
+        return rows
+
+    def run_rounds(
+        self,
+        grid: Grid,
+        arrays: ArrayRecord,
+        *,
+        first_round: int,
+        recorder: RunRecorder,
+        server_evaluate: ServerEvaluate | None,
+        timeout: float | None = None,
+    ) -> ArrayRecord:
+        timeout = self.cfg.round_timeout if timeout is None else timeout
+        self.run_dir = str(recorder.run_dir)
+        teacher = self._obtain_teacher(grid, recorder, timeout).eval()
+        arrays = state_to_arrays(teacher.state_dict())
+        if first_round == 1:
+            size = model_size_bytes(teacher)  # no quantized layers: every weight fp32
+            rows = self._score(teacher, 0, SERVER, ALL, "")
+            rows.append(MetricRow(0, SERVER, ALL, "model-bytes", float(size["fp32"])))
+            recorder.append(rows)
+        for server_round in range(first_round, self.cfg.num_server_rounds + 1):
+            self._round_rows = []
+            nodes = self.sample(self.fraction_train, server_round, purpose=0)
+            config = ConfigRecord({"server-round": server_round, "run-dir": self.run_dir})
+            messages = self._messages(arrays, config, nodes, CALIBRATE_ACTION)
+            replies = self._ordered_valid(
+                server_round, self.exchange(grid, messages, server_round, timeout)
+            )
+            if not replies:
+                raise RuntimeError(f"round {server_round}: no client returned statistics")
+            for reply in replies:
+                self._record_reply(server_round, reply, with_bytes=True)
+            stats = [arrays_to_state(r.content["arrays"]) for r in replies]
+            weights = [float(r.content["metrics"]["num-examples"]) for r in replies]
+            quantized, info = server_quantize(
+                self.cfg,
+                teacher,
+                stats,
+                weights,
+                derive_seed(self.cfg.seed, server_round, _SERVER_TAG),
+            )
+            rows = self._round_rows
+            rows += [MetricRow(server_round, SERVER, ALL, k, v) for k, v in info.items()]
+            size = model_size_bytes(quantized)
+            rows.append(
+                MetricRow(server_round, SERVER, ALL, "model-bytes", float(size["quantized"]))
+            )
+            rows.append(
+                MetricRow(server_round, SERVER, ALL, "model-bytes-fp32", float(size["fp32"]))
+            )
+            rows.append(
+                MetricRow(
+                    server_round,
+                    SERVER,
+                    ALL,
+                    "activation-range-bytes",
+                    float(size["activation_ranges"]),
+                )
+            )
+            rows += self._score(quantized, server_round, SERVER, ALL, "")
+            if self.cfg.quant_eval_personal:
+                for reply, s in zip(replies, stats, strict=True):
+                    node = self._by_node[reply.metadata.src_node_id]
+                    personal, _ = server_quantize(
+                        self.cfg.model_copy(update={"quant_recon_iters": 0}), teacher, [s], [1.0], 0
+                    )
+                    rows += self._score(
+                        personal, server_round, node.partition_id, node.domain, "-personal"
+                    )
+            recorder.append(rows)
+            recorder.save_checkpoint(server_round, _numpy(arrays), self.state_dict())
+            if self.run_dir:
+                # what the clients sent, for later analysis (statistics only)
+                torch.save(stats, f"{self.run_dir}/calibration-stats-round-{server_round:03d}.pt")
+            log.info(
+                "round %d: %s %s from %d clients, FID-digits %s",
+                server_round,
+                self.cfg.quant_method,
+                self.cfg.quant_bits,
+                len(replies),
+                {k: round(v, 2) for k, v in self._last_fid.items()},
+            )
+        return arrays
+
+    def configure_train(self, server_round, arrays, config, grid) -> Iterable[Message]:
+        raise NotImplementedError  # run_rounds sends the calibration messages itself
+
+
+def _numpy(arrays: ArrayRecord):
+    from fedmatch.records import arrays_to_numpy
+
+    return arrays_to_numpy(arrays)
+
+
+__all__ = ["DiffusionPTQStrategy"]

@@ -1,0 +1,333 @@
+"""Post-training quantization: quantizer error bounds, DGQ groups, EDA-DM selection and FBR."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from fedmatch.diffusion import UNetSpec, build_unet
+from fedmatch.quant import (
+    ActQuantizer,
+    CalibBatch,
+    GroupActQuantizer,
+    LogQuantizer,
+    QuantSpec,
+    ReconSettings,
+    WeightQuantizer,
+    allocate,
+    block_error,
+    calibrate,
+    export_stats,
+    kmeans_groups,
+    load_stats,
+    merge_stats,
+    model_size_bytes,
+    parse_bits,
+    quantize_unet,
+    reconstruct_block,
+    select_samples,
+    set_quant_state,
+    tdac_weights,
+    trajectory_batches,
+)
+from fedmatch.quant.quantizers import uniform_params
+from fedmatch.quant.reconstruct import reconstruction_blocks
+
+TINY = UNetSpec(channels=(8, 16))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_weight_quantizer_per_channel_error_at_most_half_a_step(bits):
+    g = torch.Generator().manual_seed(0)
+    # channels with very different magnitudes: per-channel scales must follow each
+    w = torch.randn(6, 4, 3, 3, generator=g) * torch.logspace(-3, 1, 6).view(-1, 1, 1, 1)
+    q = WeightQuantizer(w, bits)
+    err = (q(w) - w).abs().flatten(1).amax(dim=1)
+    step = w.abs().flatten(1).amax(dim=1) / (2 ** (bits - 1) - 1)
+    assert torch.all(err <= step / 2 + 1e-7)
+    assert torch.all(err > 0)  # the grid is coarse enough to round something
+    ints = q.integer_weight(w)
+    assert ints.dtype == torch.int8 and int(ints.abs().max()) <= 2 ** (bits - 1)
+    # at most 2^bits distinct values per channel
+    assert all(len(torch.unique(q(w)[c])) <= 2**bits for c in range(6))
+
+
+def test_weight_quantizer_mse_init_is_no_worse_than_minmax():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(8, 32, generator=g)
+    w[0, 0] = 12.0  # one outlier weight: min-max wastes the grid on it
+    errs = {}
+    for init in ("minmax", "mse"):
+        q = WeightQuantizer(w, 4, init)
+        errs[init] = (q(w) - w).pow(2).sum(dim=1)
+    assert torch.all(errs["mse"] <= errs["minmax"] + 1e-6)
+    assert float(errs["mse"][0]) < float(errs["minmax"][0])
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_activation_quantizer_per_timestep_error_bound(bits):
+    g = torch.Generator().manual_seed(2)
+    q = ActQuantizer(bits, per_timestep=True)
+    q.calibrating = True
+    data = {
+        999: torch.randn(4, 3, 5, 5, generator=g) * 5 + 2,
+        0: torch.rand(4, 3, 5, 5, generator=g),
+    }
+    for t, x in data.items():
+        q.timestep = t
+        q(x)
+    q.freeze()
+    for t, x in data.items():
+        q.timestep = t
+        scale, _ = uniform_params(x.min(), x.max(), bits, symmetric=False)
+        err = (q(x) - x).abs().max()
+        assert float(err) <= float(scale) / 2 + 1e-6
+    # the two timesteps keep their own ranges: t=0's grid is much finer than t=999's
+    q.timestep = 0
+    fine, _ = q.params()
+    q.timestep = 999
+    coarse, _ = q.params()
+    assert float(fine) < float(coarse) / 10
+    # a shared range (EDA-DM's choice) is coarser at t=0
+    shared = ActQuantizer(bits, per_timestep=False)
+    shared.calibrating = True
+    for t, x in data.items():
+        shared.timestep = t
+        shared(x)
+    shared.freeze()
+    shared.timestep = 0
+    q.timestep = 0
+    x0 = data[0]
+    assert float((shared(x0) - x0).abs().mean()) > float((q(x0) - x0).abs().mean())
+
+
+def test_zero_is_exact_on_the_activation_grid():
+    q = ActQuantizer(4, per_timestep=False)
+    q.calibrating = True
+    q(torch.tensor([0.3, 1.7, 5.1]))  # all positive: the range is widened to include 0
+    q.freeze()
+    assert float(q(torch.zeros(3)).abs().max()) == 0.0
+
+
+def test_log_quantizer_keeps_relative_precision_of_large_probabilities():
+    g = torch.Generator().manual_seed(3)
+    p = torch.softmax(torch.randn(2, 4, 16, 10, generator=g) * 3, dim=-1)
+    q = LogQuantizer(4)(p)
+    m = p.max()
+    big = p >= m * 2.0**-14
+    # rounding the exponent: relative error of at most 2^0.5 − 1 on representable values
+    rel = ((q[big] - p[big]).abs() / p[big]).max()
+    assert float(rel) <= 2**0.5 - 1 + 1e-6
+    assert float(q.max()) == pytest.approx(float(m))
+    assert torch.all(q[~big] <= m * 2.0**-14)
+    # codes are powers of two times the max: at most 2^bits + 1 values (incl. zero)
+    assert len(torch.unique(q)) <= 2**4 + 1
+
+
+def test_group_quantizer_keeps_outlier_channels_exact_to_their_groups_precision():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(8, 16, 6, 6, generator=g) * 0.1
+    x[:, 3] = x[:, 3] * 400 + 30  # a channel-wise outlier
+    gq = GroupActQuantizer(bits=4, groups=4, per_timestep=False)
+    gq.calibrating = True
+    gq(x)
+    gq.freeze()
+    assert gq.axis == "channel"
+    # the outlier channel is alone in its group
+    assert int((gq.assign == gq.assign[3]).sum()) == 1
+    err = (gq(x) - x).abs()
+    scale, _ = gq.index_params(x)
+    assert torch.all(err <= scale / 2 + 1e-5)  # every element within half its group's step
+    # the normal channels keep a grid >100x finer than one shared per-tensor range gives
+    pt = ActQuantizer(4, per_timestep=False)
+    pt.calibrating = True
+    pt(x)
+    pt.freeze()
+    normal = [c for c in range(16) if c != 3]
+    pt_scale, _ = pt.params()
+    assert float(scale.flatten()[normal].max()) < float(pt_scale) / 100
+    assert float(err[:, normal].mean()) < float((pt(x) - x).abs()[:, normal].mean()) / 5
+
+
+def test_group_quantizer_picks_the_pixel_axis_for_pixel_outliers():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(8, 16, 6, 6, generator=g) * 0.1
+    x[:, :, 2, 4] += 50  # one outlier position across all channels
+    gq = GroupActQuantizer(bits=4, groups=4, per_timestep=False)
+    gq.calibrating = True
+    gq(x)
+    gq.freeze()
+    assert gq.axis == "pixel"
+    assert int((gq.assign == gq.assign[2 * 6 + 4]).sum()) == 1
+    scale, _ = gq.index_params(x)
+    assert torch.all((gq(x) - x).abs() <= scale / 2 + 1e-5)
+
+
+def test_kmeans_groups_are_deterministic_and_separate_clusters():
+    lo = torch.tensor([-1.0, -1.1, -0.9, -10.0, -1.0, -10.5])
+    hi = torch.tensor([1.0, 1.1, 0.9, 10.0, 1.0, 10.5])
+    a = kmeans_groups(lo, hi, 2)
+    assert torch.equal(a, kmeans_groups(lo, hi, 2))
+    assert a[3] == a[5] and a[0] == a[1] == a[2] == a[4] and a[0] != a[3]
+
+
+def test_parse_bits_and_spec_validation():
+    assert parse_bits("W4A8") == (4, 8) and parse_bits("w8a8") == (8, 8)
+    with pytest.raises(ValueError, match="quant-bits='4x8'"):
+        parse_bits("4x8")
+    with pytest.raises(ValueError, match="quant-method='foo'"):
+        QuantSpec(method="foo").validate()
+    with pytest.raises(ValueError, match="quant-act-bits=1"):
+        QuantSpec(act_bits=1).validate()
+
+
+def _unet_and_batches(steps: int = 4, n: int = 8):
+    unet = build_unet(TINY, 0).eval()
+    labels = torch.arange(n) % 10
+    batches, feats = trajectory_batches(
+        unet,
+        labels,
+        steps=steps,
+        generator=torch.Generator().manual_seed(0),
+        feature_hook="mid_block",
+    )
+    return unet, batches, feats
+
+
+@pytest.mark.parametrize("method", ["naive", "dgq"])
+def test_quantize_unet_w8a8_is_close_to_float_and_w4a4_further(method):
+    unet, batches, _ = _unet_and_batches()
+    x, t, y = batches[1].x, batches[1].t, batches[1].labels
+    with torch.no_grad():
+        ref = unet(x, torch.full((len(y),), t), class_labels=y).sample
+    errs = {}
+    for w, a in ((8, 8), (4, 4)):
+        q = quantize_unet(copy.deepcopy(unet), QuantSpec(w, a, method))
+        calibrate(q, batches)
+        with torch.no_grad():
+            out = q(x, torch.full((len(y),), t), class_labels=y).sample
+        errs[(w, a)] = float((out - ref).pow(2).mean() / ref.pow(2).mean())
+        # all layers wrapped; with quantization off the float model comes back exactly
+        set_quant_state(q, weights=False, acts=False)
+        with torch.no_grad():
+            same = q(x, torch.full((len(y),), t), class_labels=y).sample
+        assert torch.allclose(same, ref, atol=1e-6)
+    assert errs[(8, 8)] < 5e-3
+    assert errs[(4, 4)] > 10 * errs[(8, 8)]
+
+
+def test_model_size_counts_packed_weights():
+    unet = build_unet(TINY, 0)
+    fp32 = sum(p.numel() for p in unet.parameters()) * 4
+    q = quantize_unet(copy.deepcopy(unet), QuantSpec(4, 8))
+    size = model_size_bytes(q)
+    assert size["fp32"] == fp32
+    assert size["quantized"] < fp32 / 3  # 4-bit weights (first/last 8-bit) + fp32 rest
+
+
+def test_federated_stats_merge_equals_pooled_calibration():
+    unet, batches, _ = _unet_and_batches()
+    half = [CalibBatch(b.x[:4], b.t, b.labels[:4]) for b in batches]
+    other = [CalibBatch(b.x[4:], b.t, b.labels[4:]) for b in batches]
+    for method in ("naive", "dgq"):
+        spec = QuantSpec(4, 8, method)
+        pooled = calibrate(quantize_unet(copy.deepcopy(unet), spec), batches)
+        clients = []
+        for part in (half, other):
+            q = quantize_unet(copy.deepcopy(unet), spec)
+            calibrate(q, part)
+            clients.append(export_stats(q))
+        merged = load_stats(quantize_unet(copy.deepcopy(unet), spec), merge_stats(clients))
+        x, t, y = batches[2].x, batches[2].t, batches[2].labels
+        with torch.no_grad():
+            a = pooled(x, torch.full((len(y),), t), class_labels=y).sample
+            b = merged(x, torch.full((len(y),), t), class_labels=y).sample
+        assert torch.equal(a, b), method
+        # a single client's ranges are not the pooled ones
+        assert any(not torch.equal(clients[0][k], v) for k, v in merge_stats(clients).items())
+
+
+def test_tdac_weights_and_allocation():
+    g = torch.Generator().manual_seed(6)
+    base = torch.randn(4, 8, 4, 4, generator=g)
+    # steps 0-2 nearly identical (dense), step 3 far and different in direction (diverse)
+    feats = [base + 0.01 * torch.randn(base.shape, generator=g) for _ in range(3)]
+    feats.append(-base * 3)
+    w = tdac_weights(feats, lam=1.2, quantile=0.5)
+    assert w.shape == (4,)
+    assert float(w[3]) > float(w[:3].max())  # diversity dominates with λ = 1.2
+    assert float(w[:3].min()) > 0  # the dense steps get weight from density
+    counts = allocate(w, 10)
+    assert int(counts.sum()) == 10 and int(counts[3]) == int(counts.max())
+    assert allocate(torch.tensor([1.0, 1.0, 1.0]), 10).tolist() in ([4, 3, 3], [3, 4, 3], [3, 3, 4])
+
+
+def test_select_samples_takes_counts_per_step_from_the_trajectory():
+    _, batches, feats = _unet_and_batches(steps=4, n=8)
+    assert len(feats) == 4 and feats[0].dim() == 4
+    picked = select_samples(batches, torch.tensor([0, 2, 5, 20]), torch.Generator().manual_seed(0))
+    assert [len(b.labels) for b in picked] == [2, 5, 8]
+    assert [b.t for b in picked] == [batches[1].t, batches[2].t, batches[3].t]
+    for b in picked:
+        src = next(s for s in batches if s.t == b.t)
+        assert all(any(torch.equal(xi, s) for s in src.x) for xi in b.x)
+
+
+def test_block_reconstruction_lowers_the_blocks_output_error():
+    unet, batches, _ = _unet_and_batches(steps=4, n=16)
+    q = quantize_unet(copy.deepcopy(unet), QuantSpec(3, 8, "edadm"))
+    calibrate(q, batches)
+    name, block = next((n, b) for n, b in reconstruction_blocks(q) if "resnets" in n)
+    before = block_error(q, block, batches)
+    r = reconstruct_block(
+        q, block, batches, ReconSettings(iters=150, batch_size=16), torch.Generator().manual_seed(0)
+    )
+    assert r["before"] == pytest.approx(before)
+    assert r["after"] < 0.8 * r["before"], (name, r)
+    # the rounding is hard afterwards: every weight is on its channel's grid
+    for layer in (m for m in block.modules() if hasattr(m, "alpha") and m.alpha is not None):
+        w = layer.quantized_weight() / layer.wq.scale
+        assert torch.allclose(w, w.round(), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "method,source", [("naive", "local"), ("edadm", "local"), ("dgq", "trajectory")]
+)
+def test_client_calibration_and_server_merge(method, source):
+    from fedmatch.config import RunConfig
+    from fedmatch.quant.from_config import TDAC_KEY, client_calibration, server_quantize
+
+    cfg = RunConfig(
+        unet_channels="8,16",
+        teacher_ddim_steps=3,
+        quant_method=method,
+        quant_bits="W4A8",
+        quant_groups=2,
+        quant_calibration_source=source,
+        quant_calibration_samples=9,
+        quant_recon_iters=2,
+    )
+    teacher = build_unet(TINY, 0).eval()
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(20, 3, 28, 28, generator=g) * 2 - 1
+    labels = torch.randint(0, 10, (20,), generator=g)
+    clients = [client_calibration(cfg, teacher, images[i::2], labels[i::2], seed=i) for i in (0, 1)]
+    for stats, metrics in clients:
+        assert metrics["calibration-samples"] == 9
+        assert (TDAC_KEY in stats) == (method == "edadm")
+    quantized, info = server_quantize(cfg, teacher, [s for s, _ in clients], [10.0, 10.0], 0)
+    assert (method == "edadm") == bool(info)
+    x = torch.randn(2, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        out = quantized(x, torch.tensor([999, 999]), class_labels=torch.tensor([1, 2])).sample
+    assert torch.isfinite(out).all()
