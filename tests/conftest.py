@@ -2,13 +2,23 @@ from __future__ import annotations
 
 import pytest
 
-from fedmatch.localrun import PrivateFlower
+from fedmatch.bench import snapshot_app
+from fedmatch.localrun import REPO, PrivateFlower
 
 
 @pytest.fixture(scope="session")
 def flower(tmp_path_factory: pytest.TempPathFactory):
-    """A private Flower home whose background SuperLink is stopped after the session."""
-    env = PrivateFlower.create(tmp_path_factory.mktemp("flwr-home"))
+    """A private Flower home whose background SuperLink is stopped after the session.
+
+    `flwr run` bundles a snapshot of the app (as ``fedmatch bench`` does): it walks every
+    file of the app directory before filtering, and the repository's .venv made that
+    seconds per run.  The ServerApp gets one torch thread: the two client actors already
+    use both cores, and a second ServerApp thread only contends with them.
+    """
+    app = snapshot_app(REPO, tmp_path_factory.mktemp("app"))
+    env = PrivateFlower.create(
+        tmp_path_factory.mktemp("flwr-home"), extra_env={"OMP_NUM_THREADS": "1"}, app=app
+    )
     yield env
     env.stop()
 
