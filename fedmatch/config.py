@@ -159,6 +159,8 @@ class RunConfig(BaseModel):
     unet_channels: str = "32,64"
     unet_layers_per_block: int = Field(1, ge=1)
     unet_attention: bool = False
+    # UNet2DConditionModel cross-attending to a class prompt [BOS, label] (DGQ's attention).
+    unet_cross_attention: bool = False
     teacher_steps: int = Field(200, ge=1)  # local DDPM steps per teacher round
     teacher_lr: float = Field(1e-3, gt=0)
     # dmd2/disback train the teacher first for this many rounds unless it is cached.
@@ -285,6 +287,11 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _generator_checks(self) -> RunConfig:
+        if self.unet_cross_attention:
+            # the head-width check needs both keys; named in the message (unet.py)
+            from fedmatch.diffusion.unet import UNetSpec, parse_channels
+
+            UNetSpec(channels=parse_channels(self.unet_channels), cross_attention=True).validate()
         if self.strategy == "disback" and self.disback_degradation_steps < self.disback_nodes:
             raise ValueError(
                 f"run-config key 'disback-degradation-steps' = {self.disback_degradation_steps} "

@@ -40,9 +40,10 @@ from fedmatch.diffusion import (
 from fedmatch.diffusion.dmd2 import generate_padded
 from fedmatch.diffusion.fid import train_feature_net
 from fedmatch.diffusion.teacher import predict_x0
-from fedmatch.diffusion.unet import parse_channels
+from fedmatch.diffusion.unet import CrossAttentionUNet, parse_channels
 
 TINY = UNetSpec(channels=(8, 16))
+TINY_XATTN = UNetSpec(channels=(8, 16), cross_attention=True)
 
 
 @pytest.fixture(autouse=True)
@@ -106,6 +107,90 @@ def test_teacher_ddpm_loss_falls_and_ddim_sampling_is_seeded():
     assert samples.shape == (10, 3, 28, 28)
     assert samples.min() >= -1 and samples.max() <= 1
     assert torch.equal(samples, again)
+
+
+def _xattn_out(unet: nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    x = torch.randn((len(labels), 3, 32, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return unet(x, torch.full((len(labels),), 500), class_labels=labels).sample
+
+
+def test_cross_attention_unet_is_seeded_and_called_like_the_plain_unet():
+    from diffusers import UNet2DModel
+
+    assert isinstance(build_unet(TINY, 0), UNet2DModel)  # the default is unchanged
+    unet = build_unet(TINY_XATTN, seed=0)
+    assert isinstance(unet, CrossAttentionUNet)
+    labels = torch.arange(4)
+    out = _xattn_out(unet, labels)
+    assert out.shape == (4, 3, 32, 32) and unet.config.in_channels == 3
+    assert torch.equal(out, _xattn_out(build_unet(TINY_XATTN, seed=0), labels))
+    assert not torch.allclose(out, _xattn_out(build_unet(TINY_XATTN, seed=1), labels))
+    # the prompt is [BOS, label]: two tokens of the last width
+    assert unet.prompt(labels).shape == (4, 2, 16)
+    attn2 = [n for n, _ in unet.named_modules() if n.endswith("attn2")]
+    assert any(n.startswith("unet.mid_block") for n in attn2)
+    assert any(n.startswith("unet.down_blocks.1") for n in attn2)
+    assert not any(n.startswith("unet.down_blocks.0") for n in attn2)  # 32x32: no attention
+    # DMD2's GAN head hooks the mid block exactly as on the plain UNet
+    features = bottleneck(unet, torch.randn(4, 3, 32, 32), torch.full((4,), 10), labels)
+    assert features.shape == (4, 16, 16, 16) and GanHead(16)(features).shape == (4,)
+    assert not unet.mid_block._forward_hooks
+    rng = torch.Generator().manual_seed(1)
+    samples = ddim_sample(unet, torch.arange(3), steps=2, generator=rng)
+    assert samples.shape == (3, 3, 28, 28)
+
+
+def test_cross_attention_output_depends_on_the_label_tokens():
+    unet = build_unet(TINY_XATTN, seed=0).eval()
+    labels = torch.tensor([3, 5])
+    before = _xattn_out(unet, labels)
+    with torch.no_grad():
+        unet.tokens.weight[3 + 1] += 1.0  # only label 3's token (row 0 is BOS)
+    after = _xattn_out(unet, labels)
+    assert not torch.allclose(after[0], before[0], atol=1e-4)  # label 3 changed
+    assert torch.equal(after[1], before[1])  # label 5 did not
+    with torch.no_grad():
+        unet.tokens.weight[0] += 1.0  # BOS: every prompt
+    assert not torch.allclose(_xattn_out(unet, labels)[1], before[1], atol=1e-4)
+    # the table is learned: the denoising loss reaches the rows of the labels it saw
+    loss = denoising_loss(
+        unet, torch.randn(2, 3, 32, 32), labels, alphas_cumprod(), torch.Generator().manual_seed(0)
+    )
+    loss.backward()
+    grad = unet.tokens.weight.grad.abs().sum(dim=1)
+    assert float(grad[0]) > 0 and float(grad[4]) > 0 and float(grad[6]) > 0
+    assert float(grad[1]) == 0  # label 0 was not in the batch
+
+
+def test_cross_attention_teacher_checkpoint_round_trip_and_cache_key(tmp_path):
+    from fedmatch.config import RunConfig
+    from fedmatch.diffusion.from_config import load_teacher, save_teacher, teacher_key, unet_spec
+
+    # the default spec's dict (saved with, and hashed into, cached teachers) has no new key
+    assert "cross_attention" not in UNetSpec().to_dict()
+    assert TINY_XATTN.to_dict()["cross_attention"] is True
+    plain = RunConfig(unet_channels="8,16")
+    xattn = RunConfig(unet_channels="8,16", unet_cross_attention=True)
+    assert unet_spec(xattn) == TINY_XATTN
+    assert teacher_key(plain, 1, 2) != teacher_key(xattn, 1, 2)
+    unet = build_unet(TINY_XATTN, seed=3).eval()
+    with torch.no_grad():
+        unet.tokens.weight.mul_(2.0)  # not what a fresh build_unet(spec, 0) holds
+    path = tmp_path / "teacher.pt"
+    save_teacher(path, unet, TINY_XATTN, {})
+    loaded = load_teacher(path, TINY_XATTN)
+    labels = torch.arange(4)
+    assert torch.equal(_xattn_out(loaded, labels), _xattn_out(unet, labels))
+    with pytest.raises(ValueError, match="unet-cross-attention"):
+        load_teacher(path, TINY)
+
+
+def test_cross_attention_head_width_is_validated():
+    with pytest.raises(ValueError, match=r"width 24 .* 16 channels per attention head"):
+        UNetSpec(channels=(8, 24), cross_attention=True).validate()
+    UNetSpec(channels=(8, 24)).validate()  # no attention heads without cross-attention
+    UNetSpec(channels=(32,), cross_attention=True).validate()
 
 
 # ----------------------------------------------------------------- DMD2
@@ -446,6 +531,10 @@ def test_trained_feature_net_separates_domains_and_noise():
         ({"strategy": "disback", "disback-nodes": 5, "disback-degradation-steps": 4}, ["5"]),
         ({"disback-switch": "often"}, ["'disback-switch'", "'schedule'", "'converged'"]),
         ({"teacher-checkpoint": "teacher.pt"}, ["'teacher-checkpoint'", "absolute"]),
+        (
+            {"unet-cross-attention": True, "unet-channels": "16,40"},
+            ["unet-channels='16,40'", "unet-cross-attention=true", "width 40", "attention head"],
+        ),
     ],
 )
 def test_generator_config_errors_name_key_value_and_allowed(overrides, fragments):

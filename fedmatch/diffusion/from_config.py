@@ -14,12 +14,11 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import UNet2DModel
 from torch import nn
 
 from fedmatch.config import RunConfig
 from fedmatch.diffusion.dmd2 import DMD2Settings, GanHead
-from fedmatch.diffusion.unet import UNetSpec, build_unet, parse_channels
+from fedmatch.diffusion.unet import DiffusionUNet, UNetSpec, build_unet, parse_channels
 
 # Message types of the two client workloads (clients/generator.py).
 TEACHER_ACTION = "train.teacher"
@@ -34,6 +33,7 @@ def unet_spec(cfg: RunConfig) -> UNetSpec:
         channels=parse_channels(cfg.unet_channels),
         layers_per_block=cfg.unet_layers_per_block,
         attention=cfg.unet_attention,
+        cross_attention=cfg.unet_cross_attention,
     ).validate()
 
 
@@ -63,7 +63,9 @@ class GeneratorBundle(nn.Module):
             torch.manual_seed(seed + 2)
             self.head = GanHead(spec.channels[-1], spec.norm_groups)
 
-    def init_from(self, teacher: UNet2DModel, fake: dict[str, torch.Tensor] | None = None) -> None:
+    def init_from(
+        self, teacher: DiffusionUNet, fake: dict[str, torch.Tensor] | None = None
+    ) -> None:
         """Generator = teacher; fake score = teacher or ``fake`` (DisBack's degraded node)."""
         self.generator.load_state_dict(teacher.state_dict(), strict=True)
         self.fake.load_state_dict(fake if fake is not None else teacher.state_dict(), strict=True)
@@ -94,21 +96,21 @@ def teacher_cache_path(cfg: RunConfig, rounds: int, num_clients: int) -> Path:
     return cfg.cache_path / "diffusion" / f"{teacher_key(cfg, rounds, num_clients)}.pt"
 
 
-def save_teacher(path: Path, unet: UNet2DModel, spec: UNetSpec, meta: dict) -> None:
+def save_teacher(path: Path, unet: DiffusionUNet, spec: UNetSpec, meta: dict) -> None:
     from fedmatch.results import atomic_torch_save
 
     state = {k: v.detach().cpu() for k, v in unet.state_dict().items()}
     atomic_torch_save({"spec": spec.to_dict(), "state": state, "meta": meta}, path)
 
 
-def load_teacher(path: Path, spec: UNetSpec) -> UNet2DModel:
+def load_teacher(path: Path, spec: UNetSpec) -> DiffusionUNet:
     """The teacher saved at ``path``; its UNet spec must be ``spec`` (named if not)."""
     saved = torch.load(path, weights_only=True)
     if saved.get("spec") != spec.to_dict():
         raise ValueError(
             f"teacher checkpoint {path} was built with UNet {saved.get('spec')}, but the run "
             f"config asks for {spec.to_dict()} (run-config keys unet-channels, "
-            "unet-layers-per-block, unet-attention)"
+            "unet-layers-per-block, unet-attention, unet-cross-attention)"
         )
     unet = build_unet(spec, 0)
     unet.load_state_dict(saved["state"], strict=True)

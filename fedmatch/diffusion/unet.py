@@ -1,4 +1,14 @@
-"""A small class-conditional diffusers ``UNet2DModel`` built from a config (no downloads).
+"""A small class-conditional diffusers UNet built from a config (no downloads).
+
+Two architectures, both conditioned on the digit label through the time embedding
+(``num_class_embeds``): the default ``UNet2DModel`` (ResNet blocks, optional mid-block
+self-attention), and, with ``unet-cross-attention``, :class:`CrossAttentionUNet`: a
+``UNet2DConditionModel`` whose lowest-resolution level and mid block cross-attend to a class
+"prompt", the token sequence [BOS, label] from a learned table.  That is the tiny form of a
+text-to-image UNet that DGQ's attention quantization needs (``../shared/notes/diffusion.md``
+§C, "Tiny form (ours)"): the label plays the prompt's role.  Both are called the same way,
+``unet(x_t, t, class_labels=y).sample``, expose ``.config`` and ``.mid_block``, and name their
+first and last convolutions ``conv_in`` / ``conv_out``.
 
 The digits are 28x28; a UNet whose every level halves the resolution wants a side divisible
 by 2^(levels-1), so 28 px allows at most 3 levels (28 -> 14 -> 7) and a 4th crashes on 7 -> 4
@@ -15,10 +25,12 @@ names the offending width.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DModel
+from diffusers import UNet2DConditionModel, UNet2DModel
+from torch import nn
 
 from fedmatch.data.types import IMAGE_SHAPE, NUM_CLASSES
 
@@ -26,11 +38,19 @@ IMAGE_SIZE = IMAGE_SHAPE[1]  # 28
 UNET_SIZE = 32
 _PAD = (UNET_SIZE - IMAGE_SIZE) // 2
 MAX_LEVELS = 4  # 32 -> 16 -> 8 -> 4
+# Channels per attention head in the cross-attention UNet: a cross-attention level of width c
+# has c / 16 heads (SD's heads are 40-160 wide; 16 keeps a head per 16 channels of a tiny UNet).
+ATTENTION_HEAD_DIM = 16
+BOS = 0  # row of the prompt table that starts every prompt; label y is row y + 1
 
 
 @dataclass(frozen=True)
 class UNetSpec:
-    """What :func:`build_unet` builds: widths per level, blocks per level, mid attention."""
+    """What :func:`build_unet` builds: widths per level, blocks per level, attention.
+
+    ``cross_attention`` selects :class:`CrossAttentionUNet` (the mid block then always has
+    self- and cross-attention, so ``attention`` adds nothing to it).
+    """
 
     channels: tuple[int, ...] = (32, 64)
     layers_per_block: int = 1
@@ -38,6 +58,7 @@ class UNetSpec:
     norm_groups: int = 8
     in_channels: int = IMAGE_SHAPE[0]
     num_classes: int = NUM_CLASSES
+    cross_attention: bool = False
 
     def validate(self) -> UNetSpec:
         if not 1 <= len(self.channels) <= MAX_LEVELS:
@@ -53,10 +74,27 @@ class UNetSpec:
             )
         if self.layers_per_block < 1:
             raise ValueError(f"unet-layers-per-block={self.layers_per_block}: must be >= 1")
+        if self.cross_attention:
+            width = self.channels[-1]
+            if width % ATTENTION_HEAD_DIM:
+                raise ValueError(
+                    f"unet-channels={','.join(map(str, self.channels))!r} with "
+                    f"unet-cross-attention=true: the cross-attention level's width {width} is "
+                    f"not a multiple of the {ATTENTION_HEAD_DIM} channels per attention head"
+                )
         return self
 
     def to_dict(self) -> dict[str, object]:
-        return {**asdict(self), "channels": list(self.channels)}
+        """The spec as saved with a teacher and hashed into its cache key.
+
+        ``cross_attention`` appears only when true, so that the default spec's dict (and with
+        it every teacher cached before the key existed) is unchanged, while a cross-attention
+        teacher never matches a plain one.
+        """
+        out = {**asdict(self), "channels": list(self.channels)}
+        if not self.cross_attention:
+            del out["cross_attention"]
+        return out
 
 
 def parse_channels(value: str) -> tuple[int, ...]:
@@ -74,6 +112,8 @@ def parse_channels(value: str) -> tuple[int, ...]:
 def unet_config(spec: UNetSpec) -> dict[str, object]:
     """The ``UNet2DModel`` config of ``spec`` (plain ResNet blocks, optional mid attention)."""
     spec.validate()
+    if spec.cross_attention:
+        return cross_attention_config(spec)
     levels = len(spec.channels)
     return {
         "sample_size": UNET_SIZE,
@@ -90,15 +130,93 @@ def unet_config(spec: UNetSpec) -> dict[str, object]:
     }
 
 
-def build_unet(spec: UNetSpec, seed: int) -> UNet2DModel:
+def cross_attention_config(spec: UNetSpec) -> dict[str, object]:
+    """The ``UNet2DConditionModel`` config of a cross-attention ``spec``.
+
+    Cross-attention (``CrossAttnDownBlock2D`` / ``CrossAttnUpBlock2D``) at the lowest-resolution
+    level only, where attention over the H×W positions is cheapest, plus the mid block
+    (``UNetMidBlock2DCrossAttn``); with one level, only the mid block, since self-attention
+    over all 32×32 positions would cost 1024² scores per head.  ``cross_attention_dim`` is the
+    last width.  diffusers' ``attention_head_dim`` is, for this model, the number of heads
+    per level (its documented naming issue), here width / :data:`ATTENTION_HEAD_DIM`.
+    """
+    levels = len(spec.channels)
+    attend = levels >= 2  # the last level cross-attends (mid block: always)
+    return {
+        "sample_size": UNET_SIZE,
+        "in_channels": spec.in_channels,
+        "out_channels": spec.in_channels,
+        "block_out_channels": list(spec.channels),
+        "layers_per_block": spec.layers_per_block,
+        "down_block_types": ["DownBlock2D"] * (levels - 1)
+        + ["CrossAttnDownBlock2D" if attend else "DownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D" if attend else "UpBlock2D"]
+        + ["UpBlock2D"] * (levels - 1),
+        "norm_num_groups": spec.norm_groups,
+        "cross_attention_dim": spec.channels[-1],
+        "attention_head_dim": [max(1, c // ATTENTION_HEAD_DIM) for c in spec.channels],
+        "num_class_embeds": spec.num_classes,  # the label also enters the time embedding
+    }
+
+
+class CrossAttentionUNet(nn.Module):
+    """``UNet2DConditionModel`` cross-attending to the class prompt [BOS, label].
+
+    ``tokens`` is a learned (classes + 1) × ``cross_attention_dim`` table; the prompt of label
+    y is the rows (BOS, y + 1), a two-token ``encoder_hidden_states`` (the BOS token is what
+    every prompt shares, as a text encoder's start token; DGQ keeps its attention column in
+    full precision).  Callable as ``UNet2DModel``: ``unet(x, t, class_labels=y).sample``.
+    """
+
+    def __init__(self, config: dict[str, Any], num_classes: int) -> None:
+        super().__init__()
+        self.unet = UNet2DConditionModel(**config)
+        self.tokens = nn.Embedding(num_classes + 1, int(config["cross_attention_dim"]))
+
+    @property
+    def config(self) -> Any:
+        return self.unet.config
+
+    @property
+    def mid_block(self) -> nn.Module:
+        return self.unet.mid_block
+
+    def prompt(self, class_labels: torch.Tensor) -> torch.Tensor:
+        """(N,) labels -> the (N, 2, cross_attention_dim) sequence [BOS, label]."""
+        ids = torch.stack([torch.full_like(class_labels, BOS), class_labels + 1], dim=1)
+        return self.tokens(ids)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | int,
+        class_labels: torch.Tensor,
+        return_dict: bool = True,
+    ) -> Any:
+        return self.unet(
+            sample,
+            timestep,
+            self.prompt(class_labels),
+            class_labels=class_labels,
+            return_dict=return_dict,
+        )
+
+
+# What build_unet returns; every caller uses only their shared interface (module docstring).
+DiffusionUNet = UNet2DModel | CrossAttentionUNet
+
+
+def build_unet(spec: UNetSpec, seed: int) -> DiffusionUNet:
     """A randomly initialised UNet whose weights depend only on ``seed``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        if spec.cross_attention:
+            return CrossAttentionUNet(unet_config(spec), spec.num_classes)
         return UNet2DModel(**unet_config(spec))
 
 
 def unet_output(
-    unet: UNet2DModel, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor
+    unet: DiffusionUNet, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor:
     """The network output (here a v-prediction) for noisy ``x_t`` at integer timesteps ``t``."""
     return unet(x_t, t, class_labels=labels).sample
