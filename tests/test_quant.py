@@ -32,10 +32,12 @@ from fedmatch.quant import (
     tdac_weights,
     trajectory_batches,
 )
+from fedmatch.quant.qmodules import quant_layers
 from fedmatch.quant.quantizers import uniform_params
 from fedmatch.quant.reconstruct import reconstruction_blocks
 
 TINY = UNetSpec(channels=(8, 16))
+TINY_XATTN = UNetSpec(channels=(8, 16), cross_attention=True)
 
 
 @pytest.fixture(autouse=True)
@@ -130,8 +132,37 @@ def test_log_quantizer_keeps_relative_precision_of_large_probabilities():
     assert float(rel) <= 2**0.5 - 1 + 1e-6
     assert float(q.max()) == pytest.approx(float(m))
     assert torch.all(q[~big] <= m * 2.0**-14)
-    # codes are powers of two times the max: at most 2^bits + 1 values (incl. zero)
-    assert len(torch.unique(q)) <= 2**4 + 1
+    # codes are powers of two times the max: at most 2^bits values (incl. zero)
+    assert len(torch.unique(q)) <= 2**4
+
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_log_quantizer_per_sample_levels_are_powers_of_two_of_each_max(bits):
+    g = torch.Generator().manual_seed(7)
+    # three "prompts" whose attention peaks differ: 0.9, 0.3, 0.05 times a softmax
+    p = torch.softmax(torch.randn(3, 2, 12, 6, generator=g) * 4, dim=-1)
+    p = p * torch.tensor([0.9, 0.3, 0.05]).view(3, 1, 1, 1)
+    lq = LogQuantizer(bits, per_sample=True)
+    q = lq(p)
+    top = 2**bits - 2
+    for b in range(3):
+        m = p[b].max()
+        assert float(q[b].max()) == float(m)  # each sample keeps its own max exactly
+        kept = q[b] > 0
+        # every kept level is m · 2^-e with an integer e in 0..2^b-2 ...
+        e = -torch.log2(q[b][kept] / m)
+        assert torch.allclose(e, e.round(), atol=1e-5) and float(e.max()) <= top
+        # ... within a factor sqrt(2) of the probability it stands for
+        ratio = q[b][kept] / p[b][kept]
+        assert float(ratio.max()) <= 2**0.5 + 1e-6 and float(ratio.min()) >= 2**-0.5 - 1e-6
+        # flushed values are below half a level under the smallest one
+        assert torch.all(p[b][~kept] < m * 2.0 ** (-top - 0.5) + 1e-12)
+        assert len(torch.unique(q[b])) <= 2**bits
+    # a batch-wide max (DGQ's) puts the 0.05-sample's peak ~4 levels below the grid's top,
+    # so at few bits it flushes more of that sample's probabilities to zero
+    shared = LogQuantizer(bits)(p)
+    kept_shared, kept_own = int((shared[2] > 0).sum()), int((q[2] > 0).sum())
+    assert kept_shared < kept_own if bits == 3 else kept_shared <= kept_own
 
 
 def test_group_quantizer_keeps_outlier_channels_exact_to_their_groups_precision():
@@ -191,8 +222,8 @@ def test_parse_bits_and_spec_validation():
         QuantSpec(act_bits=1).validate()
 
 
-def _unet_and_batches(steps: int = 4, n: int = 8):
-    unet = build_unet(TINY, 0).eval()
+def _unet_and_batches(steps: int = 4, n: int = 8, spec: UNetSpec = TINY):
+    unet = build_unet(spec, 0).eval()
     labels = torch.arange(n) % 10
     batches, feats = trajectory_batches(
         unet,
@@ -204,9 +235,10 @@ def _unet_and_batches(steps: int = 4, n: int = 8):
     return unet, batches, feats
 
 
+@pytest.mark.parametrize("spec", [TINY, TINY_XATTN], ids=["plain", "xattn"])
 @pytest.mark.parametrize("method", ["naive", "dgq"])
-def test_quantize_unet_w8a8_is_close_to_float_and_w4a4_further(method):
-    unet, batches, _ = _unet_and_batches()
+def test_quantize_unet_w8a8_is_close_to_float_and_w4a4_further(method, spec):
+    unet, batches, _ = _unet_and_batches(spec=spec)
     x, t, y = batches[1].x, batches[1].t, batches[1].labels
     with torch.no_grad():
         ref = unet(x, torch.full((len(y),), t), class_labels=y).sample
@@ -221,7 +253,11 @@ def test_quantize_unet_w8a8_is_close_to_float_and_w4a4_further(method):
         set_quant_state(q, weights=False, acts=False)
         with torch.no_grad():
             same = q(x, torch.full((len(y),), t), class_labels=y).sample
-        assert torch.allclose(same, ref, atol=1e-6)
+        # (the cross-attention processor computes the float attention explicitly, not by SDPA)
+        assert torch.allclose(same, ref, atol=1e-5)
+        if w == 4:  # first and last conv stay 8-bit, also inside CrossAttentionUNet
+            eight = [n.rpartition(".")[2] for n, lay in quant_layers(q) if lay.wq.bits == 8]
+            assert eight == ["conv_in", "conv_out"]
     assert errs[(8, 8)] < 5e-3
     assert errs[(4, 4)] > 10 * errs[(8, 8)]
 
@@ -235,8 +271,9 @@ def test_model_size_counts_packed_weights():
     assert size["quantized"] < fp32 / 3  # 4-bit weights (first/last 8-bit) + fp32 rest
 
 
-def test_federated_stats_merge_equals_pooled_calibration():
-    unet, batches, _ = _unet_and_batches()
+@pytest.mark.parametrize("unet_spec", [TINY, TINY_XATTN], ids=["plain", "xattn"])
+def test_federated_stats_merge_equals_pooled_calibration(unet_spec):
+    unet, batches, _ = _unet_and_batches(spec=unet_spec)
     half = [CalibBatch(b.x[:4], b.t, b.labels[:4]) for b in batches]
     other = [CalibBatch(b.x[4:], b.t, b.labels[4:]) for b in batches]
     for method in ("naive", "dgq"):
@@ -248,6 +285,11 @@ def test_federated_stats_merge_equals_pooled_calibration():
             calibrate(q, part)
             clients.append(export_stats(q))
         merged = load_stats(quantize_unet(copy.deepcopy(unet), spec), merge_stats(clients))
+        if unet_spec.cross_attention:
+            # q/k/v ranges travel; DGQ's log2 probabilities need none, naive's uniform ones do
+            keys = clients[0]
+            assert any(".attn2.processor.k|" in k for k in keys)
+            assert any(".attn2.processor.probs|" in k for k in keys) == (method == "naive")
         x, t, y = batches[2].x, batches[2].t, batches[2].labels
         with torch.no_grad():
             a = pooled(x, torch.full((len(y),), t), class_labels=y).sample
@@ -331,3 +373,114 @@ def test_client_calibration_and_server_merge(method, source):
     with torch.no_grad():
         out = quantized(x, torch.tensor([999, 999]), class_labels=torch.tensor([1, 2])).sample
     assert torch.isfinite(out).all()
+
+
+# ----------------------------------------------------------------- DGQ cross-attention
+
+
+def test_cross_attention_processor_without_quantization_equals_diffusers():
+    from fedmatch.quant.attention import QuantCrossAttnProcessor, cross_attention_modules
+
+    unet = build_unet(TINY_XATTN, 0).eval()
+    modules = cross_attention_modules(unet)
+    assert len(modules) == 4 and all(n.endswith(".attn2") for n, _ in modules)
+    g = torch.Generator().manual_seed(0)
+    for _, attn in modules:
+        hidden = torch.randn(3, 64, attn.to_q.in_features, generator=g)
+        context = torch.randn(3, 2, attn.to_k.in_features, generator=g)
+        with torch.no_grad():
+            ref = attn(hidden, encoder_hidden_states=context)  # diffusers' SDPA processor
+            for dgq in (True, False):
+                processor = QuantCrossAttnProcessor(8, dgq=dgq)
+                for _, q in processor.calibrated():
+                    q.enabled = False
+                processor.probs.enabled = False
+                attn.set_processor(processor)
+                out = attn(hidden, encoder_hidden_states=context)
+                assert torch.allclose(out, ref, atol=1e-6), float((out - ref).abs().max())
+
+
+def test_dgq_attention_keeps_the_bos_column_exact_and_a_max_per_sample():
+    from fedmatch.quant.attention import QuantCrossAttnProcessor
+
+    g = torch.Generator().manual_seed(8)
+    logits = torch.randn(2, 2, 16, 3, generator=g)
+    logits[1, ..., 0] += 3.0  # sample 1 attends to BOS more: its other columns peak lower
+    probs = logits.softmax(dim=-1)
+    q = QuantCrossAttnProcessor(4, dgq=True).quantize_probs(probs)
+    assert torch.equal(q[..., 0], probs[..., 0])  # t2i_start_peak: BOS in full precision
+    rest, q_rest = probs[..., 1:], q[..., 1:]
+    maxima = rest.flatten(1).amax(dim=1)
+    assert torch.equal(q_rest.flatten(1).amax(dim=1), maxima)  # each sample's own scale
+    assert float(maxima[1]) < 0.8 * float(maxima[0])
+    for b in range(2):
+        e = -torch.log2(q_rest[b][q_rest[b] > 0] / maxima[b])
+        assert torch.allclose(e, e.round(), atol=1e-5)
+    # the naive baseline quantizes every column uniformly (after calibration)
+    naive = QuantCrossAttnProcessor(4, per_timestep=False, dgq=False)
+    naive.probs.calibrating = True
+    naive.quantize_probs(probs)
+    naive.probs.freeze()
+    assert not torch.equal(naive.quantize_probs(probs)[..., 0], probs[..., 0])
+
+
+def test_dgq_cross_attention_scale_differs_between_classes_in_one_batch():
+    from fedmatch.quant.quantizers import LogQuantizer
+
+    unet, batches, _ = _unet_and_batches(spec=TINY_XATTN)
+    q = calibrate(quantize_unet(copy.deepcopy(unet), QuantSpec(8, 8, "dgq")), batches)
+    log_quantizers = [m for m in q.modules() if isinstance(m, LogQuantizer)]
+    assert len(log_quantizers) == 4 and all(m.per_sample for m in log_quantizers)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    handle = (
+        q.mid_block.attentions[0]
+        .transformer_blocks[0]
+        .attn2.processor.probs.register_forward_hook(
+            lambda m, args, out: seen.append((args[0], out))
+        )
+    )
+    x = batches[1].x[:1].repeat(2, 1, 1, 1)  # one x_t, two classes
+    with torch.no_grad():
+        q(x, torch.full((2,), batches[1].t), class_labels=torch.tensor([3, 7]))
+    handle.remove()
+    ((p, out),) = seen
+    per_sample = p.flatten(1).amax(dim=1)
+    assert float((per_sample[0] - per_sample[1]).abs()) > 1e-4  # the prompts' maxima differ
+    assert torch.equal(out.flatten(1).amax(dim=1), per_sample)  # and each keeps its own
+
+
+@pytest.mark.parametrize("method", ["naive", "dgq"])
+def test_client_calibration_of_a_cross_attention_teacher(method):
+    from fedmatch.config import RunConfig
+    from fedmatch.diffusion.from_config import unet_spec
+    from fedmatch.quant.attention import QuantCrossAttnProcessor
+    from fedmatch.quant.from_config import client_calibration, server_quantize
+
+    cfg = RunConfig(
+        unet_channels="8,16",
+        unet_cross_attention=True,
+        teacher_ddim_steps=3,
+        quant_method=method,
+        quant_bits="W8A8",
+        quant_groups=2,
+        quant_calibration_source="local",
+        quant_calibration_samples=9,
+    )
+    teacher = build_unet(unet_spec(cfg), 0).eval()
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(20, 3, 28, 28, generator=g) * 2 - 1
+    labels = torch.randint(0, 10, (20,), generator=g)
+    stats = [
+        client_calibration(cfg, teacher, images[i::2], labels[i::2], seed=i)[0] for i in (0, 1)
+    ]
+    assert all(any(".processor.v|" in k for k in s) for s in stats)
+    quantized, _ = server_quantize(cfg, teacher, stats, [10.0, 10.0], 0)
+    processors = [m for m in quantized.modules() if isinstance(m, QuantCrossAttnProcessor)]
+    assert len(processors) == 4 and all(p.dgq == (method == "dgq") for p in processors)
+    assert model_size_bytes(quantized)["activation_ranges"] > 0
+    x = torch.randn(2, 3, 32, 32, generator=g)
+    t, y = torch.tensor([499, 499]), torch.tensor([1, 2])
+    with torch.no_grad():
+        out = quantized(x, t, class_labels=y).sample
+        ref = teacher(x, t, class_labels=y).sample
+    assert float((out - ref).pow(2).mean() / ref.pow(2).mean()) < 5e-2

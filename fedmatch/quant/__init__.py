@@ -1,7 +1,8 @@
 """Post-training quantization of the diffusion UNet: fake-quant framework, EDA-DM and DGQ.
 
 Plain PyTorch, no Flower: ``quantizers`` (uniform per-tensor / per-channel / per-timestep and
-log2), ``dgq`` (outlier-aware group quantization), ``qmodules`` (quantized Conv2d / Linear and
+log2), ``dgq`` (outlier-aware group quantization), ``attention`` (DGQ's cross-attention
+quantization as a diffusers attention processor), ``qmodules`` (quantized Conv2d / Linear and
 :func:`quantize_unet`), ``calibrate`` (calibration data, min-max calibration, mergeable
 statistics for federated calibration), ``edadm`` (TDAC sample selection) and ``reconstruct``
 (fine-grained block reconstruction).
@@ -9,6 +10,7 @@ statistics for federated calibration), ``edadm`` (TDAC sample selection) and ``r
 
 from __future__ import annotations
 
+from fedmatch.quant.attention import QuantCrossAttnProcessor
 from fedmatch.quant.calibrate import (
     CalibBatch,
     calibrate,
@@ -38,6 +40,7 @@ __all__ = [
     "CalibBatch",
     "GroupActQuantizer",
     "LogQuantizer",
+    "QuantCrossAttnProcessor",
     "QuantLayer",
     "QuantSpec",
     "ReconSettings",

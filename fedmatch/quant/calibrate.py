@@ -10,10 +10,11 @@ sources:
   timesteps (Ho et al., Eq. 4): the client's domain, without leaving the client.
 
 Calibration only *observes* every activation quantizer's input; the statistics are per-layer,
-per-timestep minima and maxima (per index for DGQ's groups), which :func:`export_stats`
-flattens into named tensors, :func:`merge_stats` combines across clients (element-wise
-min of minima, max of maxima: exactly the statistics of the pooled calibration set) and
-:func:`load_stats` installs before the quantizers are frozen.
+per-timestep minima and maxima (per index for DGQ's groups; also of the cross-attention
+Q, K, V, :mod:`fedmatch.quant.attention`), which :func:`export_stats` flattens into named
+tensors, :func:`merge_stats` combines across clients (element-wise min of minima, max of
+maxima: exactly the statistics of the pooled calibration set) and :func:`load_stats`
+installs before the quantizers are frozen.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from torch import nn
 from fedmatch.diffusion.teacher import add_noise, alphas_cumprod, ddim_scheduler
 from fedmatch.diffusion.unet import pad_images, unet_output
 from fedmatch.quant.dgq import GroupActQuantizer
-from fedmatch.quant.qmodules import quant_layers, set_timestep
+from fedmatch.quant.qmodules import act_quantizers, set_timestep
 from fedmatch.quant.quantizers import ActQuantizer, RangeObserver
 
 
@@ -95,8 +96,8 @@ def local_batches(
 
 
 def _quantizers(unet: nn.Module) -> Iterable[tuple[str, nn.Module]]:
-    for name, layer in quant_layers(unet):
-        yield name, layer.aq
+    # layer inputs and cross-attention Q/K/V (DGQ's log2 probabilities need no statistics)
+    return act_quantizers(unet)
 
 
 @torch.no_grad()

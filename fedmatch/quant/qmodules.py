@@ -10,7 +10,13 @@ conv(q_a(x), q_w(W)) as an integer kernel would, up to the float accumulation.
 The UNet's current timestep is pushed to every activation quantizer by a forward pre-hook on
 the UNet (:func:`set_timestep`), so time-aware ranges need no change to the sampler.  The first
 (``conv_in``) and last (``conv_out``) layers stay at 8 bits, as in EDA-DM and Q-Diffusion.  The
-class embedding (a lookup table) is not quantized.
+class embedding and the cross-attention UNet's prompt table (lookup tables) are not quantized.
+
+A UNet with cross-attention (``unet-cross-attention``) also gets a
+:class:`~fedmatch.quant.attention.QuantCrossAttnProcessor` on every cross-attention module:
+uniform q_a on Q, K, V and, for DGQ, log2 probabilities with a per-sample dynamic max and the
+BOS column exact; for naive and EDA-DM, uniform calibrated probabilities at the activation
+bit-width (the naive baseline).
 """
 
 from __future__ import annotations
@@ -22,17 +28,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedmatch.quant.attention import QuantCrossAttnProcessor, cross_attention_modules
 from fedmatch.quant.dgq import GroupActQuantizer
-from fedmatch.quant.quantizers import ActQuantizer, WeightQuantizer, fake_quant
+from fedmatch.quant.quantizers import ActQuantizer, LogQuantizer, WeightQuantizer, fake_quant
 
 METHODS = ("naive", "edadm", "dgq")
-KEEP_8BIT = ("conv_in", "conv_out")
+KEEP_8BIT = ("conv_in", "conv_out")  # by last name component (CrossAttentionUNet nests them)
 _ZETA, _GAMMA = 1.1, -0.1  # AdaRound's stretched sigmoid (Nagel et al., ICML 2020, Eq. 23)
 
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """Bit-widths and method of one PTQ run (run-config keys ``quant-*``)."""
+    """Bit-widths and method of one PTQ run (run-config keys ``quant-*``).
+
+    ``method`` also picks the cross-attention probabilities' quantizer (if the UNet has
+    cross-attention): log2 with a per-sample max for ``dgq``, uniform otherwise.
+    """
 
     weight_bits: int = 8
     act_bits: int = 8
@@ -156,12 +167,17 @@ def quantize_unet(unet: nn.Module, spec: QuantSpec) -> nn.Module:
         parent_name, _, child = name.rpartition(".")
         parent = unet.get_submodule(parent_name) if parent_name else unet
         module = getattr(parent, child)
-        eight = name in KEEP_8BIT
+        eight = name.rpartition(".")[2] in KEEP_8BIT
         w_bits = 8 if eight else spec.weight_bits
         a_bits = 8 if eight else spec.act_bits
         act = make_act_quantizer(spec, a_bits, dim)
         act.calibrating = True
         setattr(parent, child, QuantLayer(module, w_bits, act, spec.weight_init))
+    for _, attn in cross_attention_modules(unet):
+        processor = QuantCrossAttnProcessor(spec.act_bits, spec.per_timestep, spec.method == "dgq")
+        for _, q in processor.calibrated():
+            q.calibrating = True
+        attn.set_processor(processor)
     unet.register_forward_pre_hook(_timestep_hook, with_kwargs=True)
     unet.quant_spec = spec
     return unet
@@ -179,16 +195,34 @@ def quant_layers(unet: nn.Module) -> Iterator[tuple[str, QuantLayer]]:
             yield name, m
 
 
+def act_quantizers(unet: nn.Module) -> Iterator[tuple[str, ActQuantizer | GroupActQuantizer]]:
+    """Every calibrated activation quantizer, named as in the exported statistics.
+
+    A :class:`QuantLayer`'s input quantizer under the layer's name; a cross-attention
+    processor's ``q``/``k``/``v`` (and uniform ``probs``) as ``<attention>.processor.<part>``.
+    """
+    for name, m in unet.named_modules():
+        if isinstance(m, QuantLayer):
+            yield name, m.aq
+        elif isinstance(m, QuantCrossAttnProcessor):
+            for part, q in m.calibrated():
+                yield f"{name}.{part}", q
+
+
 def set_timestep(unet: nn.Module, t: int) -> None:
-    for _, layer in quant_layers(unet):
-        layer.aq.timestep = t
+    for _, q in act_quantizers(unet):
+        q.timestep = t
 
 
 def set_quant_state(unet: nn.Module, *, weights: bool = True, acts: bool = True) -> None:
     """Switch weight and activation quantization on or off (off = the float model)."""
     for _, layer in quant_layers(unet):
         layer.quant_weight = weights
-        layer.aq.enabled = acts
+    for _, q in act_quantizers(unet):
+        q.enabled = acts
+    for m in unet.modules():
+        if isinstance(m, LogQuantizer):
+            m.enabled = acts
 
 
 def model_size_bytes(unet: nn.Module) -> dict[str, int]:
@@ -210,7 +244,8 @@ def model_size_bytes(unet: nn.Module) -> dict[str, int]:
         for extra in (layer.alpha, layer.aq.learned_scale):
             if extra is not None:
                 skip.add(id(extra))
-        for lo, _ in layer.aq.ranges.values():
+    for _, q in act_quantizers(unet):
+        for lo, _ in q.ranges.values():
             ranges += 2 * lo.numel() * 4
     for p in unet.parameters():
         if id(p) not in skip:
@@ -229,6 +264,7 @@ __all__ = [
     "METHODS",
     "QuantLayer",
     "QuantSpec",
+    "act_quantizers",
     "fake_quant",
     "model_size_bytes",
     "parse_bits",

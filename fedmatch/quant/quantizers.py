@@ -13,9 +13,16 @@ Rounding uses a straight-through estimator so that step sizes (and, in
 :mod:`fedmatch.quant.reconstruct`, AdaRound's soft rounding) can be learned.
 
 The log2 quantizer is DGQ's ``T2ILogQuantizer`` for softmax probabilities p ∈ (0, 1]
-(Ryu et al., ICLR 2025; ``../shared/notes/diffusion.md`` §C): with the dynamic scale
-m = max p over the tensor, q(p) = m · 2^{−clamp(round(−log2(p / m)), 0, 2^b − 1)}, so the large
-probabilities keep their relative precision and only the tiny ones are flushed.
+(Ryu et al., ICLR 2025; ``../shared/notes/diffusion.md`` §C): with the dynamic scale m (the
+max of p, computed at inference: DGQ's ``t2i_real_time``),
+
+    q(p) = m · 2^{−e},   e = clamp(round(−log2(p / m)), 0, 2^b − 2),
+    q(p) = 0             for p < m · 2^{−(2^b − 1.5)},
+
+so every kept level is an exact power of two times m with |log2(q(p) / p)| ≤ 1/2 (a relative
+error of at most a factor √2), and only the tiny probabilities are flushed.  The b bits give
+2^b codes: 2^b − 1 exponents and one code for zero (DGQ clamps to 2^b exponents without a zero;
+with 8 bits the difference is 2^{−254} vs 2^{−255}).
 """
 
 from __future__ import annotations
@@ -178,16 +185,31 @@ class ActQuantizer(nn.Module):
 
 
 class LogQuantizer(nn.Module):
-    """log2 quantizer of attention probabilities with a dynamic (per-input) max (DGQ §C)."""
+    """log2 quantizer of attention probabilities with a dynamic (per-input) max (DGQ §C).
 
-    def __init__(self, bits: int) -> None:
+    ``per_sample=False``: m = the max over the whole tensor (DGQ's ``t2i_real_time``, shared by
+    a batch); ``True``: one m per sample (the leading axis), see
+    :class:`fedmatch.quant.attention.QuantCrossAttnProcessor`.  Needs no calibration.
+    """
+
+    def __init__(self, bits: int, per_sample: bool = False) -> None:
         super().__init__()
         self.bits = bits
+        self.per_sample = per_sample
+        self.enabled = True
+
+    def scale(self, p: torch.Tensor) -> torch.Tensor:
+        """The dynamic max m (broadcast against ``p``)."""
+        p = p.detach()
+        m = p.flatten(1).amax(dim=1).view(-1, *[1] * (p.dim() - 1)) if self.per_sample else p.amax()
+        return m.clamp_min(1e-12)
 
     def forward(self, p: torch.Tensor) -> torch.Tensor:
-        m = p.detach().amax().clamp_min(1e-12)
-        levels = 2**self.bits - 1
-        exponent = torch.clamp(round_ste(-torch.log2((p / m).clamp_min(1e-30))), 0, levels)
+        if not self.enabled:
+            return p
+        m = self.scale(p)
+        top = 2**self.bits - 2  # the largest exponent; the last code is zero
+        exponent = torch.clamp(round_ste(-torch.log2((p / m).clamp_min(1e-30))), 0, top)
         q = m * torch.pow(2.0, -exponent)
-        # the smallest code stands for "zero": below half the smallest level, flush
-        return torch.where(p < m * 2.0 ** (-levels - 0.5), torch.zeros_like(p), q)
+        # below half a level (in log2) under the smallest power of two: the zero code
+        return torch.where(p < m * 2.0 ** (-top - 0.5), torch.zeros_like(p), q)
