@@ -45,6 +45,10 @@ def test_teacher_then_one_step_generator_and_disback_through_flwr_run(
         "runs-dir": str(runs),
         "cache-dir": str(data_cache),
     }
+    # The dmd2 cell must train its teacher: drop a teacher that a test run earlier in the
+    # session cached (test_quant_e2e shares this config to reuse this test's teacher).
+    for cached in (data_cache / "diffusion").glob("teacher-*.pt"):
+        cached.unlink()
     cells_file = tmp_path / "cells.json"
     write_cells(
         cells_file,
