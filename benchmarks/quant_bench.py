@@ -6,7 +6,8 @@ In one process (no Flower: the functions the ``train.calibrate`` workload and th
 - **federated**: every client calibrates on its own domain (``quant-calibration-source``) and
   sends statistics; the server merges them (``server_quantize``);
 - **pooled**: one calibration on the union of the clients' data with the same total samples;
-- **personal** (``--personal``): each client's own statistics only, scored on all domains.
+- **personal** (``--personal``): each client's own statistics only (the same statistics the
+  federated rows merge), one model per client, scored on the union of the domains as well.
 
 The teacher is the generator benchmark's cached teacher
 (``<out-dir>/generator_bench_teacher_<preset>.pt``; trained there first if missing).  FID-digits
@@ -61,6 +62,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher", default="", help="a teacher state dict (default: cached)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    unknown = set(args.calibrations.split(",")) - {"federated", "pooled"}
+    if unknown:
+        parser.error(
+            f"--calibrations={args.calibrations!r}: {sorted(unknown)} not allowed; "
+            "allowed: federated, pooled (and --personal for per-client models)"
+        )
     setup_logging()
     torch.set_num_threads(args.threads)
     total = time.perf_counter()
@@ -116,14 +123,31 @@ def main(argv: list[str] | None = None) -> None:
                 quant_calibration_samples=args.calibration_samples,
                 quant_recon_iters=args.recon_iters,
             )
-            for calibration in args.calibrations.split(","):
+            weights = [float(len(y)) for _, _, y in clients]
+            calibrations = args.calibrations.split(",")
+            if args.personal:
+                calibrations += [f"personal:{name}" for name, _, _ in clients]
+            client_stats: list[dict[str, torch.Tensor]] = []
+            client_seconds = 0.0
+            if "federated" in calibrations or args.personal:
+                # every client's statistics, once per (bits, method): the federated rows merge
+                # them, the personal rows use one client's alone
+                start = time.perf_counter()
+                client_stats = [
+                    client_calibration(cfg, teacher, x, y, derive_seed(args.seed, i, 81))[0]
+                    for i, (_, x, y) in enumerate(clients)
+                ]
+                client_seconds = time.perf_counter() - start
+            for calibration in calibrations:
                 start = time.perf_counter()
                 if calibration == "federated":
-                    stats = [
-                        client_calibration(cfg, teacher, x, y, derive_seed(args.seed, i, 81))[0]
-                        for i, (_, x, y) in enumerate(clients)
-                    ]
-                    weights = [float(len(y)) for _, _, y in clients]
+                    stats, stats_weights = client_stats, weights
+                    start -= client_seconds
+                elif calibration.startswith("personal:"):
+                    # one client's statistics alone: its own quantized model, scored on the
+                    # union of the domains like the merged one
+                    i = [name for name, _, _ in clients].index(calibration.split(":", 1)[1])
+                    stats, stats_weights = [client_stats[i]], [weights[i]]
                 else:
                     pooled_cfg = cfg.model_copy(
                         update={
@@ -135,9 +159,9 @@ def main(argv: list[str] | None = None) -> None:
                             pooled_cfg, teacher, pooled_x, pooled_y, derive_seed(args.seed, 99, 81)
                         )[0]
                     ]
-                    weights = [float(len(pooled_y))]
+                    stats_weights = [float(len(pooled_y))]
                 quantized, info = server_quantize(
-                    cfg, teacher, stats, weights, derive_seed(args.seed, 1, 83)
+                    cfg, teacher, stats, stats_weights, derive_seed(args.seed, 1, 83)
                 )
                 seconds = time.perf_counter() - start
                 point = {

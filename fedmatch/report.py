@@ -44,7 +44,7 @@ from matplotlib.ticker import MaxNLocator
 from fedmatch import __version__
 from fedmatch.config import RunConfig
 from fedmatch.localrun import toml_value
-from fedmatch.results import SERVER, read_metrics
+from fedmatch.results import SERVER, read_metrics, with_new_keys
 
 log = logging.getLogger("fedmatch.report")
 
@@ -184,7 +184,7 @@ def load_run(run_dir: Path) -> RunData:
     if not summary_path.exists():
         raise ReportError(f"{run_dir} did not finish (no summary.json)")
     info = json.loads(config_path.read_text())
-    config = info.pop("run_config")
+    config = with_new_keys(info.pop("run_config"))
     rows = read_metrics(run_dir)
     metrics = pd.DataFrame(
         [(r.round, str(r.client), r.domain, r.metric, r.value) for r in rows],

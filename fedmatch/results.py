@@ -264,6 +264,16 @@ def format_domain_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def with_new_keys(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved run config completed with the defaults of the keys added since it was saved.
+
+    A new key's default reproduces the behaviour from before it existed (see
+    :func:`changed_config_keys`), so this is the config the old run actually ran with; reports
+    compare and group runs of different fedmatch versions through it.
+    """
+    return {**RunConfig().to_flower(), **saved}
+
+
 def changed_config_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """The run-config keys whose value differs between a saved run and ``current``.
 

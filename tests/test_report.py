@@ -230,6 +230,18 @@ def test_other_differences_become_labelled_variants(tmp_path: Path):
     assert list(report.tables[0]["runs"]) == [2, 2]
 
 
+def test_a_run_saved_before_a_key_existed_groups_with_its_default(tmp_path: Path):
+    """An older fedmatch did not save the keys added since; their defaults are what it ran."""
+    runs = [write_run(tmp_path / "runs", "fedavg", seed) for seed in (0, 1)]
+    config_path = runs[0] / "config.json"
+    saved = json.loads(config_path.read_text())
+    del saved["run_config"]["critic-steps"]
+    config_path.write_text(json.dumps(saved))
+    report = build_report(runs, tmp_path / "report", plots=False)
+    assert list(report.tables[0].index) == ["fedavg"]
+    assert list(report.tables[0]["runs"]) == [2]
+
+
 def test_unfinished_runs_are_listed_and_left_out(runs: list[Path], tmp_path: Path):
     partial = write_run(tmp_path / "runs", "fedbn", 5, finish=False)
     report = build_report([*runs, partial], tmp_path / "report", plots=False)
