@@ -36,3 +36,15 @@ def flower_task(monkeypatch):
 
     for attr in ("_run_id", "_node_id", "_task_id"):
         monkeypatch.setattr(TaskIdentity, attr, 1)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: small CPU kernels run faster and deterministically so
+    than on two threads that contend with the test's own processes."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

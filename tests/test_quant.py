@@ -40,12 +40,7 @@ TINY = UNetSpec(channels=(8, 16))
 TINY_XATTN = UNetSpec(channels=(8, 16), cross_attention=True)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("bits", [4, 8])

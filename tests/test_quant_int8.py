@@ -29,12 +29,7 @@ from fedmatch.quant.qmodules import quant_layers
 TINY = UNetSpec(channels=(8, 16))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _calibrated(method: str, weight_bits: int = 8, act_bits: int = 8):

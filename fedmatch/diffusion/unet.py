@@ -109,6 +109,17 @@ def parse_channels(value: str) -> tuple[int, ...]:
     return channels
 
 
+def _shared_config(spec: UNetSpec) -> dict[str, object]:
+    """The keys both UNet variants take from ``spec`` alike."""
+    return {
+        "sample_size": UNET_SIZE,
+        "in_channels": spec.in_channels,
+        "out_channels": spec.in_channels,
+        "block_out_channels": list(spec.channels),
+        "layers_per_block": spec.layers_per_block,
+    }
+
+
 def unet_config(spec: UNetSpec) -> dict[str, object]:
     """The ``UNet2DModel`` config of ``spec`` (plain ResNet blocks, optional mid attention)."""
     spec.validate()
@@ -116,11 +127,7 @@ def unet_config(spec: UNetSpec) -> dict[str, object]:
         return cross_attention_config(spec)
     levels = len(spec.channels)
     return {
-        "sample_size": UNET_SIZE,
-        "in_channels": spec.in_channels,
-        "out_channels": spec.in_channels,
-        "block_out_channels": list(spec.channels),
-        "layers_per_block": spec.layers_per_block,
+        **_shared_config(spec),
         "down_block_types": ["DownBlock2D"] * levels,
         "up_block_types": ["UpBlock2D"] * levels,
         "norm_num_groups": spec.norm_groups,
@@ -143,11 +150,7 @@ def cross_attention_config(spec: UNetSpec) -> dict[str, object]:
     levels = len(spec.channels)
     attend = levels >= 2  # the last level cross-attends (mid block: always)
     return {
-        "sample_size": UNET_SIZE,
-        "in_channels": spec.in_channels,
-        "out_channels": spec.in_channels,
-        "block_out_channels": list(spec.channels),
-        "layers_per_block": spec.layers_per_block,
+        **_shared_config(spec),
         "down_block_types": ["DownBlock2D"] * (levels - 1)
         + ["CrossAttnDownBlock2D" if attend else "DownBlock2D"],
         "up_block_types": ["CrossAttnUpBlock2D" if attend else "UpBlock2D"]
