@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
             "teacher: %d steps, %.0f s, last loss %.4f",
             history.steps,
             history.seconds,
-            sum(history.losses[-20:]) / 20,
+            history.mean_loss(last=20),
         )
         torch.save(teacher.state_dict(), path)
     teacher.eval()
