@@ -164,6 +164,8 @@ class FedKAStrategy(FedMatchStrategy):
         self._round_rows.extend(
             self.adapt(server_round, arrays_to_state(averaged), client_states, partition_ids)
         )
+        if self.cfg.fedka_broadcast == "finetuned" and self.finetuned is not None:
+            return state_to_arrays(self.finetuned), metrics
         return averaged, metrics
 
     def adapt(

@@ -253,16 +253,26 @@ def flower_task(monkeypatch):
         monkeypatch.setattr(TaskIdentity, attr, 1)
 
 
-@pytest.mark.parametrize("access", ["features", "raw"])
-def test_one_round_through_the_strategy_and_client_app(data_cache, tmp_path, flower_task, access):
+@pytest.mark.parametrize(
+    ("access", "broadcast"),
+    [("features", "averaged"), ("raw", "averaged"), ("features", "finetuned")],
+)
+def test_one_round_through_the_strategy_and_client_app(
+    data_cache, tmp_path, flower_task, access, broadcast
+):
     """configure_train -> the ClientApp's train route -> aggregate_train, without the engine."""
     from flwr.app import ConfigRecord, Context, RecordDict
 
     from clients.client_app import train
-    from fedmatch.records import arrays_nbytes, state_to_arrays
+    from fedmatch.records import arrays_nbytes, arrays_to_state, state_to_arrays
 
     extra = {"model": "fedka-cnn", "model_norm": "batchnorm", "domain_head": True}
-    cfg = tiny_cfg(data_cache, target_access=access, **(extra if access == "raw" else {}))
+    cfg = tiny_cfg(
+        data_cache,
+        target_access=access,
+        fedka_broadcast=broadcast,
+        **(extra if access == "raw" else {}),
+    )
     strategy = _strategy(cfg)
     strategy.run_dir = str(tmp_path)
     strategy._round_rows = []
@@ -289,8 +299,14 @@ def test_one_round_through_the_strategy_and_client_app(data_cache, tmp_path, flo
     assert all(m["train-mmd"] > 0 for m in metrics)
     assert all(("train-domain-loss" in m) == (access == "raw") for m in metrics)
 
-    averaged, _ = strategy.aggregate_train(1, replies)
-    assert averaged is not None and strategy.finetuned is not None
+    broadcast_arrays, _ = strategy.aggregate_train(1, replies)
+    assert broadcast_arrays is not None and strategy.finetuned is not None
+    # What goes out next round: the FedAvg weights, or (fedka-broadcast) the fine-tuned ones.
+    sent = arrays_to_state(broadcast_arrays)
+    steps = [r.value for r in strategy._round_rows if r.metric == "finetune-steps"]
+    assert steps == [4]
+    is_finetuned = all(torch.equal(sent[k], strategy.finetuned[k]) for k in strategy.finetuned)
+    assert is_finetuned == (broadcast == "finetuned")
     metric_names = {r.metric for r in strategy._round_rows if r.client == "server"}
     assert {"target-accuracy-averaged", "target-accuracy-finetuned", "group-effect"} <= metric_names
 
