@@ -10,7 +10,10 @@ per domain).  Methods, all through the real `flwr run` simulation (``PrivateFlow
   accuracy = the fine-tuned global model on the target's test split;
 - ``fedka-plurality``: FedKA with the official code's plurality vote (``vote-threshold=0``);
 - ``fedka-no-voting``: FedKA with ``finetune-steps=0`` (alignment only);
-- ``fedka-no-mmd``: FedKA with ``mmd-weight=0`` (voting + fine-tuning only).
+- ``fedka-no-mmd``: FedKA with ``mmd-weight=0`` (voting + fine-tuning only);
+- ``fedka-carry``: FedKA with ``fedka-broadcast='finetuned'``: clients start each round from
+  the fine-tuned model instead of the FedAvg one, so the adaptation carries over rounds;
+- ``fedka-carry-no-mmd``: the same without MMD (self-training by federated voting only).
 
 All pending runs go into one `flwr run` (run-config key ``cells-file``: the runs share the
 simulation's start-up and stay separate runs).  Every finished run appends one JSON line to
@@ -43,6 +46,8 @@ METHODS: dict[str, dict[str, object]] = {
     "fedka-plurality": {"strategy": "fedka", "vote-threshold": 0.0},
     "fedka-no-voting": {"strategy": "fedka", "finetune-steps": 0},
     "fedka-no-mmd": {"strategy": "fedka", "mmd-weight": 0.0},
+    "fedka-carry": {"strategy": "fedka", "fedka-broadcast": "finetuned"},
+    "fedka-carry-no-mmd": {"strategy": "fedka", "fedka-broadcast": "finetuned", "mmd-weight": 0.0},
 }
 LABELS = {
     "fedavg": "FedAvg (source only)",
@@ -50,6 +55,8 @@ LABELS = {
     "fedka-plurality": "FedKA, plurality vote",
     "fedka-no-voting": "FedKA w/o voting",
     "fedka-no-mmd": "FedKA w/o MMD",
+    "fedka-carry": "FedKA, fine-tuned broadcast",
+    "fedka-carry-no-mmd": "fine-tuned broadcast w/o MMD",
 }
 
 
