@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -122,6 +123,26 @@ def ema_update(ema: dict[str, torch.Tensor], state: dict[str, torch.Tensor], dec
             ema[k].copy_(v)
 
 
+TEACHER_KEYS = (
+    "domains",
+    "seed",
+    "channels",
+    "teacher_rounds",
+    "teacher_steps",
+    "teacher_lr",
+    "teacher_lr_final",
+    "teacher_ema",
+    "batch_size",
+)
+
+
+def teacher_digest(args: argparse.Namespace) -> str:
+    """Short digest of everything the teacher depends on, so a cached teacher is reused only
+    for the same data, architecture and schedule (not, e.g., after ``--domains`` changed)."""
+    keys = {key: getattr(args, key) for key in TEACHER_KEYS}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def timed(fn, *args, **kwargs) -> tuple[Any, float]:
     start = time.perf_counter()
     out = fn(*args, **kwargs)
@@ -181,7 +202,7 @@ class Bench:
 
     def teacher(self) -> torch.nn.Module:
         a = self.args
-        path = Path(a.out_dir) / f"generator_bench_teacher_{a.preset}.pt"
+        path = Path(a.out_dir) / f"generator_bench_teacher_{a.preset}_{teacher_digest(a)}.pt"
         unet = build_unet(self.spec, derive_seed(a.seed, 0))
         if path.exists() and not a.retrain_teacher:
             unet.load_state_dict(torch.load(path, weights_only=True))
