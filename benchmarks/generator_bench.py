@@ -4,7 +4,8 @@ A federated simulation in one process (no Flower: the same functions the ``train
 ``train.generator`` workloads call, FedAvg weighted by local examples, one client per domain):
 
 1. the teacher: ``--teacher-rounds`` rounds of ``--teacher-steps`` local DDPM steps per client
-   (cached in ``--out-dir`` by preset, so a rerun reuses it);
+   (cached in ``--out-dir`` under a digest of its data, architecture and schedule, so a rerun
+   reuses it);
 2. FID-digits (``fedmatch.diffusion.fid``, *not* Inception-FID) of ``--fid-samples`` images
    against the pooled test splits, for the teacher with 50, 10 and 1 DDIM steps;
 3. DMD2 one-step, DMD2 4-step (backward simulation) and DisBack one-step, each from the same
@@ -14,8 +15,12 @@ A federated simulation in one process (no Flower: the same functions the ``train
 4. wall time per sampled image for every sampler (batch 250, same thread count);
 5. sample grids (one row per class) of every sampler's final model in ``<out-dir>/figures/``.
 
-Presets: ``cpu`` (tiny UNet; the teacher alone ≈15 min on one uncontended core) and ``gpu``
-(a larger UNet and 10-50x the steps, for the device machine).  Every flag overrides its preset.
+Presets: ``cpu`` (tiny UNet, the two grayscale domains mnist and optdigits: the teacher
+alone ≈6 min and the whole benchmark ≈16 min on one shared core) and ``gpu`` (all five
+domains, a larger UNet and 10-50x the steps, for the device machine).  Every flag overrides
+its preset.  On a CPU the five domains together do not give a teacher that draws digits:
+photo-mnist's, font-digits' and street-digits' colour backgrounds need far more steps than
+this budget (benchmarks/RESULTS.md, generators, "three probes").
 
     python benchmarks/generator_bench.py --preset cpu
     python benchmarks/generator_bench.py --preset gpu --device cuda
@@ -53,15 +58,17 @@ log = logging.getLogger("fedmatch.bench")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
-        # 3 levels (8x8 bottleneck): 0.62M parameters at the step cost of the 2-level (16, 32)
-        # UNet; 20 rounds x 40 steps x 5 clients = 4,000 DDPM steps (~15 min at one thread),
-        # cosine LR 2e-3 -> 1e-4, per-round EMA 0.7 (benchmarks/RESULTS.md, generators).
+        # Two grayscale clients; 3 levels (8x8 bottleneck): 0.62M parameters at the step cost
+        # of the 2-level (16, 32) UNet; 20 rounds x 40 steps x 2 clients = 1,600 DDPM steps
+        # (~6 min at one thread), cosine LR 2e-3 -> 1e-4, no EMA (a per-round EMA lagged the
+        # raw model at every round: benchmarks/RESULTS.md, generators).
+        "domains": "mnist,optdigits",
         "channels": "16,32,64",
         "teacher_rounds": 20,
         "teacher_steps": 40,
         "teacher_lr": 2e-3,
         "teacher_lr_final": 1e-4,
-        "teacher_ema": 0.7,
+        "teacher_ema": 0.0,
         "batch_size": 32,
         "rounds": 6,
         "generator_steps": 6,
@@ -75,6 +82,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "threads": 1,
     },
     "gpu": {
+        "domains": "all",
         "channels": "32,64,64",
         "teacher_rounds": 20,
         "teacher_steps": 500,
@@ -369,7 +377,6 @@ class Bench:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    parser.add_argument("--domains", default="all")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cache-dir", default="~/.cache/fedmatch")

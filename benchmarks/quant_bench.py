@@ -9,10 +9,11 @@ In one process (no Flower: the functions the ``train.calibrate`` workload and th
 - **personal** (``--personal``): each client's own statistics only (the same statistics the
   federated rows merge), one model per client, scored on the union of the domains as well.
 
-The teacher is the generator benchmark's cached teacher
-(``<out-dir>/generator_bench_teacher_<preset>_<digest>.pt``; trained there first if missing).  FID-digits
-(not Inception-FID) of ``--fid-samples`` DDIM samples with ``--ddim-steps`` steps, the same
-noise for every model; packed model bytes; ms per image (fake-quant, float kernels).
+The teacher is the generator benchmark's cached teacher of the preset's schedule on all five
+domains (``<out-dir>/generator_bench_teacher_<preset>_<digest>.pt``; trained there first if
+missing), or ``--teacher``.  FID-digits (not Inception-FID) of ``--fid-samples`` DDIM samples
+with ``--ddim-steps`` steps, the same noise for every model; packed model bytes; ms per image
+(fake-quant, float kernels).
 
     python benchmarks/quant_bench.py --preset cpu
 """
