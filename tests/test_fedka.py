@@ -244,15 +244,6 @@ def test_mmd_term_changes_client_training_and_is_seeded(data_cache):
 # ------------------------------------------------------- both sides, in process
 
 
-@pytest.fixture
-def flower_task(monkeypatch):
-    """Lets tests build Flower Messages outside a run (Flower reads the run id from here)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for attr in ("_run_id", "_node_id", "_task_id"):
-        monkeypatch.setattr(TaskIdentity, attr, 1)
-
-
 @pytest.mark.parametrize(
     ("access", "broadcast"),
     [("features", "averaged"), ("raw", "averaged"), ("features", "finetuned")],
