@@ -36,6 +36,7 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ from fedmatch.distill import (
     evaluate_set,
     random_real_subset,
 )
+from fedmatch.distill.feature_nets import pretrain_feature_nets
 from fedmatch.distill.from_config import distill_from_config, eval_protocol
 from fedmatch.models.from_config import model_from_config
 from fedmatch.seeding import derive_seed
@@ -74,6 +76,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ncfm-alpha", type=float, default=0.5)
     p.add_argument("--ncfm-frequencies", type=int, default=1024)
     p.add_argument("--ncfm-psi-lr", type=float, default=1e-3)
+    p.add_argument(
+        "--ncfm-feature-nets",
+        type=int,
+        default=0,
+        help="NCFM embeds with blends of this many ConvNets trained on the domain (0: fresh "
+        "random ConvNet per step, like DM)",
+    )
+    p.add_argument("--ncfm-feature-epochs", type=int, default=20, help="epochs per feature net")
     p.add_argument("--eval-epochs", type=int, default=1000, help="protocol epochs (DM: 1000)")
     p.add_argument("--full-epochs", type=int, default=0, help="epochs for full data (0: same)")
     p.add_argument("--eval-width", type=int, default=128)
@@ -96,7 +106,10 @@ def domain_tensors(name: str, cache_dir: str):
     return train, test
 
 
-def run_grid(args: argparse.Namespace) -> list[dict[str, Any]]:
+def run_grid(
+    args: argparse.Namespace, on_row: Callable[[list[dict[str, Any]]], None] | None = None
+) -> list[dict[str, Any]]:
+    """Every requested cell; ``on_row(rows)`` after each one (so a long grid saves as it goes)."""
     device = resolve_device(args.device)
     methods = [m.strip() for m in args.methods.split(",")]
     unknown = set(methods) - set(METHODS)
@@ -123,11 +136,32 @@ def run_grid(args: argparse.Namespace) -> list[dict[str, Any]]:
             ),
             flush=True,
         )
+        if on_row is not None:
+            on_row(rows)
 
     for domain in args.domains.split(","):
         (x, y), (xt, yt) = domain_tensors(domain, args.cache_dir)
         print(f"{domain}: {len(y)} train / {len(yt)} test images", flush=True)
         for seed in ints(args.seeds):
+            pool, pool_seconds = None, 0.0
+            if "ncfm" in methods and args.ncfm_feature_nets > 0:
+                started = time.perf_counter()
+                pool = pretrain_feature_nets(
+                    x,
+                    y,
+                    args.ncfm_feature_nets,
+                    args.ncfm_feature_epochs,
+                    net=net,
+                    generator=torch.Generator().manual_seed(derive_seed(seed, 3)),
+                    device=device,
+                )
+                pool_seconds = time.perf_counter() - started
+                print(
+                    f"  {domain}: {len(pool)} NCFM feature nets, {args.ncfm_feature_epochs} "
+                    f"epochs, train accuracy {[round(a, 3) for a in pool.train_accuracy]}, "
+                    f"{pool_seconds:.0f} s",
+                    flush=True,
+                )
             if "full" in methods:
                 score = evaluate_set(
                     x,
@@ -190,8 +224,10 @@ def run_grid(args: argparse.Namespace) -> list[dict[str, Any]]:
                             alpha=args.ncfm_alpha,
                             num_frequencies=args.ncfm_frequencies,
                             sampler_lr=args.ncfm_psi_lr,
+                            feature_nets=pool,
                             **common,
                         )
+                        history.extra["feature-net-seconds"] = pool_seconds
                     score = evaluate_set(
                         sx,
                         sy,
@@ -340,8 +376,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.client_default:
         info["client_default"] = client_default(args)
     else:
-        rows = run_grid(args)
+
+        def save_partial(rows: list[dict[str, Any]]) -> None:
+            # Hours-long grids: an interrupted run keeps every finished cell.
+            if args.out:
+                partial = {**info, "rows": rows, "complete": False}
+                Path(args.out).write_text(json.dumps(partial, indent=2))
+
+        rows = run_grid(args, on_row=save_partial)
         info["rows"] = rows
+        info["complete"] = True
         print(table(rows))
     info["loadavg_end"] = os.getloadavg()
     print(f"load average at start {info['loadavg_start']}, at end {info['loadavg_end']}")

@@ -48,6 +48,18 @@ METHODS: dict[str, dict[str, object]] = {
     "fedka-no-mmd": {"strategy": "fedka", "mmd-weight": 0.0},
     "fedka-carry": {"strategy": "fedka", "fedka-broadcast": "finetuned"},
     "fedka-carry-no-mmd": {"strategy": "fedka", "fedka-broadcast": "finetuned", "mmd-weight": 0.0},
+    "fedka-carry-t075": {
+        "strategy": "fedka",
+        "fedka-broadcast": "finetuned",
+        "vote-threshold": 0.75,
+    },
+    "fedka-carry-mmd2": {"strategy": "fedka", "fedka-broadcast": "finetuned", "mmd-weight": 2.0},
+    "fedka-carry-balanced": {
+        "strategy": "fedka",
+        "fedka-broadcast": "finetuned",
+        "finetune-balance": True,
+    },
+    "fedka-balanced": {"strategy": "fedka", "finetune-balance": True},
 }
 LABELS = {
     "fedavg": "FedAvg (source only)",
@@ -57,6 +69,10 @@ LABELS = {
     "fedka-no-mmd": "FedKA w/o MMD",
     "fedka-carry": "FedKA, fine-tuned broadcast",
     "fedka-carry-no-mmd": "fine-tuned broadcast w/o MMD",
+    "fedka-carry-t075": "fine-tuned broadcast, 3-of-4 vote",
+    "fedka-carry-mmd2": "fine-tuned broadcast, MMD weight 2",
+    "fedka-carry-balanced": "fine-tuned broadcast, class-balanced",
+    "fedka-balanced": "FedKA, class-balanced",
 }
 
 

@@ -113,6 +113,7 @@ class RunConfig(BaseModel):
     finetune_steps: int = Field(32, ge=0)
     finetune_lr: float = Field(0.01, gt=0)
     finetune_weight: float = Field(1.0, ge=0)
+    finetune_balance: bool = False
     # Which weights go to the clients next round: the FedAvg ones (the official code) or the
     # fine-tuned ones (the pseudo-label adaptation then carries over rounds).
     fedka_broadcast: Literal["averaged", "finetuned"] = "averaged"

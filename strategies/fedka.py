@@ -204,6 +204,7 @@ class FedKAStrategy(FedMatchStrategy):
             weight=weight,
             seed=derive_seed(cfg.seed, server_round, _DRAW_FINETUNE),
             device=self.device,
+            class_balanced=cfg.finetune_balance,
         )
         self.finetuned = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 

@@ -227,6 +227,42 @@ def test_finetune_on_pseudo_labels_is_seeded_and_label_driven():
     assert torch.equal(w0, nn.Linear(6, 2).weight) and r0.steps == 0
 
 
+def test_class_balanced_finetuning_draws_every_pseudo_class_equally():
+    # 90 examples of pseudo-class 0, 10 of class 1; each image carries its pseudo-label in
+    # feature 0, and the model records what it is fed.
+    pseudo = torch.cat([torch.zeros(90), torch.ones(10)]).long()
+    images = torch.stack([pseudo.float(), torch.zeros(100)], dim=1)
+
+    class Recorder(nn.Linear):
+        def __init__(self) -> None:
+            super().__init__(2, 2)
+            self.seen: list[torch.Tensor] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.seen.append(x[:, 0].clone())
+            return super().forward(x)
+
+    def share_of_class_one(balanced: bool) -> float:
+        model = Recorder()
+        finetune_on_pseudo_labels(
+            model,
+            images,
+            pseudo,
+            steps=50,
+            batch_size=20,
+            lr=0.1,
+            momentum=0.0,
+            weight_decay=0.0,
+            weight=1.0,
+            seed=3,
+            class_balanced=balanced,
+        )
+        return float(torch.cat(model.seen).mean())
+
+    assert share_of_class_one(False) == pytest.approx(0.1)  # plain passes over the data
+    assert share_of_class_one(True) == pytest.approx(0.5, abs=0.05)  # 1,000 draws
+
+
 # ----------------------------------------------------------------------------- model
 
 

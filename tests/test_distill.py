@@ -28,6 +28,7 @@ from fedmatch.distill import (
     sample_dsa,
 )
 from fedmatch.distill.dsa import TRANSFORM_GROUPS
+from fedmatch.distill.feature_nets import blend_states, pretrain_feature_nets
 
 TINY_NET = {"width": 8, "depth": 2, "norm": "instancenorm"}
 
@@ -392,3 +393,85 @@ def test_synthetic_sets_round_trip_through_records():
     back_images, back_labels = synthetic_from_record(synthetic_record(images, labels))
     torch.testing.assert_close(back_images, images)
     assert back_labels.tolist() == labels.tolist()
+
+
+# --------------------------------------------------------------------------- NCFM feature nets
+
+
+def test_blend_states_interpolates_floats_and_keeps_integer_buffers():
+    initial = {"w": torch.tensor([0.0, 4.0]), "steps": torch.tensor(3)}
+    trained = {"w": torch.tensor([2.0, 0.0]), "steps": torch.tensor(7)}
+    blended = blend_states(initial, trained, 0.25)
+    # 0.25 * [0, 4] + 0.75 * [2, 0] = [1.5, 1.0]
+    assert torch.allclose(blended["w"], torch.tensor([1.5, 1.0]))
+    assert int(blended["steps"]) == 7
+    assert torch.equal(blend_states(initial, trained, 1.0)["w"], initial["w"])
+    assert torch.equal(blend_states(initial, trained, 0.0)["w"], trained["w"])
+    with pytest.raises(ValueError, match="keys"):
+        blend_states({"w": initial["w"]}, trained, 0.5)
+    with pytest.raises(ValueError, match=r"mix=1\.5"):
+        blend_states(initial, trained, 1.5)
+
+
+def test_feature_net_pool_trains_its_networks_and_blends_them():
+    images, labels = toy_digits(n_per_class=10)
+    pool = pretrain_feature_nets(
+        images,
+        labels,
+        count=2,
+        epochs=30,
+        num_classes=3,
+        net=TINY_NET,
+        lr=0.05,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert len(pool) == 2 and min(pool.train_accuracy) > 0.9  # chance is 1/3
+    # Two networks from distinct initialisations, each moved by its training.
+    assert not torch.equal(
+        pool.initial[0]["features.0.weight"], pool.initial[1]["features.0.weight"]
+    )
+    assert not torch.equal(
+        pool.initial[0]["features.0.weight"], pool.trained[0]["features.0.weight"]
+    )
+    first = pool.draw(torch.Generator().manual_seed(5))
+    again = pool.draw(torch.Generator().manual_seed(5))
+    for a, b in zip(first.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b) and not a.requires_grad  # seeded, frozen
+    # Every drawn weight lies between its pair's initial and trained value.
+    g = torch.Generator().manual_seed(5)
+    index = int(torch.randint(0, 2, (1,), generator=g))
+    drawn = first.state_dict()["features.0.weight"]
+    lo = torch.minimum(
+        pool.initial[index]["features.0.weight"], pool.trained[index]["features.0.weight"]
+    )
+    hi = torch.maximum(
+        pool.initial[index]["features.0.weight"], pool.trained[index]["features.0.weight"]
+    )
+    assert bool(((drawn >= lo - 1e-6) & (drawn <= hi + 1e-6)).all())
+
+    syn, _, history = distill_ncfm(
+        images,
+        labels,
+        ipc=2,
+        steps=20,
+        batch_real=10,
+        num_frequencies=64,
+        lr=0.05,
+        init="noise",
+        net=TINY_NET,
+        feature_nets=pool,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert syn.shape == (6, 3, 12, 12)
+    assert history.extra["feature-nets"] == 2
+    assert history.final_loss < history.initial_loss
+    with pytest.raises(ValueError, match="1-channel"):
+        distill_ncfm(
+            images[:, :1],
+            labels,
+            ipc=1,
+            steps=1,
+            net=TINY_NET,
+            feature_nets=pool,
+            generator=torch.Generator().manual_seed(0),
+        )
