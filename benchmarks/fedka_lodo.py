@@ -1,19 +1,25 @@
 """FedKA leave-one-domain-out benchmark on the five embedded digit domains.
 
 Each domain is held out in turn (``target-domain``); the other four are the clients (one
-per domain).  Methods, all through the real `flwr run` simulation (``PrivateFlower``):
+per domain).  Methods, all through the real `flwr run` simulation (``PrivateFlower``), each
+with its FedKA settings spelled out (so a change of fedmatch's defaults cannot relabel them):
 
 - ``fedavg``: FedAvg on the sources only; target accuracy = the server's evaluation of the
   global model on the target's test split;
-- ``fedka``: FedKA (MK-MMD alignment + federated voting + fine-tuning) as fedmatch runs it
-  by default, pseudo-labels only where all clients agree (``vote-threshold=1``); target
-  accuracy = the fine-tuned global model on the target's test split;
-- ``fedka-plurality``: FedKA with the official code's plurality vote (``vote-threshold=0``);
-- ``fedka-no-voting``: FedKA with ``finetune-steps=0`` (alignment only);
-- ``fedka-no-mmd``: FedKA with ``mmd-weight=0`` (voting + fine-tuning only);
-- ``fedka-carry``: FedKA with ``fedka-broadcast='finetuned'``: clients start each round from
-  the fine-tuned model instead of the FedAvg one, so the adaptation carries over rounds;
-- ``fedka-carry-no-mmd``: the same without MMD (self-training by federated voting only).
+- ``fedka``: FedKA as fedmatch runs it by default: MK-MMD alignment, federated voting with
+  unanimous pseudo-labels (``vote-threshold=1``), class-balanced fine-tuning
+  (``finetune-balance``) and the fine-tuned model sent back to the clients
+  (``fedka-broadcast='finetuned'``); target accuracy = the fine-tuned global model on the
+  target's test split;
+- ``fedka-no-voting``: ``finetune-steps=0`` (alignment only; broadcast and balance then do
+  nothing);
+- ``fedka-no-mmd``: the default FedKA with ``mmd-weight=0`` (voting + fine-tuning only);
+- ``fedka-unbalanced`` / ``fedka-unbalanced-no-mmd``: fine-tuned broadcast, plain
+  (unbalanced) fine-tuning batches, with and without MMD;
+- ``fedka-official`` / ``-plurality`` / ``-no-mmd``: the official code's broadcast (clients
+  restart from the FedAvg weights, so fine-tuning never carries over rounds) and plain
+  fine-tuning; with the unanimous vote, with its plurality vote (``vote-threshold=0``), and
+  without MMD.
 
 All pending runs go into one `flwr run` (run-config key ``cells-file``: the runs share the
 simulation's start-up and stay separate runs).  Every finished run appends one JSON line to
@@ -40,39 +46,30 @@ from fedmatch.data.embedded import EMBEDDED_DOMAINS
 from fedmatch.localrun import PrivateFlower
 from fedmatch.results import read_metrics
 
+_DEFAULT = {"strategy": "fedka", "fedka-broadcast": "finetuned", "finetune-balance": True}
+_UNBALANCED = {"strategy": "fedka", "fedka-broadcast": "finetuned", "finetune-balance": False}
+_OFFICIAL = {"strategy": "fedka", "fedka-broadcast": "averaged", "finetune-balance": False}
 METHODS: dict[str, dict[str, object]] = {
     "fedavg": {"strategy": "fedavg"},
-    "fedka": {"strategy": "fedka"},
-    "fedka-plurality": {"strategy": "fedka", "vote-threshold": 0.0},
+    "fedka": _DEFAULT,
     "fedka-no-voting": {"strategy": "fedka", "finetune-steps": 0},
-    "fedka-no-mmd": {"strategy": "fedka", "mmd-weight": 0.0},
-    "fedka-carry": {"strategy": "fedka", "fedka-broadcast": "finetuned"},
-    "fedka-carry-no-mmd": {"strategy": "fedka", "fedka-broadcast": "finetuned", "mmd-weight": 0.0},
-    "fedka-carry-t075": {
-        "strategy": "fedka",
-        "fedka-broadcast": "finetuned",
-        "vote-threshold": 0.75,
-    },
-    "fedka-carry-mmd2": {"strategy": "fedka", "fedka-broadcast": "finetuned", "mmd-weight": 2.0},
-    "fedka-carry-balanced": {
-        "strategy": "fedka",
-        "fedka-broadcast": "finetuned",
-        "finetune-balance": True,
-    },
-    "fedka-balanced": {"strategy": "fedka", "finetune-balance": True},
+    "fedka-no-mmd": {**_DEFAULT, "mmd-weight": 0.0},
+    "fedka-unbalanced": _UNBALANCED,
+    "fedka-unbalanced-no-mmd": {**_UNBALANCED, "mmd-weight": 0.0},
+    "fedka-official": _OFFICIAL,
+    "fedka-official-plurality": {**_OFFICIAL, "vote-threshold": 0.0},
+    "fedka-official-no-mmd": {**_OFFICIAL, "mmd-weight": 0.0},
 }
 LABELS = {
     "fedavg": "FedAvg (source only)",
     "fedka": "FedKA",
-    "fedka-plurality": "FedKA, plurality vote",
     "fedka-no-voting": "FedKA w/o voting",
     "fedka-no-mmd": "FedKA w/o MMD",
-    "fedka-carry": "FedKA, fine-tuned broadcast",
-    "fedka-carry-no-mmd": "fine-tuned broadcast w/o MMD",
-    "fedka-carry-t075": "fine-tuned broadcast, 3-of-4 vote",
-    "fedka-carry-mmd2": "fine-tuned broadcast, MMD weight 2",
-    "fedka-carry-balanced": "fine-tuned broadcast, class-balanced",
-    "fedka-balanced": "FedKA, class-balanced",
+    "fedka-unbalanced": "FedKA, unbalanced fine-tuning",
+    "fedka-unbalanced-no-mmd": "unbalanced w/o MMD",
+    "fedka-official": "FedKA, official broadcast",
+    "fedka-official-plurality": "official broadcast, plurality vote",
+    "fedka-official-no-mmd": "official broadcast w/o MMD",
 }
 
 
@@ -221,9 +218,9 @@ def table(records: list[dict]) -> str:
 def diagnostics(records: list[dict]) -> str:
     """Final-round FedKA diagnostics per target (mean over seeds), and FedKA − FedAvg.
 
-    FedKA without MMD trains its clients exactly as FedAvg does (the fine-tuned model is
-    never broadcast), so its averaged model *is* FedAvg's and its ``group-effect`` is
-    FedAvg's Group Effect.
+    With the official broadcast and no MMD the clients train exactly as FedAvg's do (the
+    fine-tuned model is never sent), so that run's averaged model *is* FedAvg's and its
+    ``group-effect`` is FedAvg's Group Effect.
     """
 
     def mean(target: str, method: str, key: str) -> float | None:
@@ -250,7 +247,7 @@ def diagnostics(records: list[dict]) -> str:
             mean(target, "fedka", "target-accuracy-averaged"),
             mean(target, "fedka", "pseudo-label-accuracy"),
             mean(target, "fedka", "group-effect"),
-            mean(target, "fedka-no-mmd", "group-effect"),
+            mean(target, "fedka-official-no-mmd", "group-effect"),
         ]
         columns.append(row)
         lines.append(f"| {target} | " + " | ".join(_diag_cells(row, fmt)) + " |")

@@ -113,10 +113,10 @@ class RunConfig(BaseModel):
     finetune_steps: int = Field(32, ge=0)
     finetune_lr: float = Field(0.01, gt=0)
     finetune_weight: float = Field(1.0, ge=0)
-    finetune_balance: bool = False
+    finetune_balance: bool = True
     # Which weights go to the clients next round: the FedAvg ones (the official code) or the
     # fine-tuned ones (the pseudo-label adaptation then carries over rounds).
-    fedka_broadcast: Literal["averaged", "finetuned"] = "averaged"
+    fedka_broadcast: Literal["averaged", "finetuned"] = "finetuned"
     domain_head: bool = False
     domain_weight: float = Field(1.0, ge=0)
 
@@ -132,6 +132,10 @@ class RunConfig(BaseModel):
     ncfm_alpha: float = Field(0.5, ge=0, le=1)
     ncfm_frequencies: int = Field(1024, ge=1)
     ncfm_psi_lr: float = Field(1e-3, ge=0)  # 0: no sampling network, t ~ N(0, I)
+    # NCFM's feature networks: 0 embeds with a fresh random ConvNet per step (like DM, cheap);
+    # N > 0 first trains N ConvNets on the local data and blends them with their init.
+    ncfm_feature_nets: int = Field(0, ge=0)
+    ncfm_feature_epochs: int = Field(20, ge=1)
     eval_epochs: int = Field(300, ge=1)
     # What local training runs on: the real partition, or the client's local virtual data
     # (distilled once per run with the keys above; the FedLGD protocol).

@@ -9,14 +9,16 @@ on the target's test split.  Per round:
    ``target-samples`` target images computed by the current fine-tuned global model
    (``target-access='features'``), or that model itself for clients that read target images
    (``'raw'``).  Clients train with CE + α(p)·MK-MMD (``clients/aligner.py``).
-2. ``aggregate_train``: FedAvg of the client models (broadcast next round, as in the
-   official code, which resets clients to the averaged weights); then **federated voting**:
-   every client model labels a batch of target images, the plurality (deterministic
-   tie-break, optional agreement threshold, ``fedmatch.align.federated_vote``) is the
-   pseudo-label; the averaged model is **fine-tuned** on the confident pseudo-labels with
-   the loss scaled by the ramp (``finetune-weight``).  The fine-tuned weights are the
-   method's output model and give next round's target features; both weight sets are kept
-   (the fine-tuned ones in the strategy state and ``model-finetuned.pt``).
+2. ``aggregate_train``: FedAvg of the client models; then **federated voting**: every
+   client model labels a batch of target images, the plurality (deterministic tie-break,
+   optional agreement threshold, ``fedmatch.align.federated_vote``) is the pseudo-label;
+   the averaged model is **fine-tuned** on the confident pseudo-labels with the loss scaled
+   by the ramp (``finetune-weight``), in class-balanced batches by default
+   (``finetune-balance``).  The fine-tuned weights are the method's output model, give next
+   round's target features and are broadcast next round (``fedka-broadcast='finetuned'``,
+   the default; ``'averaged'`` resets the clients to the FedAvg weights, as the official
+   code does).  Both weight sets are kept (the fine-tuned ones in the strategy state and
+   ``model-finetuned.pt``).
 3. Record (client "server", domain = target): target accuracy of the averaged and of the
    fine-tuned model, pseudo-label accuracy and coverage, the Group Effect of both, and
    each client model's target accuracy.  Target labels are read **only** in
@@ -25,7 +27,9 @@ on the target's test split.  Per round:
 Deviations from the official notebook (see README, FedKA): SGD with the run's ``lr`` and a
 fresh optimiser per round instead of persistent Adam; MMD in every local step (the
 notebook's ``=+`` typo kept 1 of 8 terms); evaluation in eval mode on the target's *test*
-split, not in train mode on its training split; deterministic tie-breaking.
+split, not in train mode on its training split; deterministic tie-breaking; by default the
+fine-tuned model is broadcast and fine-tuning batches are class-balanced (both off in the
+official code; benchmarks/RESULTS.md, "FedKA", measures each).
 """
 
 from __future__ import annotations

@@ -357,8 +357,8 @@ def test_random_real_subset_takes_ipc_per_class():
 # --------------------------------------------------------------------------- run config
 
 
-@pytest.mark.parametrize("method", ["dm", "ncfm"])
-def test_distill_from_config_runs_the_configured_method(method):
+@pytest.mark.parametrize(("method", "feature_nets"), [("dm", 0), ("ncfm", 0), ("ncfm", 1)])
+def test_distill_from_config_runs_the_configured_method(method, feature_nets):
     from fedmatch.config import RunConfig
     from fedmatch.distill.from_config import distill_from_config, eval_protocol, method_lr
 
@@ -370,6 +370,8 @@ def test_distill_from_config_runs_the_configured_method(method):
         distill_steps=3,
         distill_batch_real=4,
         ncfm_frequencies=32,
+        ncfm_feature_nets=feature_nets,
+        ncfm_feature_epochs=2,
         eval_epochs=7,
         dsa_strategy="crop_scale",
     )
@@ -379,6 +381,7 @@ def test_distill_from_config_runs_the_configured_method(method):
     )
     assert syn.shape == (3, 3, 12, 12) and syn_labels.tolist() == [0, 1, 2]
     assert history.method == method and history.steps == 3
+    assert history.extra.get("feature-nets", 0) == feature_nets
     assert method_lr(cfg) == {"dm": 1.0, "ncfm": 0.01}[method]
     assert method_lr(cfg.model_copy(update={"distill_lr": 0.3})) == 0.3
     assert eval_protocol(cfg) == EvalProtocol(epochs=7, dsa_strategy="crop_scale")

@@ -11,6 +11,7 @@ from fedmatch.data.types import NUM_CLASSES
 from fedmatch.distill.common import DistillHistory, InitMode
 from fedmatch.distill.dm import distill_dm
 from fedmatch.distill.evaluate import EvalProtocol
+from fedmatch.distill.feature_nets import pretrain_feature_nets
 from fedmatch.distill.ncfm import distill_ncfm
 
 __all__ = ["DEFAULT_LR", "distill_from_config", "distill_net", "eval_protocol", "method_lr"]
@@ -64,6 +65,18 @@ def distill_from_config(
     }
     if cfg.distill_method == "dm":
         return distill_dm(images, labels, cfg.ipc, cfg.distill_steps, **common)
+    pool = None
+    if cfg.ncfm_feature_nets > 0:
+        pool = pretrain_feature_nets(
+            images,
+            labels,
+            cfg.ncfm_feature_nets,
+            cfg.ncfm_feature_epochs,
+            num_classes=NUM_CLASSES,
+            net=distill_net(cfg),
+            generator=generator,
+            device=device,
+        )
     return distill_ncfm(
         images,
         labels,
@@ -72,5 +85,6 @@ def distill_from_config(
         alpha=cfg.ncfm_alpha,
         num_frequencies=cfg.ncfm_frequencies,
         sampler_lr=cfg.ncfm_psi_lr,
+        feature_nets=pool,
         **common,
     )
