@@ -88,15 +88,19 @@ class FedKAStrategy(FedMatchStrategy):
         self.device = resolve_device(cfg.device)
         self.model = model_from_config(cfg)  # the server's scratch copy
         self.finetuned: State | None = None
+        # The last round's FedAvg weights: with the fine-tuned broadcast (default) the global
+        # model (``model.pt``) is the fine-tuned one, so these are kept on their own.
+        self.averaged: State | None = None
 
     # ------------------------------------------------------------ state
 
     def state_dict(self) -> dict:
-        return {"finetuned": self.finetuned}
+        return {"finetuned": self.finetuned, "averaged": self.averaged}
 
     def load_state_dict(self, state: dict) -> None:
-        finetuned = state.get("finetuned")
+        finetuned, averaged = state.get("finetuned"), state.get("averaged")
         self.finetuned = None if finetuned is None else dict(finetuned)
+        self.averaged = None if averaged is None else dict(averaged)
 
     # ------------------------------------------------------------ sending
 
@@ -165,6 +169,7 @@ class FedKAStrategy(FedMatchStrategy):
             for reply in valid
         ]
         partition_ids = [self._by_node[r.metadata.src_node_id].partition_id for r in valid]
+        self.averaged = {k: v.detach().cpu().clone() for k, v in arrays_to_state(averaged).items()}
         self._round_rows.extend(
             self.adapt(server_round, arrays_to_state(averaged), client_states, partition_ids)
         )
@@ -303,9 +308,15 @@ class FedKAStrategy(FedMatchStrategy):
     # ------------------------------------------------------------ the round loop
 
     def run_rounds(self, grid: Grid, arrays: ArrayRecord, **kwargs) -> ArrayRecord:
-        """The base round loop; then the fine-tuned weights go to ``model-finetuned.pt``."""
+        """The base round loop; then ``model-finetuned.pt`` and ``model-averaged.pt``.
+
+        ``model.pt`` (written by the ServerApp) is the global model the clients last got: the
+        fine-tuned weights with ``fedka-broadcast='finetuned'``, the FedAvg ones otherwise.
+        """
         arrays = super().run_rounds(grid, arrays, **kwargs)
         recorder: RunRecorder = kwargs["recorder"]
         if self.finetuned is not None:
             atomic_torch_save(self.finetuned, recorder.run_dir / "model-finetuned.pt")
+        if self.averaged is not None:
+            atomic_torch_save(self.averaged, recorder.run_dir / "model-averaged.pt")
         return arrays

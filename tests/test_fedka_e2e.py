@@ -48,7 +48,13 @@ def test_fedka_leave_one_domain_out_runs_and_records_target_metrics(
     run_dir = tmp_path / "fedka"
     output = result.stdout + result.stderr
     assert (run_dir / "summary.json").exists(), output[-5000:]
-    for name in ("model.pt", "model-finetuned.pt", "checkpoint.pt", "metrics.jsonl"):
+    for name in (
+        "model.pt",
+        "model-finetuned.pt",
+        "model-averaged.pt",
+        "checkpoint.pt",
+        "metrics.jsonl",
+    ):
         assert (run_dir / name).exists(), name
 
     rows = read_jsonl(run_dir / "metrics.jsonl")
@@ -75,6 +81,9 @@ def test_fedka_leave_one_domain_out_runs_and_records_target_metrics(
     summary = json.loads((run_dir / "summary.json").read_text())
     assert TARGET in summary["server_accuracy_per_domain"]
     finetuned = torch.load(run_dir / "model-finetuned.pt")
-    averaged = torch.load(run_dir / "model.pt")
+    averaged = torch.load(run_dir / "model-averaged.pt")
     assert finetuned.keys() == averaged.keys()
     assert any(not torch.equal(finetuned[k], averaged[k]) for k in averaged)
+    # The fine-tuned broadcast (default): the global model is the fine-tuned one.
+    global_model = torch.load(run_dir / "model.pt")
+    assert all(torch.equal(finetuned[k], global_model[k]) for k in global_model)
