@@ -76,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ncfm-alpha", type=float, default=0.5)
     p.add_argument("--ncfm-frequencies", type=int, default=1024)
     p.add_argument("--ncfm-psi-lr", type=float, default=1e-3)
+    p.add_argument("--ncfm-frequency-scale", type=float, default=1.0, help="t -> scale * t")
     p.add_argument(
         "--ncfm-feature-nets",
         type=int,
@@ -225,6 +226,7 @@ def run_grid(
                             num_frequencies=args.ncfm_frequencies,
                             sampler_lr=args.ncfm_psi_lr,
                             feature_nets=pool,
+                            frequency_scale=args.ncfm_frequency_scale,
                             **common,
                         )
                         history.extra["feature-net-seconds"] = pool_seconds

@@ -227,6 +227,7 @@ def distill_ncfm(
     lr: float = 0.01,
     weight_decay: float = 5e-4,
     sampler_lr: float = 1e-3,
+    frequency_scale: float = 1.0,
     batch_real: int = 256,
     init: InitMode = "real",
     net: Mapping[str, Any] = DM_NET,
@@ -245,7 +246,10 @@ def distill_ncfm(
     draws t ~ N(0, I) every step, as every released config does.  ``feature_nets``: embed
     with NCFM's blended pretrained networks (:mod:`fedmatch.distill.feature_nets`; the pool's
     architecture replaces ``net``); None embeds with a fresh random ConvNet every step, as DM
-    (the cheap default).  Only classes present in
+    (the cheap default).  ``frequency_scale`` σ multiplies every frequency, t → σ·t: the CF
+    kernel between two features at distance d is E_t cos⟨t, d⟩ = exp(−σ²|d|²/2) for Gaussian
+    t, so a small σ tends to mean matching (DM's objective, on normalised features) and a
+    large one to matching the modes of the real features.  Only classes present in
     ``labels`` get synthetic images.  ``history.extra`` holds ψ's total weight change.
     """
     check_dataset(images, labels, num_classes)
@@ -255,6 +259,8 @@ def distill_ncfm(
             "need steps >= 0, num_frequencies >= 1 and sampler_lr >= 0, got "
             f"{steps}, {num_frequencies}, {sampler_lr}"
         )
+    if not frequency_scale > 0:
+        raise ValueError(f"frequency_scale must be > 0, got {frequency_scale}")
     device = torch.device(device)
     classes = sorted(int(c) for c in torch.unique(labels.cpu()))
     syn_init, syn_labels = init_synthetic(images, labels, classes, ipc, init, generator)
@@ -310,9 +316,11 @@ def distill_ncfm(
             feat_syn = F.normalize(model.embed(augment(syn)), dim=1)
             if sampler is not None:
                 noise, gaussian = sampler.draw_noise(generator)
-                freqs = sampler(noise.to(device), gaussian.to(device))
+                freqs = frequency_scale * sampler(noise.to(device), gaussian.to(device))
             else:
-                freqs = torch.randn(num_frequencies, feature_dim, generator=generator).to(device)
+                freqs = frequency_scale * torch.randn(
+                    num_frequencies, feature_dim, generator=generator
+                ).to(device)
             per_class = ncfd_per_class(
                 feat_real, labels[idx], feat_syn, syn_labels_dev, freqs, alpha, num_classes
             )
