@@ -278,6 +278,16 @@ def test_distill_ncfm_runs_and_moves_the_sampling_network():
     assert history.extra["sampler-weight-change"] > 0
     with pytest.raises(ValueError, match="num_frequencies > 16"):
         FrequencySampler(8, num_frequencies=16)
+    with pytest.raises(ValueError, match="frequency_scale"):
+        distill_ncfm(
+            images,
+            labels,
+            ipc=1,
+            steps=1,
+            net=TINY_NET,
+            frequency_scale=0.0,
+            generator=torch.Generator().manual_seed(0),
+        )
 
 
 # --------------------------------------------------------------------------- gradient matching
