@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from fedmatch.distill.common import DM_NET, check_dataset, draw_seed
-from fedmatch.distill.evaluate import EvalProtocol, train_on_set
+from fedmatch.distill.evaluate import EvalProtocol, measure_accuracy, train_on_set
 from fedmatch.models import build_model
 
 log = logging.getLogger(__name__)
@@ -99,17 +99,6 @@ class FeatureNetPool:
         return model
 
 
-@torch.no_grad()
-def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device) -> float:
-    model.eval()
-    correct = 0
-    for i in range(0, len(images), 512):
-        logits = model(images[i : i + 512].to(device))
-        correct += int((logits.argmax(1).cpu() == labels[i : i + 512]).sum())
-    model.train()
-    return correct / len(images)
-
-
 def pretrain_feature_nets(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -149,7 +138,7 @@ def pretrain_feature_nets(
         initial.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         train_on_set(model, images, labels, protocol, seed=draw_seed(generator), device=device)
         trained.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-        accuracies.append(_accuracy(model, images, labels, device))
+        accuracies.append(measure_accuracy(model, images, labels, device))
         log.info(
             "NCFM feature network %d/%d: %d epochs, train accuracy %.3f",
             index + 1,
