@@ -164,14 +164,15 @@ class FedKAStrategy(FedMatchStrategy):
             (reply for reply in replies if not reply.has_error()),
             key=lambda reply: self._by_node[reply.metadata.src_node_id].partition_id,
         )
+        # Converted once: the client states, the kept copy and the fine-tuning all start here.
+        averaged_state = arrays_to_state(averaged)
         client_states = [
-            {**arrays_to_state(averaged), **arrays_to_state(reply.content["arrays"])}
-            for reply in valid
+            {**averaged_state, **arrays_to_state(reply.content["arrays"])} for reply in valid
         ]
         partition_ids = [self._by_node[r.metadata.src_node_id].partition_id for r in valid]
-        self.averaged = {k: v.detach().cpu().clone() for k, v in arrays_to_state(averaged).items()}
+        self.averaged = {k: v.detach().cpu().clone() for k, v in averaged_state.items()}
         self._round_rows.extend(
-            self.adapt(server_round, arrays_to_state(averaged), client_states, partition_ids)
+            self.adapt(server_round, averaged_state, client_states, partition_ids)
         )
         if self.cfg.fedka_broadcast == "finetuned" and self.finetuned is not None:
             return state_to_arrays(self.finetuned), metrics

@@ -25,8 +25,12 @@ import torch
 from torch import nn
 
 from fedmatch.distill.common import DM_NET, check_dataset, draw_seed
-from fedmatch.distill.evaluate import EvalProtocol, measure_accuracy, train_on_set
-from fedmatch.models import build_model
+from fedmatch.distill.evaluate import (
+    EvalProtocol,
+    convnet_factory,
+    measure_accuracy,
+    train_on_set,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +84,14 @@ class FeatureNetPool:
         return len(self.initial)
 
     def new_model(self) -> nn.Module:
-        return build_model(
-            "convnet",
+        """An unblended network of the pool's architecture (its weights are overwritten)."""
+        # convnet_factory builds under fork_rng: drawing networks leaves torch's global RNG alone.
+        return convnet_factory(
+            self.net,
             in_channels=self.in_channels,
             num_classes=self.num_classes,
             image_size=self.image_size,
-            **dict(self.net),
-        )
+        )(0)
 
     def draw(self, generator: torch.Generator, device: torch.device | str = "cpu") -> nn.Module:
         """A blended network (frozen, train mode, like DM's fresh ones): pick a pair, draw l."""
@@ -125,16 +130,11 @@ def pretrain_feature_nets(
     initial: list[State] = []
     trained: list[State] = []
     accuracies: list[float] = []
+    make = convnet_factory(
+        net, in_channels=images.shape[1], num_classes=num_classes, image_size=images.shape[2]
+    )
     for index in range(count):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(draw_seed(generator))
-            model = build_model(
-                "convnet",
-                in_channels=images.shape[1],
-                num_classes=num_classes,
-                image_size=images.shape[2],
-                **dict(net),
-            )
+        model = make(draw_seed(generator))
         initial.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         train_on_set(model, images, labels, protocol, seed=draw_seed(generator), device=device)
         trained.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
