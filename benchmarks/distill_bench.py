@@ -85,6 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "random ConvNet per step, like DM)",
     )
     p.add_argument("--ncfm-feature-epochs", type=int, default=20, help="epochs per feature net")
+    p.add_argument(
+        "--ncfm-calibration",
+        type=float,
+        default=0.0,
+        help="weight of NCFM's calibration step (the code's calib_weight, 1); needs feature nets",
+    )
     p.add_argument("--eval-epochs", type=int, default=1000, help="protocol epochs (DM: 1000)")
     p.add_argument("--full-epochs", type=int, default=0, help="epochs for full data (0: same)")
     p.add_argument("--eval-width", type=int, default=128)
@@ -227,6 +233,7 @@ def run_grid(
                             sampler_lr=args.ncfm_psi_lr,
                             feature_nets=pool,
                             frequency_scale=args.ncfm_frequency_scale,
+                            calibration_weight=args.ncfm_calibration,
                             **common,
                         )
                         history.extra["feature-net-seconds"] = pool_seconds

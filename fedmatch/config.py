@@ -136,6 +136,8 @@ class RunConfig(BaseModel):
     # N > 0 first trains N ConvNets on the local data and blends them with their init.
     ncfm_feature_nets: int = Field(0, ge=0)
     ncfm_feature_epochs: int = Field(20, ge=1)
+    # NCFM's calibration step (code: calib_weight 1): CE of a trained feature net; needs nets.
+    ncfm_calibration: float = Field(0.0, ge=0)
     eval_epochs: int = Field(300, ge=1)
     # What local training runs on: the real partition, or the client's local virtual data
     # (distilled once per run with the keys above; the FedLGD protocol).
@@ -325,6 +327,12 @@ class RunConfig(BaseModel):
                 f"run-config key 'ncfm-frequencies' = {self.ncfm_frequencies}: the NCFM sampling "
                 "network (ncfm-psi-lr > 0) draws 16 frequencies per mixture component and "
                 "needs at least two components; use more than 16, or ncfm-psi-lr=0"
+            )
+        if self.ncfm_calibration > 0 and self.ncfm_feature_nets == 0:
+            raise ValueError(
+                f"run-config key 'ncfm-calibration' = {self.ncfm_calibration} needs "
+                "'ncfm-feature-nets' >= 1 (it is 0): the calibration loss is a trained feature "
+                "network's cross-entropy; set ncfm-feature-nets or ncfm-calibration=0"
             )
         return self
 

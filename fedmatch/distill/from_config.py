@@ -86,5 +86,6 @@ def distill_from_config(
         num_frequencies=cfg.ncfm_frequencies,
         sampler_lr=cfg.ncfm_psi_lr,
         feature_nets=pool,
+        calibration_weight=cfg.ncfm_calibration,
         **common,
     )

@@ -32,10 +32,16 @@ tensors; the images descend and ψ ascends (:func:`minmax_step`).
 
 Feature network: with ``feature_nets`` (:mod:`fedmatch.distill.feature_nets`) every step
 embeds with the paper's blend of an initial and a trained ConvNet; without it (the cheap
-default), with a freshly initialised ConvNet every step, as in DM.  Simplifications
-(documented deviations): all
-classes share one image step per iteration (the code steps once per class); no multi-formation
-(factor 2) and no calibration step — the pure min-max objective of the paper's Table 5.
+default), with a freshly initialised ConvNet every step, as in DM.
+
+Calibration (``calibration_weight`` > 0, needs ``feature_nets``): after each matching step the
+images take one more step on ``w · CE(f_final(DSA(S)), y)``, the cross-entropy of one fully
+trained network of the pool on the augmented synthetic set (the code's ``compute_calib_loss``,
+``iter_calib`` 1, ``calib_weight`` 1, through the same image optimiser).  Without it the
+objective is the pure min-max of the paper's Table 5.
+
+Simplifications (documented deviations): all classes share one image step per iteration (the
+code steps once per class); no multi-formation (factor 2).
 Images are clamped to the data range after each step, as the code clamps to [0, 1].
 """
 
@@ -238,6 +244,7 @@ def distill_ncfm(
     device: torch.device | str = "cpu",
     log_every: int = 0,
     feature_nets: FeatureNetPool | None = None,
+    calibration_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, DistillHistory]:
     """Distil ``(images, labels)`` to ``ipc`` images per class with NCFM's min-max.
 
@@ -249,8 +256,10 @@ def distill_ncfm(
     (the cheap default).  ``frequency_scale`` σ multiplies every frequency, t → σ·t: the CF
     kernel between two features at distance d is E_t cos⟨t, d⟩ = exp(−σ²|d|²/2) for Gaussian
     t, so a small σ tends to mean matching (DM's objective, on normalised features) and a
-    large one to matching the modes of the real features.  Only classes present in
-    ``labels`` get synthetic images.  ``history.extra`` holds ψ's total weight change.
+    large one to matching the modes of the real features.  ``calibration_weight`` w > 0 adds
+    the code's calibration step (one image step on w · CE of the pool's first trained network;
+    needs ``feature_nets``).  Only classes present in ``labels`` get synthetic images.
+    ``history.extra`` holds ψ's total weight change and the last calibration loss.
     """
     check_dataset(images, labels, num_classes)
     _check_alpha(alpha)
@@ -261,6 +270,13 @@ def distill_ncfm(
         )
     if not frequency_scale > 0:
         raise ValueError(f"frequency_scale must be > 0, got {frequency_scale}")
+    if calibration_weight < 0:
+        raise ValueError(f"calibration_weight must be >= 0, got {calibration_weight}")
+    if calibration_weight > 0 and feature_nets is None:
+        raise ValueError(
+            f"calibration_weight={calibration_weight} needs trained feature networks "
+            "(feature_nets): the calibration loss is a trained network's cross-entropy"
+        )
     device = torch.device(device)
     classes = sorted(int(c) for c in torch.unique(labels.cpu()))
     syn_init, syn_labels = init_synthetic(images, labels, classes, ipc, init, generator)
@@ -304,6 +320,9 @@ def distill_ncfm(
             sampler = FrequencySampler(feature_dim, num_frequencies).to(device)
         sampler_optimizer = torch.optim.SGD(sampler.parameters(), lr=sampler_lr)
         start_weights = [p.detach().clone() for p in sampler.parameters()]
+    final_model: nn.Module | None = None
+    if calibration_weight > 0 and feature_nets is not None:
+        final_model = feature_nets.trained_model(0, device)
     history = DistillHistory("ncfm")
 
     with measure_peak_memory(device) as peak, Stopwatch(device) as watch:
@@ -335,6 +354,16 @@ def distill_ncfm(
             if clamp is not None:
                 with torch.no_grad():
                     syn.clamp_(*clamp)
+            if final_model is not None:
+                calibration = calibration_weight * F.cross_entropy(
+                    final_model(sample_dsa(dsa_strategy, generator, image_size=image_size)(syn)),
+                    syn_labels_dev,
+                )
+                minmax_step(calibration, syn, image_optimizer)
+                if clamp is not None:
+                    with torch.no_grad():
+                        syn.clamp_(*clamp)
+                history.extra["calibration-loss"] = float(calibration.detach())
             history.losses.append(float(loss.detach()))
             if log_every and (step + 1) % log_every == 0:
                 log.info("NCFM step %d/%d: loss %.4f", step + 1, steps, history.losses[-1])
