@@ -426,18 +426,23 @@ def test_blend_states_interpolates_floats_and_keeps_integer_buffers():
         blend_states(initial, trained, 1.5)
 
 
-def test_feature_net_pool_trains_its_networks_and_blends_them():
-    images, labels = toy_digits(n_per_class=10)
-    pool = pretrain_feature_nets(
+def toy_feature_nets(images, labels, count):
+    """A pool of ``count`` TINY_NETs trained 30 epochs on the toy digits (train acc > 0.9)."""
+    return pretrain_feature_nets(
         images,
         labels,
-        count=2,
+        count=count,
         epochs=30,
         num_classes=3,
         net=TINY_NET,
         lr=0.05,
         generator=torch.Generator().manual_seed(0),
     )
+
+
+def test_feature_net_pool_trains_its_networks_and_blends_them():
+    images, labels = toy_digits(n_per_class=10)
+    pool = toy_feature_nets(images, labels, count=2)
     assert len(pool) == 2 and min(pool.train_accuracy) > 0.9  # chance is 1/3
     # Two networks from distinct initialisations, each moved by its training.
     assert not torch.equal(
@@ -492,16 +497,7 @@ def test_feature_net_pool_trains_its_networks_and_blends_them():
 
 def test_ncfm_calibration_makes_the_set_classifiable_by_the_trained_network():
     images, labels = toy_digits(n_per_class=10)
-    pool = pretrain_feature_nets(
-        images,
-        labels,
-        count=1,
-        epochs=30,
-        num_classes=3,
-        net=TINY_NET,
-        lr=0.05,
-        generator=torch.Generator().manual_seed(0),
-    )
+    pool = toy_feature_nets(images, labels, count=1)
     final = pool.trained_model(0)
     assert not any(p.requires_grad for p in final.parameters())
 

@@ -93,25 +93,25 @@ class FeatureNetPool:
             image_size=self.image_size,
         )(0)
 
+    def _frozen(self, state: State, device: torch.device | str) -> nn.Module:
+        """A network of the pool's architecture holding ``state``, frozen, in train mode."""
+        model = self.new_model()
+        model.load_state_dict(state)
+        model.to(device).train()
+        model.requires_grad_(False)
+        return model
+
     def trained_model(self, index: int, device: torch.device | str = "cpu") -> nn.Module:
         """The ``index``-th trained network, unblended (frozen, eval mode): NCFM's f_final."""
         if not 0 <= index < len(self):
             raise IndexError(f"feature network {index} of a pool of {len(self)}")
-        model = self.new_model()
-        model.load_state_dict(self.trained[index])
-        model.to(device).eval()
-        model.requires_grad_(False)
-        return model
+        return self._frozen(self.trained[index], device).eval()
 
     def draw(self, generator: torch.Generator, device: torch.device | str = "cpu") -> nn.Module:
         """A blended network (frozen, train mode, like DM's fresh ones): pick a pair, draw l."""
         index = int(torch.randint(0, len(self), (1,), generator=generator))
         mix = float(torch.rand((), generator=generator))
-        model = self.new_model()
-        model.load_state_dict(blend_states(self.initial[index], self.trained[index], mix))
-        model.to(device).train()
-        model.requires_grad_(False)
-        return model
+        return self._frozen(blend_states(self.initial[index], self.trained[index], mix), device)
 
 
 def pretrain_feature_nets(

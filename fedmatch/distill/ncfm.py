@@ -325,6 +325,11 @@ def distill_ncfm(
         final_model = feature_nets.trained_model(0, device)
     history = DistillHistory("ncfm")
 
+    def clamp_images() -> None:
+        if clamp is not None:
+            with torch.no_grad():
+                syn.clamp_(*clamp)
+
     with measure_peak_memory(device) as peak, Stopwatch(device) as watch:
         for step in range(steps):
             model = embedder(draw_seed(generator))
@@ -351,18 +356,14 @@ def distill_ncfm(
                 list(sampler.parameters()) if sampler is not None else (),
                 sampler_optimizer,
             )
-            if clamp is not None:
-                with torch.no_grad():
-                    syn.clamp_(*clamp)
+            clamp_images()
             if final_model is not None:
                 calibration = calibration_weight * F.cross_entropy(
                     final_model(sample_dsa(dsa_strategy, generator, image_size=image_size)(syn)),
                     syn_labels_dev,
                 )
-                minmax_step(calibration, syn, image_optimizer)
-                if clamp is not None:
-                    with torch.no_grad():
-                        syn.clamp_(*clamp)
+                minmax_step(calibration, syn, image_optimizer)  # no ψ: a plain image descent
+                clamp_images()
                 history.extra["calibration-loss"] = float(calibration.detach())
             history.losses.append(float(loss.detach()))
             if log_every and (step + 1) % log_every == 0:
