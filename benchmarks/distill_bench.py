@@ -91,6 +91,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="weight of NCFM's calibration step (the code's calib_weight, 1); needs feature nets",
     )
+    p.add_argument(
+        "--ncfm-factor",
+        type=int,
+        default=1,
+        help="NCFM multi-formation factor (the paper's rho: 2): each stored image decodes to "
+        "factor^2 images",
+    )
+    p.add_argument(
+        "--dm-factor", type=int, default=1, help="DM multi-formation factor (a control; DM: 1)"
+    )
     p.add_argument("--eval-epochs", type=int, default=1000, help="protocol epochs (DM: 1000)")
     p.add_argument("--full-epochs", type=int, default=0, help="epochs for full data (0: same)")
     p.add_argument("--eval-width", type=int, default=128)
@@ -220,7 +230,9 @@ def run_grid(
                         batch_real=args.batch_real, net=net, generator=generator, device=device
                     )
                     if method == "dm":
-                        sx, sy, history = distill_dm(x, y, ipc, args.steps, lr=args.dm_lr, **common)
+                        sx, sy, history = distill_dm(
+                            x, y, ipc, args.steps, lr=args.dm_lr, factor=args.dm_factor, **common
+                        )
                     else:
                         sx, sy, history = distill_ncfm(
                             x,
@@ -234,6 +246,7 @@ def run_grid(
                             feature_nets=pool,
                             frequency_scale=args.ncfm_frequency_scale,
                             calibration_weight=args.ncfm_calibration,
+                            factor=args.ncfm_factor,
                             **common,
                         )
                         history.extra["feature-net-seconds"] = pool_seconds

@@ -148,6 +148,7 @@ _VIRTUAL_KEYS = (
     "distill-steps",
     "distill-lr",
     "distill-batch-real",
+    "distill-factor",
     "dsa-strategy",
     "ncfm-alpha",
     "ncfm-frequencies",

@@ -128,6 +128,8 @@ class RunConfig(BaseModel):
     distill_lr: float = Field(0.0, ge=0)  # 0: the method's default (DM 1.0, NCFM 0.01)
     distill_batch_real: int = Field(64, ge=1)
     distill_init: Literal["real", "noise", "stats"] = "real"
+    # Multi-formation (IDC; NCFM's ρ = 2): each stored image decodes to factor² images.
+    distill_factor: int = Field(1, ge=1)
     dsa_strategy: str = "color_crop_cutout_scale_rotate"
     ncfm_alpha: float = Field(0.5, ge=0, le=1)
     ncfm_frequencies: int = Field(1024, ge=1)

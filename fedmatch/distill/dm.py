@@ -45,10 +45,16 @@ from fedmatch.distill.common import (
     check_dataset,
     draw_seed,
     fresh_convnet,
-    init_synthetic,
     measure_peak_memory,
 )
 from fedmatch.distill.dsa import DIGIT_STRATEGY, sample_dsa
+from fedmatch.distill.multiformation import (
+    check_factor,
+    decode,
+    decode_images,
+    decode_labels,
+    init_stored,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +111,7 @@ def distill_dm(
     log_every: int = 0,
     start: tuple[torch.Tensor, torch.Tensor] | None = None,
     feature_net: nn.Module | None = None,
+    factor: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, DistillHistory]:
     """Distil ``(images, labels)`` to ``ipc`` images per class with DM.
 
@@ -115,14 +122,23 @@ def distill_dm(
     (``ipc`` is then ignored); ``feature_net`` embeds with that one network every step instead
     of a fresh random ConvNet: FedLGD's iterative local refresh, which matches in the current
     global model's feature space (Huang et al., Sec. 3.3).  The network is not changed.
+
+    ``factor`` f > 1 distils with IDC's multi-formation (:mod:`fedmatch.distill.multiformation`,
+    not part of DM's paper; a control for NCFM, which uses it): ``ipc`` stored images per class
+    are matched, and returned, as ``ipc``·f² decoded images.
     """
     check_dataset(images, labels, num_classes)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    check_factor(factor, (images.shape[2], images.shape[3]))
+    if start is not None and factor > 1:
+        raise ValueError(
+            f"factor={factor} needs a fresh start: a continued set (start) is already decoded"
+        )
     device = torch.device(device)
     if start is None:
         classes = sorted(int(c) for c in torch.unique(labels.cpu()))
-        syn_init, syn_labels = init_synthetic(images, labels, classes, ipc, init, generator)
+        syn_init, syn_labels = init_stored(images, labels, classes, ipc, init, generator, factor)
     else:
         syn_init, syn_labels = start[0].detach().float(), start[1].long()
         check_dataset(syn_init, syn_labels, num_classes)
@@ -131,7 +147,7 @@ def distill_dm(
         feature_net = copy.deepcopy(feature_net).to(device).train().requires_grad_(False)
     images, labels = images.to(device), labels.to(device)
     syn = syn_init.to(device).requires_grad_(True)
-    syn_labels_dev = syn_labels.to(device)
+    decoded_labels = decode_labels(syn_labels, factor).to(device)
     optimizer = torch.optim.SGD([syn], lr=lr, momentum=momentum)
     sampler = RealSampler(labels, classes, batch_real)
     image_size = (images.shape[2], images.shape[3])
@@ -155,8 +171,8 @@ def distill_dm(
             idx = sampler.sample(generator).to(device)
             with torch.no_grad():
                 embed_real = model.embed(augment(images[idx]))
-            embed_syn = model.embed(augment(syn))
-            loss = dm_loss(embed_real, labels[idx], embed_syn, syn_labels_dev, num_classes)
+            embed_syn = model.embed(augment(decode_images(syn, factor)))
+            loss = dm_loss(embed_real, labels[idx], embed_syn, decoded_labels, num_classes)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -165,4 +181,8 @@ def distill_dm(
                 log.info("DM step %d/%d: loss %.4f", step + 1, steps, history.losses[-1])
     history.seconds, history.cpu_seconds = watch.seconds, watch.cpu_seconds
     history.peak_memory_bytes, history.peak_memory_kind = peak.bytes, peak.kind
-    return syn.detach().cpu(), syn_labels, history
+    if factor > 1:
+        history.extra["factor"] = float(factor)
+        history.extra["stored-images"] = float(len(syn_labels))
+    out_images, out_labels = decode(syn.detach().cpu(), syn_labels, factor)
+    return out_images, out_labels, history

@@ -12,6 +12,7 @@ from fedmatch.distill.common import DistillHistory, InitMode
 from fedmatch.distill.dm import distill_dm
 from fedmatch.distill.evaluate import EvalProtocol
 from fedmatch.distill.feature_nets import pretrain_feature_nets
+from fedmatch.distill.multiformation import check_factor
 from fedmatch.distill.ncfm import distill_ncfm
 
 __all__ = ["DEFAULT_LR", "distill_from_config", "distill_net", "eval_protocol", "method_lr"]
@@ -52,6 +53,10 @@ def distill_from_config(
 
     ``init`` overrides ``distill-init`` (local virtual data starts from ``virtual-init``).
     """
+    try:
+        check_factor(cfg.distill_factor, (images.shape[2], images.shape[3]))
+    except ValueError as err:
+        raise ValueError(f"run-config key 'distill-factor': {err}") from None
     generator = torch.Generator().manual_seed(seed)
     common: dict[str, Any] = {
         "num_classes": NUM_CLASSES,
@@ -60,6 +65,7 @@ def distill_from_config(
         "init": init or cfg.distill_init,
         "net": distill_net(cfg),
         "dsa_strategy": cfg.dsa_strategy,
+        "factor": cfg.distill_factor,
         "generator": generator,
         "device": device,
     }
