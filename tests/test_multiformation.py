@@ -10,26 +10,17 @@ from fedmatch.config import RunConfig
 from fedmatch.distill import distill_dm, distill_ncfm
 from fedmatch.distill.from_config import distill_from_config
 from fedmatch.distill.multiformation import decode, decode_images, encode, init_stored
-
-TINY_NET = {"width": 8, "depth": 2, "norm": "instancenorm"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.test_distill import (
+    TINY_NET,
+    one_thread,  # noqa: F401  (autouse: one torch thread here too)
+    toy_digits,
+)
 
 
-def bar_digits(n_per_class: int = 12, classes: int = 3, seed: int = 0):
-    """Class c: a bright bar at row band c of a dark 1x12x12 image, plus noise."""
-    g = torch.Generator().manual_seed(seed)
-    images = -1 + 0.2 * torch.randn(n_per_class * classes, 1, 12, 12, generator=g)
-    labels = torch.arange(classes).repeat_interleave(n_per_class)
-    for i, c in enumerate(labels.tolist()):
-        images[i, :, 4 * c : 4 * c + 4, 2:10] = 1.0
-    return images.clamp(-1, 1), labels
+def bar_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """test_distill's toy digits (class c: a bright bar at row band c), one channel."""
+    images, labels = toy_digits(n_per_class=12)
+    return images[:, :1].contiguous(), labels
 
 
 def test_decode_cuts_a_grid_and_upsamples_each_block():
