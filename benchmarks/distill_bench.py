@@ -30,6 +30,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -174,9 +175,11 @@ def run_grid(
         (x, y), (xt, yt) = domain_tensors(domain, args.cache_dir)
         print(f"{domain}: {len(y)} train / {len(yt)} test images", flush=True)
         for seed in ints(args.seeds):
-            pool, pool_seconds = None, 0.0
+            pool, pool_seconds, pool_cached = None, 0.0, False
             if "ncfm" in methods and args.ncfm_feature_nets > 0:
-                pool, pool_seconds = feature_net_pool(domain, x, y, seed, args, net, device)
+                pool, pool_seconds, pool_cached = feature_net_pool(
+                    domain, x, y, seed, args, net, device
+                )
             if "full" in methods:
                 score = evaluate_set(
                     x,
@@ -248,6 +251,7 @@ def run_grid(
                             **common,
                         )
                         history.extra["feature-net-seconds"] = pool_seconds
+                        history.extra["feature-nets-cached"] = float(pool_cached)
                     score = evaluate_set(
                         sx,
                         sy,
@@ -287,23 +291,29 @@ def feature_net_pool(
     args: argparse.Namespace,
     net: dict[str, Any],
     device: torch.device,
-) -> tuple[FeatureNetPool, float]:
-    """NCFM's feature networks for (domain, seed), and the seconds their training took.
+) -> tuple[FeatureNetPool, float, bool]:
+    """NCFM's feature networks for (domain, seed), their training seconds, and whether they
+    came from the cache.
 
-    The pool is a function of the data, the seed and its settings, so pilots that vary only
-    NCFM's own knobs reuse it from ``--cache-dir`` (it costs 5 to 6 minutes per domain and
-    seed on one CPU core); ``--no-pool-cache`` always trains.
+    The pool is a function of the data, the seed, its settings and the device kind (a GPU
+    trains to other bits), so pilots that vary only NCFM's own knobs reuse it from
+    ``--cache-dir`` (it costs 5 to 6 minutes per domain and seed on one CPU core);
+    ``--no-pool-cache`` always trains.  The seconds of a cached pool are its original ones.
     """
-    name = (
-        f"{domain}-seed{seed}-fn{args.ncfm_feature_nets}-e{args.ncfm_feature_epochs}-"
-        f"w{net['width']}-d{net['depth']}-{net['norm']}.pt"
-    )
-    path = Path(args.cache_dir).expanduser() / "ncfm-feature-nets" / name
+    settings = {
+        "domain": domain,
+        "seed": seed,
+        "count": args.ncfm_feature_nets,
+        "epochs": args.ncfm_feature_epochs,
+        "net": net,
+        "device": device.type,
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(args.cache_dir).expanduser() / "ncfm-feature-nets" / f"{domain}-{digest}.pt"
     if args.pool_cache and path.exists():
         saved = torch.load(path, weights_only=False)
-        pool, seconds = saved["pool"], saved["seconds"]
-        print(f"  {domain}: {len(pool)} NCFM feature nets from {path}", flush=True)
-        return pool, seconds
+        print(f"  {domain}: {len(saved['pool'])} NCFM feature nets from {path}", flush=True)
+        return saved["pool"], saved["seconds"], True
     started = time.perf_counter()
     pool = pretrain_feature_nets(
         x,
@@ -322,7 +332,7 @@ def feature_net_pool(
     )
     if args.pool_cache:
         atomic_torch_save({"pool": pool, "seconds": seconds}, path)
-    return pool, seconds
+    return pool, seconds, False
 
 
 def variant(method: str, args: dict[str, Any]) -> str:
