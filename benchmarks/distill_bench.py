@@ -86,6 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="NCFM embeds with blends of this many ConvNets trained on the domain (0: fresh "
         "random ConvNet per step, like DM)",
     )
+    p.add_argument(
+        "--ncfm-step-per-class",
+        action="store_true",
+        help="NCFM: one image step per class per iteration, as the released code",
+    )
     p.add_argument("--ncfm-feature-epochs", type=int, default=20, help="epochs per feature net")
     p.add_argument(
         "--ncfm-calibration",
@@ -248,6 +253,7 @@ def run_grid(
                             frequency_scale=args.ncfm_frequency_scale,
                             calibration_weight=args.ncfm_calibration,
                             factor=args.ncfm_factor,
+                            step_per_class=args.ncfm_step_per_class,
                             **common,
                         )
                         history.extra["feature-net-seconds"] = pool_seconds
@@ -355,6 +361,8 @@ def variant(method: str, args: dict[str, Any]) -> str:
             parts.append(f"α{args['ncfm_alpha']:g}")
         if args.get("ncfm_calibration", 0.0):
             parts.append(f"calib{args['ncfm_calibration']:g}")
+        if args.get("ncfm_step_per_class", False):
+            parts.append("per-class")
         factor = args.get("ncfm_factor", 1)
     if factor > 1:
         parts.append(f"ρ{factor}")

@@ -156,6 +156,7 @@ _VIRTUAL_KEYS = (
     "ncfm-feature-nets",
     "ncfm-feature-epochs",
     "ncfm-calibration",
+    "ncfm-step-per-class",
     "model-width",
     "model-depth",
     "model-norm",

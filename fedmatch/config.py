@@ -140,6 +140,8 @@ class RunConfig(BaseModel):
     ncfm_feature_epochs: int = Field(20, ge=1)
     # NCFM's calibration step (code: calib_weight 1): CE of a trained feature net; needs nets.
     ncfm_calibration: float = Field(0.0, ge=0)
+    # One image step per class per iteration, as NCFM's code; False: one step for all classes.
+    ncfm_step_per_class: bool = False
     eval_epochs: int = Field(300, ge=1)
     # What local training runs on: the real partition, or the client's local virtual data
     # (distilled once per run with the keys above; the FedLGD protocol).

@@ -29,6 +29,7 @@ from fedmatch.distill import (
 )
 from fedmatch.distill.dsa import TRANSFORM_GROUPS
 from fedmatch.distill.feature_nets import blend_states, pretrain_feature_nets
+from fedmatch.distill.ncfm import step_rows_in_turn
 
 TINY_NET = {"width": 8, "depth": 2, "norm": "instancenorm"}
 
@@ -288,6 +289,65 @@ def test_distill_ncfm_runs_and_moves_the_sampling_network():
             frequency_scale=0.0,
             generator=torch.Generator().manual_seed(0),
         )
+
+
+def test_step_rows_in_turn_equals_the_released_class_loop():
+    # Reference: the code's compute_match_loss, literally: per class, the class's loss on the
+    # current tensor, backward, optim_img.step().  On a fresh AdamW without weight decay the
+    # rows of later classes cannot move before their own step (zero momentum), so one
+    # backward pass plus masked steps must give exactly the same tensor.
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(6, 4, generator=g)
+    target = torch.randn(6, 4, generator=g)
+    groups = [torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4, 5])]
+
+    def class_loss(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return ((x[rows] - target[rows]) ** 3).abs().sum()
+
+    reference = start.clone().requires_grad_(True)
+    ref_opt = torch.optim.AdamW([reference], lr=0.1, weight_decay=0.0)
+    for rows in groups:
+        ref_opt.zero_grad()
+        class_loss(reference, rows).backward()
+        ref_opt.step()
+
+    ours = start.clone().requires_grad_(True)
+    opt = torch.optim.AdamW([ours], lr=0.1, weight_decay=0.0)
+    total = sum(class_loss(ours, rows) for rows in groups)
+    minmax_step(total, ours, opt, row_groups=groups)
+    assert torch.equal(ours.detach(), reference.detach())
+    assert opt.state[ours]["step"].item() == 3  # three Adam steps, one per class
+    assert ours.grad is None
+
+    # On the second iteration the momentum moves every row at every class's step.
+    before = ours.detach().clone()
+    step_rows_in_turn(ours, torch.zeros_like(ours), opt, groups[:1])
+    assert not torch.equal(ours.detach()[2:], before[2:])
+
+
+def test_distill_ncfm_steps_once_per_class_when_asked():
+    images, labels = toy_digits()
+    common = dict(
+        ipc=2,
+        steps=30,
+        batch_real=16,
+        num_frequencies=64,
+        lr=0.05,
+        sampler_lr=0.0,
+        init="noise",
+        net=TINY_NET,
+    )
+    _, _, shared = distill_ncfm(
+        images, labels, generator=torch.Generator().manual_seed(0), **common
+    )
+    syn, _, per_class = distill_ncfm(
+        images, labels, generator=torch.Generator().manual_seed(0), step_per_class=True, **common
+    )
+    assert per_class.extra["image-steps-per-iteration"] == 3
+    assert shared.extra["image-steps-per-iteration"] == 1
+    assert per_class.final_loss < per_class.initial_loss
+    assert per_class.losses != shared.losses
+    assert syn.min() >= -1 and syn.max() <= 1
 
 
 # --------------------------------------------------------------------------- gradient matching

@@ -93,5 +93,6 @@ def distill_from_config(
         sampler_lr=cfg.ncfm_psi_lr,
         feature_nets=pool,
         calibration_weight=cfg.ncfm_calibration,
+        step_per_class=cfg.ncfm_step_per_class,
         **common,
     )

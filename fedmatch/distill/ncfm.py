@@ -40,8 +40,9 @@ trained network of the pool on the augmented synthetic set (the code's ``compute
 ``iter_calib`` 1, ``calib_weight`` 1, through the same image optimiser).  Without it the
 objective is the pure min-max of the paper's Table 5.
 
-Simplifications (documented deviations): all classes share one image step per iteration (the
-code steps once per class).  Multi-formation (the paper's ρ = 2, ``factor``) is available but
+Image steps: by default all classes share one image step per iteration; ``step_per_class``
+steps once per class as the code does (C Adam steps per iteration, the other classes moving by
+momentum), from one backward pass.  Multi-formation (the paper's ρ = 2, ``factor``) is available but
 off by default (factor 1), so that the default run matches DM's pixel-for-pixel set.
 Images are clamped to the data range after each step, as the code clamps to [0, 1].
 """
@@ -89,6 +90,7 @@ __all__ = [
     "minmax_step",
     "ncfd",
     "ncfd_per_class",
+    "step_rows_in_turn",
 ]
 
 NCFM_LOSS_SCALE = 300.0
@@ -203,23 +205,54 @@ class FrequencySampler(nn.Module):
         return scales * gaussian
 
 
+def step_rows_in_turn(
+    images: torch.Tensor,
+    grad: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    row_groups: Sequence[torch.Tensor],
+) -> None:
+    """One optimiser step per group of rows, each seeing only its own rows' gradient.
+
+    This is the released code's class loop (``compute_match_loss``: per class, ``backward``
+    then ``optim_img.step()`` on the one tensor that holds every class): a class's step
+    passes zero gradient to the other classes' rows, which still move by Adam's momentum and
+    by weight decay, so an iteration is C optimiser steps.  Each class's loss depends only
+    on its own rows (instance norm), so one backward pass gives every class's gradient; the
+    code instead re-evaluates class c's loss after classes < c have stepped, which differs
+    only by the momentum moves made in between.
+    """
+    for rows in row_groups:
+        masked = torch.zeros_like(grad)
+        masked[rows] = grad[rows]
+        images.grad = masked
+        optimizer.step()
+    images.grad = None
+
+
 def minmax_step(
     loss: torch.Tensor,
     images: torch.Tensor,
     image_optimizer: torch.optim.Optimizer,
     sampler_params: Sequence[nn.Parameter] = (),
     sampler_optimizer: torch.optim.Optimizer | None = None,
+    row_groups: Sequence[torch.Tensor] | None = None,
 ) -> None:
     """Descend ``loss`` in ``images`` and ascend it in ψ's parameters, from one graph.
 
     The two gradients are computed as separate tensors, never accumulated into shared
     ``.grad`` fields, so they cannot cancel (the released code's ψ update is g − g = 0).
+    ``row_groups`` (one index tensor per class): step the images once per class
+    (:func:`step_rows_in_turn`); None: one step for all.  ψ takes one SGD step on the summed
+    gradient, which equals the code's per-class SGD steps summed.
     """
     params = list(sampler_params)
     grads = torch.autograd.grad(loss, [images, *params], allow_unused=True)
-    images.grad = grads[0]
-    image_optimizer.step()
-    images.grad = None
+    if row_groups is None:
+        images.grad = grads[0]
+        image_optimizer.step()
+        images.grad = None
+    else:
+        step_rows_in_turn(images, grads[0], image_optimizer, row_groups)
     if sampler_optimizer is not None and params:
         for param, grad in zip(params, grads[1:], strict=True):
             param.grad = None if grad is None else -grad  # ascent: step along +∇ψ
@@ -253,6 +286,7 @@ def distill_ncfm(
     feature_nets: FeatureNetPool | None = None,
     calibration_weight: float = 0.0,
     factor: int = 1,
+    step_per_class: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, DistillHistory]:
     """Distil ``(images, labels)`` to ``ipc`` images per class with NCFM's min-max.
 
@@ -269,7 +303,9 @@ def distill_ncfm(
     needs ``feature_nets``).  ``factor`` f > 1: IDC's multi-formation, as the paper (ρ = 2):
     ``ipc`` stored images per class are matched, and returned, as ``ipc``·f² decoded images
     (:mod:`fedmatch.distill.multiformation`; ``init='real'`` tiles downsampled real images).
-    Only classes present in ``labels`` get synthetic images.
+    ``step_per_class``: the images take one optimiser step per class per iteration, each on
+    that class's gradient, as the released code (:func:`step_rows_in_turn`); False: one step
+    for all classes.  Only classes present in ``labels`` get synthetic images.
     ``history.extra`` holds ψ's total weight change and the last calibration loss.
     """
     check_dataset(images, labels, num_classes)
@@ -296,6 +332,11 @@ def distill_ncfm(
     syn = syn_init.to(device).requires_grad_(True)
     syn_labels_dev = decode_labels(syn_labels, factor).to(device)
     image_optimizer = torch.optim.AdamW([syn], lr=lr, weight_decay=weight_decay)
+    row_groups = (
+        [torch.nonzero(syn_labels == c).flatten().to(device) for c in classes]
+        if step_per_class
+        else None
+    )
     sampler_rng = RealSampler(labels, classes, batch_real)
     image_size = (images.shape[2], images.shape[3])
 
@@ -367,6 +408,7 @@ def distill_ncfm(
                 image_optimizer,
                 list(sampler.parameters()) if sampler is not None else (),
                 sampler_optimizer,
+                row_groups,
             )
             clamp_images()
             if final_model is not None:
@@ -378,7 +420,8 @@ def distill_ncfm(
                     ),
                     syn_labels_dev,
                 )
-                minmax_step(calibration, syn, image_optimizer)  # no ψ: a plain image descent
+                # No ψ: a plain image descent (per class too, as the code's compute_calib_loss).
+                minmax_step(calibration, syn, image_optimizer, row_groups=row_groups)
                 clamp_images()
                 history.extra["calibration-loss"] = float(calibration.detach())
             history.losses.append(float(loss.detach()))
@@ -394,6 +437,7 @@ def distill_ncfm(
         history.extra["sampler-weight-change"] = math.sqrt(change)
     if feature_nets is not None:
         history.extra["feature-nets"] = float(len(feature_nets))
+    history.extra["image-steps-per-iteration"] = float(len(row_groups) if row_groups else 1)
     if factor > 1:
         history.extra["factor"] = float(factor)
         history.extra["stored-images"] = float(len(syn_labels))
