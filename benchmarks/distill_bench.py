@@ -359,6 +359,8 @@ def variant(method: str, args: dict[str, Any]) -> str:
             parts.append(f"scale{args['ncfm_frequency_scale']:g}")
         if args.get("ncfm_alpha", 0.5) != 0.5:
             parts.append(f"α{args['ncfm_alpha']:g}")
+        if args.get("ncfm_frequencies", 1024) != 1024:
+            parts.append(f"{args['ncfm_frequencies']}t")
         if args.get("ncfm_calibration", 0.0):
             parts.append(f"calib{args['ncfm_calibration']:g}")
         if args.get("ncfm_step_per_class", False):
