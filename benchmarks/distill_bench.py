@@ -192,6 +192,7 @@ def run_grid(
     def score_set(
         images: torch.Tensor,
         labels: torch.Tensor,
+        test: tuple[torch.Tensor, torch.Tensor],
         protocol: EvalProtocol,
         seed: int,
         what: str,
@@ -202,8 +203,7 @@ def run_grid(
         return evaluate_set(
             images,
             labels,
-            xt,
-            yt,
+            *test,
             protocol=protocol,
             seeds=[seed],
             model_factory=factory,
@@ -211,8 +211,8 @@ def run_grid(
         )
 
     for domain in args.domains.split(","):
-        (x, y), (xt, yt) = domain_tensors(domain, args.cache_dir)
-        print(f"{domain}: {len(y)} train / {len(yt)} test images", flush=True)
+        (x, y), test = domain_tensors(domain, args.cache_dir)
+        print(f"{domain}: {len(y)} train / {len(test[1])} test images", flush=True)
         for seed in ints(args.seeds):
             pool, pool_seconds, pool_cached = None, 0.0, False
             if "ncfm" in methods and args.ncfm_feature_nets > 0:
@@ -220,7 +220,9 @@ def run_grid(
                     domain, x, y, seed, args, net, device
                 )
             if "full" in methods:
-                score = score_set(x, y, full_protocol, seed, f"{domain} full data seed {seed}")
+                score = score_set(
+                    x, y, test, full_protocol, seed, f"{domain} full data seed {seed}"
+                )
                 record(
                     domain=domain,
                     ipc="all",
@@ -235,7 +237,7 @@ def run_grid(
                     generator = torch.Generator().manual_seed(derive_seed(seed, ipc, 1))
                     sx, sy = random_real_subset(x, y, ipc, generator)
                     score = score_set(
-                        sx, sy, protocol, seed, f"{domain} ipc {ipc} random seed {seed}"
+                        sx, sy, test, protocol, seed, f"{domain} ipc {ipc} random seed {seed}"
                     )
                     record(
                         domain=domain,
@@ -282,7 +284,7 @@ def run_grid(
                         history.extra["feature-net-seconds"] = pool_seconds
                         history.extra["feature-nets-cached"] = float(pool_cached)
                     score = score_set(
-                        sx, sy, protocol, seed, f"{domain} ipc {ipc} {method} seed {seed}"
+                        sx, sy, test, protocol, seed, f"{domain} ipc {ipc} {method} seed {seed}"
                     )
                     record(
                         domain=domain,
