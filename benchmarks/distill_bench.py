@@ -60,9 +60,10 @@ from fedmatch.distill import (
     random_real_subset,
 )
 from fedmatch.distill.feature_nets import FeatureNetPool, pretrain_feature_nets
-from fedmatch.distill.from_config import distill_from_config, eval_protocol
-from fedmatch.models.from_config import model_from_config
-from fedmatch.results import atomic_torch_save
+from fedmatch.factories.distill import distill_from_config, eval_protocol
+from fedmatch.factories.models import model_from_config
+from fedmatch.fileio import atomic_torch_save
+from fedmatch.params import DistillParams
 from fedmatch.seeding import derive_seed
 from fedmatch.train import resolve_device
 
@@ -453,10 +454,10 @@ def client_default(args: argparse.Namespace) -> dict[str, Any]:
     data = load_client_data(cfg, 0, 5)
     x, y = data.train.tensors
     xt, yt = data.test.tensors
+    dp = cfg.params(DistillParams)
     print(
-        f"client 0 of 5 ({data.domain}): {len(y)} images; {cfg.distill_method}, ipc {cfg.ipc}, "
-        f"{cfg.distill_steps} steps, batch-real {cfg.distill_batch_real}, width "
-        f"{cfg.model_width}",
+        f"client 0 of 5 ({data.domain}): {len(y)} images; {dp.method}, ipc {dp.ipc}, "
+        f"{dp.steps} steps, batch-real {dp.batch_real}, width {cfg.model_width}",
         flush=True,
     )
     start = time.perf_counter()
@@ -473,15 +474,17 @@ def client_default(args: argparse.Namespace) -> dict[str, Any]:
     distilled = evaluate_set(
         sx, sy, xt, yt, protocol=protocol, seeds=seeds, model_factory=factory, device=device
     )
-    rx, ry = random_real_subset(x, y, cfg.ipc, torch.Generator().manual_seed(0))
+    rx, ry = random_real_subset(
+        x, y, cfg.params(DistillParams).ipc, torch.Generator().manual_seed(0)
+    )
     random = evaluate_set(
         rx, ry, xt, yt, protocol=protocol, seeds=seeds, model_factory=factory, device=device
     )
     result = {
         "domain": data.domain,
         "num_train": len(y),
-        "method": cfg.distill_method,
-        "ipc": cfg.ipc,
+        "method": cfg.params(DistillParams).method,
+        "ipc": cfg.params(DistillParams).ipc,
         "steps": history.steps,
         "distill_wall_seconds": wall,
         "distill_seconds": history.seconds,

@@ -46,19 +46,19 @@ from fedmatch.data.embedded import EMBEDDED_DOMAINS
 from fedmatch.localrun import PrivateFlower
 from fedmatch.results import read_metrics
 
-_DEFAULT = {"strategy": "fedka", "fedka-broadcast": "finetuned", "finetune-balance": True}
-_UNBALANCED = {"strategy": "fedka", "fedka-broadcast": "finetuned", "finetune-balance": False}
-_OFFICIAL = {"strategy": "fedka", "fedka-broadcast": "averaged", "finetune-balance": False}
+_DEFAULT = {"strategy": "fedka", "fedka.broadcast": "finetuned", "fedka.finetune-balance": True}
+_UNBALANCED = {"strategy": "fedka", "fedka.broadcast": "finetuned", "fedka.finetune-balance": False}
+_OFFICIAL = {"strategy": "fedka", "fedka.broadcast": "averaged", "fedka.finetune-balance": False}
 METHODS: dict[str, dict[str, object]] = {
     "fedavg": {"strategy": "fedavg"},
     "fedka": _DEFAULT,
-    "fedka-no-voting": {"strategy": "fedka", "finetune-steps": 0},
-    "fedka-no-mmd": {**_DEFAULT, "mmd-weight": 0.0},
+    "fedka-no-voting": {"strategy": "fedka", "fedka.finetune-steps": 0},
+    "fedka-no-mmd": {**_DEFAULT, "fedka.mmd-weight": 0.0},
     "fedka-unbalanced": _UNBALANCED,
-    "fedka-unbalanced-no-mmd": {**_UNBALANCED, "mmd-weight": 0.0},
+    "fedka-unbalanced-no-mmd": {**_UNBALANCED, "fedka.mmd-weight": 0.0},
     "fedka-official": _OFFICIAL,
-    "fedka-official-plurality": {**_OFFICIAL, "vote-threshold": 0.0},
-    "fedka-official-no-mmd": {**_OFFICIAL, "mmd-weight": 0.0},
+    "fedka-official-plurality": {**_OFFICIAL, "fedka.vote-threshold": 0.0},
+    "fedka-official-no-mmd": {**_OFFICIAL, "fedka.mmd-weight": 0.0},
 }
 LABELS = {
     "fedavg": "FedAvg (source only)",

@@ -47,10 +47,10 @@ from fedmatch.config import RunConfig
 from fedmatch.data.loaders import load_domains, to_images
 from fedmatch.diffusion.disback import backtrack_target, record_degradation
 from fedmatch.diffusion.dmd2 import DMD2Settings, GanHead, generate, train_dmd2
-from fedmatch.diffusion.evaluate import balanced_labels, save_grid
 from fedmatch.diffusion.fid import FIDScorer, cached_feature_net
 from fedmatch.diffusion.teacher import ddim_sample, train_denoiser
 from fedmatch.diffusion.unet import UNetSpec, build_unet
+from fedmatch.factories.diffusion_eval import balanced_labels, save_grid
 from fedmatch.logs import setup_logging
 from fedmatch.seeding import derive_seed
 

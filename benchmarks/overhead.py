@@ -71,8 +71,8 @@ if str(REPO) not in sys.path:
 
 from fedmatch.config import RunConfig  # noqa: E402
 from fedmatch.data.loaders import load_client_data, load_domains, to_tensors  # noqa: E402
+from fedmatch.factories.models import model_from_config  # noqa: E402
 from fedmatch.localrun import PrivateFlower  # noqa: E402
-from fedmatch.models.from_config import model_from_config  # noqa: E402
 from fedmatch.results import read_metrics  # noqa: E402
 from fedmatch.seeding import derive_seed  # noqa: E402
 

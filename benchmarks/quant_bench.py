@@ -35,8 +35,8 @@ from generator_bench import PRESETS, Bench  # benchmarks/ (this script's folder)
 from fedmatch.config import RunConfig
 from fedmatch.diffusion.teacher import ddim_sample
 from fedmatch.diffusion.unet import build_unet
+from fedmatch.factories.quant import client_calibration, server_quantize
 from fedmatch.logs import setup_logging
-from fedmatch.quant.from_config import client_calibration, server_quantize
 from fedmatch.quant.qmodules import model_size_bytes
 from fedmatch.seeding import derive_seed
 

@@ -20,9 +20,9 @@ import torch
 
 from fedmatch.config import RunConfig
 from fedmatch.data.loaders import load_domains, to_images
-from fedmatch.diffusion.evaluate import balanced_labels, save_grid
 from fedmatch.diffusion.teacher import ddim_sample, train_denoiser
 from fedmatch.diffusion.unet import UNetSpec, build_unet, parse_channels
+from fedmatch.factories.diffusion_eval import balanced_labels, save_grid
 from fedmatch.logs import setup_logging
 
 log = logging.getLogger("fedmatch.bench")

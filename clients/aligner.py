@@ -39,10 +39,11 @@ from clients.local_state import save_local_state
 from fedmatch.align import domain_loss, mk_mmd, parse_multipliers, schedule_weight
 from fedmatch.config import RunConfig
 from fedmatch.data.loaders import load_target_domain, to_images
-from fedmatch.models.from_config import model_from_config
+from fedmatch.factories.models import model_from_config
 from fedmatch.records import arrays_to_state, state_to_arrays
 from fedmatch.seeding import derive_seed
 from fedmatch.train import TrainResult, resolve_device
+from strategies.fedka import FedKAParams
 
 log = logging.getLogger("fedmatch.client")
 
@@ -76,7 +77,7 @@ class AlignmentLoss:
         self.target = target
         self.server_round = server_round
         self.steps_per_round = max(1, steps_per_round)
-        self.multipliers = parse_multipliers(cfg.mmd_bandwidth_multipliers)
+        self.multipliers = parse_multipliers(cfg.params(FedKAParams).mmd_bandwidth_multipliers)
         self.generator = torch.Generator().manual_seed(seed)
         self.step = 0
         self.mmd_values: list[float] = []
@@ -99,23 +100,37 @@ class AlignmentLoss:
         p = self.progress()
         self.step += 1
         count = len(self.target.features)
-        idx = torch.randperm(count, generator=self.generator)[: cfg.target_batch_size]
+        idx = torch.randperm(count, generator=self.generator)[
+            : cfg.params(FedKAParams).target_batch_size
+        ]
         target_features = self.target.features[idx].to(features.device)
         loss = features.new_zeros(())
-        if cfg.mmd_weight > 0:
+        if cfg.params(FedKAParams).mmd_weight > 0:
             mmd = mk_mmd(
                 features,
                 target_features,
                 multipliers=self.multipliers,
-                bandwidth_base=cfg.mmd_bandwidth_base,
-                estimator=cfg.mmd_estimator,
+                bandwidth_base=cfg.params(FedKAParams).mmd_bandwidth_base,
+                estimator=cfg.params(FedKAParams).mmd_estimator,
             )
             self.mmd_values.append(float(mmd.detach()))
             loss = (
-                loss + schedule_weight(cfg.align_schedule, cfg.mmd_weight, p, cfg.align_gamma) * mmd
+                loss
+                + schedule_weight(
+                    cfg.params(FedKAParams).align_schedule,
+                    cfg.params(FedKAParams).mmd_weight,
+                    p,
+                    cfg.params(FedKAParams).align_gamma,
+                )
+                * mmd
             )
-        if cfg.domain_head:
-            coeff = schedule_weight(cfg.align_schedule, cfg.domain_weight, p, cfg.align_gamma)
+        if cfg.params(FedKAParams).domain_head:
+            coeff = schedule_weight(
+                cfg.params(FedKAParams).align_schedule,
+                cfg.params(FedKAParams).domain_weight,
+                p,
+                cfg.params(FedKAParams).align_gamma,
+            )
             if self.target.images is not None:
                 # Raw mode, as in DANN: the client's own features of target images, so the
                 # reversed gradient also shapes how the extractor sees the target.
@@ -152,7 +167,7 @@ def raw_target_images(cfg: RunConfig, server_round: int, partition_id: int) -> t
     rng = np.random.default_rng(
         derive_seed(cfg.seed, server_round, partition_id, _DRAW_RAW_SAMPLES)
     )
-    count = min(cfg.target_samples, len(domain.x_train))
+    count = min(cfg.params(FedKAParams).target_samples, len(domain.x_train))
     idx = np.sort(rng.choice(len(domain.x_train), size=count, replace=False))
     return to_images(domain.x_train[idx])
 

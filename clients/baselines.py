@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from clients.classifier import (
     _client_data,
@@ -37,12 +37,14 @@ from clients.local_state import load_local_state, save_local_state
 from fedmatch.baselines import feddyn, moon, scaffold, vhl
 from fedmatch.baselines.common import State, zeros_like
 from fedmatch.config import RunConfig
-from fedmatch.models.from_config import model_from_config
+from fedmatch.factories.models import model_from_config
 from fedmatch.records import arrays_to_state, state_to_arrays
 from fedmatch.seeding import derive_seed
 from fedmatch.train import resolve_device
+from strategies.feddyn import FedDynParams
+from strategies.moon import MoonParams
+from strategies.vhl import VHLParams
 
-STRATEGIES = ("scaffold", "fednova", "feddyn", "moon", "vhl")
 # Purpose tags that keep the seeds of this module's random draws apart.
 _VHL_DATA = 61
 _VHL_BATCHES = 62
@@ -92,7 +94,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         keep(scaffold.CLIENT_STATE_SLOT, c_new)
         extra_records[scaffold.DELTA_CONTROL_RECORD] = state_to_arrays(delta)
     elif cfg.strategy == "feddyn":
-        alpha = float(config["feddyn-alpha"])
+        alpha = cfg.params(FedDynParams).alpha
         gradient = previous(feddyn.CLIENT_STATE_SLOT) or zeros_like(received)
         on_device = {n: t.to(device) for n, t in gradient.items()}
         anchor = {n: t.to(device) for n, t in received.items()}
@@ -111,7 +113,7 @@ def handle_train(msg: Message, context: Context) -> Message:
             feddyn.client_gradient_update(gradient, trained, received, alpha),
         )
     elif cfg.strategy == "moon":
-        hook = _moon_hook(cfg, model, previous(moon.CLIENT_STATE_SLOT), config, device)
+        hook = _moon_hook(cfg, model, previous(moon.CLIENT_STATE_SLOT), device)
         result = local_training(
             cfg, train_set, model, server_round, partition_id, device, feature_loss=hook
         )
@@ -119,13 +121,14 @@ def handle_train(msg: Message, context: Context) -> Message:
         if hook is not None and hook.values:
             extra_metrics["moon-loss"] = float(np.mean(hook.values))
     elif cfg.strategy == "vhl":
+        vhl_params = cfg.params(VHLParams)
         images, labels = vhl.virtual_dataset(
-            int(config["vhl-virtual-per-class"]), derive_seed(cfg.seed, _VHL_DATA)
+            vhl_params.virtual_per_class, derive_seed(cfg.seed, _VHL_DATA)
         )
         vhl_hook = vhl.VHLLoss(
             images,
             labels,
-            weight=float(config["vhl-weight"]),
+            weight=vhl_params.weight,
             seed=derive_seed(cfg.seed, server_round, partition_id, _VHL_BATCHES),
         )
         result = local_training(
@@ -155,11 +158,11 @@ def _moon_hook(
     cfg: RunConfig,
     model: torch.nn.Module,
     previous_state: State | None,
-    config: ConfigRecord,
     device: torch.device,
 ) -> moon.MoonLoss | None:
     """MOON's loss hook, or None in a client's first round (no previous model: ℓ_con ≡ log 2)."""
-    mu = float(config["moon-mu"])
+    params = cfg.params(MoonParams)
+    mu = params.mu
     if previous_state is None or mu == 0:
         return None
     global_model = model_from_config(cfg)
@@ -170,5 +173,5 @@ def _moon_hook(
         global_model.to(device),
         previous_model.to(device),
         mu=mu,
-        temperature=float(config["moon-temperature"]),
+        temperature=params.temperature,
     )

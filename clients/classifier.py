@@ -2,12 +2,14 @@
 
 Every strategy of the foundation (FedAvg, FedProx, FedBN) runs through here;
 they differ only in what the server sends (FedBN leaves normalisation layers
-out, which this handler keeps locally) and in FedProx's proximal term.
+out, which this handler keeps locally) and in an extra loss term a method's own
+workload plugs in (FedProx's proximal term, ``clients/fedprox.py``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -18,7 +20,7 @@ from clients.local_state import load_local_state, save_local_state
 from clients.node import node_partition
 from fedmatch.config import RunConfig
 from fedmatch.data.loaders import ClientData, load_client_data, make_loader
-from fedmatch.models.from_config import model_from_config
+from fedmatch.factories.models import model_from_config
 from fedmatch.records import arrays_to_state, state_to_arrays
 from fedmatch.seeding import derive_seed
 from fedmatch.train import (
@@ -27,7 +29,6 @@ from fedmatch.train import (
     GradHook,
     TrainResult,
     evaluate,
-    proximal_loss,
     resolve_device,
     train_local,
 )
@@ -79,17 +80,20 @@ def handle_describe(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"info": info}), reply_to=msg)
 
 
-def handle_train(msg: Message, context: Context) -> Message:
+# (run config, model as received, device) -> an extra loss term of local training, or None.
+MakeExtraLoss = Callable[[RunConfig, torch.nn.Module, torch.device], ExtraLoss | None]
+
+
+def handle_train(
+    msg: Message, context: Context, make_extra_loss: MakeExtraLoss | None = None
+) -> Message:
+    """Local training of the received model; ``make_extra_loss`` adds a method's term."""
     cfg, data, partition_id = _client_data(context)
     config = msg.content["config"]
     server_round = int(config["server-round"])
     device = resolve_device(cfg.device)
     model, sent_keys, local_keys = _model_with(cfg, msg, context, partition_id, server_round - 1)
-
-    extra_loss = None
-    if "proximal-mu" in config and float(config["proximal-mu"]) > 0:
-        global_params = {n: p.detach().clone().to(device) for n, p in model.named_parameters()}
-        extra_loss = proximal_loss(global_params, float(config["proximal-mu"]))
+    extra_loss = make_extra_loss(cfg, model, device) if make_extra_loss else None
 
     train_set = training_set(cfg, data, context, partition_id, device)
     result = local_training(

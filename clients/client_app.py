@@ -13,12 +13,13 @@ import json
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from clients import aligner, baselines, classifier, distiller, fedlgd, generator, quantizer
+from clients import classifier, distiller, fedlgd, generator, quantizer
 from fedmatch.cells import CELL_RECORD
-from fedmatch.diffusion.from_config import GENERATOR_ACTION, TEACHER_ACTION
 from fedmatch.distill.fedlgd_wire import STATS_ACTION
+from fedmatch.factories.diffusion import GENERATOR_ACTION, TEACHER_ACTION
+from fedmatch.factories.quant import CALIBRATE_ACTION
 from fedmatch.logs import setup_logging
-from fedmatch.quant.from_config import CALIBRATE_ACTION
+from fedmatch.methods import get_method
 
 app = ClientApp()
 
@@ -63,17 +64,9 @@ def describe(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     setup_logging()
     context = cell_context(msg, context)
-    strategy = context.run_config.get("strategy")
-    if strategy == "fedka":
-        # FedKA trains with the MK-MMD (and DANN) alignment terms.
-        return aligner.handle_train(msg, context)
-    if strategy == "fedlgd":
-        # FedLGD trains on local ∪ global virtual data (and refreshes the local part).
-        return fedlgd.handle_train(msg, context)
-    if strategy in baselines.STRATEGIES:
-        # SCAFFOLD, FedNova, FedDyn, MOON: extra client state, hooks or payloads.
-        return baselines.handle_train(msg, context)
-    return classifier.handle_train(msg, context)
+    # The method's own workload (fedmatch/methods.py: Method.train), e.g. FedKA's alignment.
+    method = get_method(str(context.run_config.get("strategy", "fedavg")))
+    return method.train_handler()(msg, context)
 
 
 @app.train(distiller.DISTILL_ACTION)

@@ -26,7 +26,6 @@ from clients.node import node_partition
 from fedmatch.config import RunConfig
 from fedmatch.data.loaders import ClientData, load_client_data
 from fedmatch.distill.common import DistillHistory, InitMode
-from fedmatch.distill.from_config import distill_from_config
 from fedmatch.distill.wire import (
     DISTILL_ACTION,
     RETURN_FLAG,
@@ -34,7 +33,9 @@ from fedmatch.distill.wire import (
     synthetic_from_record,
     synthetic_record,
 )
-from fedmatch.results import atomic_torch_save
+from fedmatch.factories.distill import distill_from_config
+from fedmatch.fileio import atomic_torch_save
+from fedmatch.params import DistillParams
 from fedmatch.seeding import derive_seed
 from fedmatch.train import resolve_device
 
@@ -71,7 +72,7 @@ def _distill_and_keep(
         "client %d (%s): %s distilled %d images to %d in %d steps, %.1f s, loss %.4f -> %.4f",
         partition_id,
         data.domain,
-        cfg.distill_method,
+        cfg.params(DistillParams).method,
         len(labels),
         len(syn_labels),
         history.steps,
@@ -81,7 +82,11 @@ def _distill_and_keep(
     )
     context.state[STATE_KEY] = synthetic_record(syn_images, syn_labels)
     context.state[META_KEY] = ConfigRecord(
-        {"round": server_round, "method": cfg.distill_method, "ipc": cfg.ipc}
+        {
+            "round": server_round,
+            "method": cfg.params(DistillParams).method,
+            "ipc": cfg.params(DistillParams).ipc,
+        }
     )
     return syn_images, syn_labels, history
 
@@ -106,7 +111,7 @@ def local_virtual_set(
     if stored is not None:
         return TensorDataset(*stored)
     cache_file = virtual_cache_file(cfg, partition_id, node_partition(context)[1], device)
-    if cfg.virtual_cache and cache_file.exists():
+    if cfg.params(DistillParams).virtual_cache and cache_file.exists():
         try:
             cached = torch.load(cache_file, weights_only=True)
             syn_images, syn_labels = cached["images"], cached["labels"]
@@ -125,9 +130,9 @@ def local_virtual_set(
             context.state[STATE_KEY] = synthetic_record(syn_images, syn_labels)
             return TensorDataset(syn_images, syn_labels)
     syn_images, syn_labels, _ = _distill_and_keep(
-        cfg, data, context, partition_id, 0, device, init=cfg.virtual_init
+        cfg, data, context, partition_id, 0, device, init=cfg.params(DistillParams).virtual_init
     )
-    if cfg.virtual_cache:
+    if cfg.params(DistillParams).virtual_cache:
         atomic_torch_save({"images": syn_images, "labels": syn_labels}, cache_file)
     return TensorDataset(syn_images, syn_labels)
 

@@ -46,14 +46,16 @@ from fedmatch.distill.fedlgd_wire import (
     stats_record,
     virtual_images_dir,
 )
-from fedmatch.distill.from_config import DEFAULT_LR, distill_net
 from fedmatch.distill.stats import class_channel_stats
 from fedmatch.distill.wire import synthetic_from_record
+from fedmatch.factories.distill import DEFAULT_LR, distill_net
+from fedmatch.factories.models import model_from_config
 from fedmatch.images import save_class_grid
-from fedmatch.models.from_config import model_from_config
+from fedmatch.params import DistillParams
 from fedmatch.records import arrays_to_state, state_to_arrays
 from fedmatch.seeding import derive_seed
 from fedmatch.train import resolve_device
+from strategies.fedlgd import FedLGDParams
 
 log = logging.getLogger("fedmatch.client")
 
@@ -91,7 +93,7 @@ def _local_virtual(
         return saved["images"], saved["labels"]
     warmed = local_virtual_set(cfg, data, context, partition_id, device)
     images, labels = warmed.tensors
-    if cfg.fedlgd_save_images and run_dir:
+    if cfg.params(FedLGDParams).save_images and run_dir:
         save_class_grid(
             images, labels, virtual_images_dir(run_dir) / f"partition-{partition_id}-round-0.png"
         )
@@ -115,13 +117,13 @@ def _refresh(
     new_images, new_labels, history = distill_dm(
         images,
         labels,
-        cfg.ipc,
-        cfg.fedlgd_local_steps,
+        cfg.params(DistillParams).ipc,
+        cfg.params(FedLGDParams).local_steps,
         num_classes=NUM_CLASSES,
-        lr=cfg.distill_lr or DEFAULT_LR["dm"],
-        batch_real=cfg.distill_batch_real,
+        lr=cfg.params(DistillParams).lr or DEFAULT_LR["dm"],
+        batch_real=cfg.params(DistillParams).batch_real,
         net=distill_net(cfg),
-        dsa_strategy=cfg.dsa_strategy,
+        dsa_strategy=cfg.params(DistillParams).dsa_strategy,
         generator=generator,
         device=device,
         start=virtual,
@@ -171,7 +173,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         # The pre-release code's target: per-class gradients of the local virtual data at θ_t.
         grads = class_gradients(model.to(device), virtual[0].to(device), virtual[1].to(device))
         content[CLASS_GRADS_KEY] = class_grads_record(grads)
-    if bool(config.get(REFRESH_FLAG, False)) and cfg.fedlgd_local_steps > 0:
+    if bool(config.get(REFRESH_FLAG, False)) and cfg.params(FedLGDParams).local_steps > 0:
         images, labels, refresh_metrics = _refresh(
             cfg, data, model, virtual, partition_id, server_round, device
         )
@@ -185,7 +187,7 @@ def handle_train(msg: Message, context: Context) -> Message:
             {"images": virtual[0], "labels": virtual[1]},
             slot=SLOT,
         )
-        if cfg.fedlgd_save_images and run_dir:
+        if cfg.params(FedLGDParams).save_images and run_dir:
             save_class_grid(
                 virtual[0],
                 virtual[1],
@@ -194,13 +196,17 @@ def handle_train(msg: Message, context: Context) -> Message:
 
     regulariser = None
     use_reg = bool(config.get(REGULARISE_FLAG, False))
-    if use_reg and cfg.fedlgd_regulariser != "none" and cfg.fedlgd_lambda > 0:
+    if (
+        use_reg
+        and cfg.params(FedLGDParams).regulariser != "none"
+        and cfg.params(FedLGDParams).lambda_ > 0
+    ):
         regulariser = VirtualRegulariser(
             global_images,
             global_labels,
-            kind=cfg.fedlgd_regulariser,
-            weight=cfg.fedlgd_lambda,
-            temperature=cfg.fedlgd_temperature,
+            kind=cfg.params(FedLGDParams).regulariser,
+            weight=cfg.params(FedLGDParams).lambda_,
+            temperature=cfg.params(FedLGDParams).temperature,
         )
     train_set = TensorDataset(
         torch.cat([virtual[0], global_images.float()]), torch.cat([virtual[1], global_labels])

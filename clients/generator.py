@@ -22,14 +22,15 @@ from clients.node import node_partition
 from fedmatch.config import RunConfig
 from fedmatch.data.loaders import ClientData, load_client_data
 from fedmatch.diffusion.dmd2 import DMD2History, train_dmd2
-from fedmatch.diffusion.from_config import (
+from fedmatch.diffusion.teacher import train_denoiser
+from fedmatch.diffusion.unet import build_unet
+from fedmatch.factories.diffusion import (
     TARGET_KEY,
     GeneratorBundle,
     dmd2_settings,
     unet_spec,
 )
-from fedmatch.diffusion.teacher import train_denoiser
-from fedmatch.diffusion.unet import build_unet
+from fedmatch.params import DiffusionParams, GeneratorParams
 from fedmatch.records import arrays_to_state, state_to_arrays
 from fedmatch.seeding import derive_seed
 from fedmatch.train import resolve_device
@@ -58,8 +59,8 @@ def handle_teacher(msg: Message, context: Context) -> Message:
         unet,
         images,
         labels,
-        steps=cfg.teacher_steps,
-        lr=cfg.teacher_lr,
+        steps=cfg.params(DiffusionParams).teacher_steps,
+        lr=cfg.params(DiffusionParams).teacher_lr,
         batch_size=cfg.batch_size,
         seed=derive_seed(cfg.seed, server_round, partition_id, _TEACHER_TAG),
         device=device,
@@ -115,8 +116,8 @@ def handle_generator(msg: Message, context: Context) -> Message:
         "client %d (%s): %d generator steps (%d critic each), DM loss %.4g, fake loss %.4f, %.1f s",
         partition_id,
         data.domain,
-        cfg.generator_steps,
-        cfg.critic_steps,
+        cfg.params(GeneratorParams).steps,
+        cfg.params(GeneratorParams).critic_steps,
         DMD2History.mean(history.dm_losses),
         DMD2History.mean(history.fake_losses),
         history.seconds,

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 
+from fedmatch.fileio import atomic_torch_save
 from fedmatch.records import arrays_to_state, state_to_arrays
-from fedmatch.results import atomic_torch_save
 
 _ARRAYS = "local-arrays"
 _META = "local-meta"

@@ -1,7 +1,7 @@
 """The federated calibration workload (``train.calibrate``) of post-training quantization.
 
 The client receives the float teacher UNet, quantizes a copy with the run's ``quant-*``
-settings, calibrates it on its own domain (``fedmatch.quant.from_config.client_calibration``:
+settings, calibrates it on its own domain (``fedmatch.factories.quant.client_calibration``:
 its images noised to the sampler's timesteps, or teacher trajectories for its labels) and
 replies with **statistics only**: per-layer, per-timestep activation minima/maxima (per channel
 and per pixel for DGQ) and, for EDA-DM, its TDAC weights over the timesteps.  No image, label
@@ -18,11 +18,12 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from clients.node import node_partition
 from fedmatch.config import RunConfig
 from fedmatch.data.loaders import load_client_data
-from fedmatch.diffusion.from_config import unet_spec
 from fedmatch.diffusion.unet import build_unet
-from fedmatch.quant.from_config import client_calibration
+from fedmatch.factories.diffusion import unet_spec
+from fedmatch.factories.quant import client_calibration
 from fedmatch.records import arrays_to_state, state_to_arrays
 from fedmatch.seeding import derive_seed
+from strategies.quantization import QuantParams
 
 log = logging.getLogger("fedmatch.client")
 
@@ -50,8 +51,8 @@ def handle_calibrate(msg: Message, context: Context) -> Message:
         "client %d (%s): %s %s calibration, %d samples, %d statistics, %.1f s",
         partition_id,
         data.domain,
-        cfg.quant_method,
-        cfg.quant_bits,
+        cfg.params(QuantParams).method,
+        cfg.params(QuantParams).bits,
         int(metrics["calibration-samples"]),
         len(stats),
         seconds,

@@ -8,8 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
-from fedmatch.align.report import target_summary
 from fedmatch.results import format_domain_table, read_metrics
+from fedmatch.target_summary import target_summary
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -132,6 +132,23 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace) -> int:
+    from fedmatch import config_reference
+    from fedmatch.methods import MethodError
+
+    if args.what == "pyproject":
+        print(config_reference.defaults_toml(), end="")
+    elif args.what == "docs":
+        print(config_reference.reference_markdown(), end="")
+    else:
+        try:
+            print(config_reference.method_listing(args.method), end="")
+        except MethodError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedmatch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -190,6 +207,14 @@ def main(argv: list[str] | None = None) -> int:
         help="refuse runs with different data/model/rounds instead of grouping them",
     )
     report.set_defaults(func=_report)
+    config = sub.add_parser(
+        "config",
+        help="the registered methods and their run-config keys (list), or the generated "
+        "pyproject block / docs reference",
+    )
+    config.add_argument("what", choices=("list", "pyproject", "docs"))
+    config.add_argument("method", nargs="?", default=None, help="list: one method's keys")
+    config.set_defaults(func=_config)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -37,7 +37,7 @@ from torch import nn
 
 from fedmatch.config import RunConfig
 from fedmatch.data.types import DomainArrays
-from fedmatch.models.from_config import model_from_config
+from fedmatch.factories.models import model_from_config
 from fedmatch.records import arrays_nbytes, arrays_to_numpy, arrays_to_state
 from fedmatch.results import SERVER, MetricRow, RunRecorder
 from fedmatch.seeding import derive_seed

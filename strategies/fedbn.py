@@ -12,7 +12,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord
 
 from fedmatch.config import RunConfig
-from fedmatch.models.from_config import model_from_config
+from fedmatch.factories.models import model_from_config
 from fedmatch.models.registry import norm_parameter_names
 from strategies.base import FedMatchStrategy, NodeInfo
 

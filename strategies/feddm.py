@@ -31,9 +31,9 @@ from flwr.serverapp import Grid
 
 from fedmatch.data.types import IMAGE_SHAPE, NUM_CLASSES
 from fedmatch.distill.evaluate import train_on_set
-from fedmatch.distill.from_config import eval_protocol
 from fedmatch.distill.wire import MESSAGE_TYPE, RETURN_FLAG, SYNTHETIC_KEY, synthetic_from_record
-from fedmatch.models.from_config import model_from_config
+from fedmatch.factories.distill import eval_protocol
+from fedmatch.factories.models import model_from_config
 from fedmatch.records import arrays_nbytes, arrays_to_state, state_to_arrays
 from fedmatch.results import SERVER, MetricRow
 from fedmatch.seeding import derive_seed

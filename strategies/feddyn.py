@@ -1,6 +1,7 @@
 """FedDyn (Acar et al., ICLR 2021), Alg. 1; the math is in ``fedmatch.baselines.feddyn``.
 
-The server sends θ^{t−1} and ``feddyn-alpha``; each client minimises its loss plus the
+The server sends θ^{t−1}; each client reads ``feddyn.alpha`` from its run config, minimises its
+loss plus the
 dynamic regulariser −⟨∇L_k(θ_k^{t−1}), θ⟩ + (α/2)‖θ − θ^{t−1}‖² and keeps its gradient state
 (local state).  The server updates h^t = h^{t−1} − (α/m)Σ_{k∈P_t}(θ_k^t − θ^{t−1}) and sends
 θ^t = mean_{k∈P_t} θ_k^t − h^t/α (uniform mean, as in Alg. 1); m counts every client of the
@@ -12,17 +13,28 @@ Communication: as FedAvg.  h is server state: it goes into every checkpoint.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import ClassVar
 
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
+from pydantic import Field
 
 from fedmatch.baselines import feddyn
 from fedmatch.baselines.common import parameter_names, squared_norm, weighted_mean, zeros_like
 from fedmatch.config import RunConfig
-from fedmatch.models.from_config import model_from_config
+from fedmatch.factories.models import model_from_config
+from fedmatch.params import ParamsTable
 from fedmatch.records import state_to_arrays
 from fedmatch.results import SERVER, MetricRow
 from strategies.base import FedMatchStrategy, NodeInfo
+
+
+class FedDynParams(ParamsTable):
+    """``[tool.flwr.app.config.feddyn]``."""
+
+    table: ClassVar[str] = "feddyn"
+
+    alpha: float = Field(0.01, gt=0, le=1e4)  # regularisation strength alpha of Alg. 1
 
 
 class FedDynStrategy(FedMatchStrategy):
@@ -35,9 +47,7 @@ class FedDynStrategy(FedMatchStrategy):
         params = dict(model.named_parameters())
         self.h = zeros_like({n: params[n].detach() for n in self.param_names})
         self.num_clients = len(self.nodes)
-
-    def train_config(self, server_round: int) -> dict[str, int | float | str | bool]:
-        return {"feddyn-alpha": float(self.cfg.feddyn_alpha)}
+        self.alpha = cfg.params(FedDynParams).alpha
 
     def state_dict(self) -> dict:
         return {"h": {k: v.clone() for k, v in self.h.items()}}
@@ -58,7 +68,7 @@ class FedDynStrategy(FedMatchStrategy):
             self.h,
             {n: x[n] for n in self.param_names},
             ys,
-            alpha=self.cfg.feddyn_alpha,
+            alpha=self.alpha,
             num_clients=self.num_clients,
         )
         buffers = [k for k in ys[0] if k not in new_params]

@@ -37,24 +37,29 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterable
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
+from pydantic import Field, field_validator, model_validator
 
 from fedmatch.align import (
     federated_vote,
     finetune_on_pseudo_labels,
     group_effect,
+    parse_multipliers,
     predict_logits,
     schedule_weight,
 )
 from fedmatch.config import ConfigError, RunConfig
 from fedmatch.data.loaders import load_target_domain, to_images
-from fedmatch.models.from_config import model_from_config
+from fedmatch.factories.models import model_from_config
+from fedmatch.fileio import atomic_torch_save
+from fedmatch.params import ParamsTable
 from fedmatch.records import arrays_nbytes, arrays_to_state, state_to_arrays
-from fedmatch.results import SERVER, MetricRow, RunRecorder, atomic_torch_save
+from fedmatch.results import SERVER, MetricRow, RunRecorder
 from fedmatch.seeding import derive_seed
 from fedmatch.train import resolve_device
 from strategies.base import FedMatchStrategy, NodeInfo
@@ -66,6 +71,62 @@ State = dict[str, torch.Tensor]
 _DRAW_FEATURE_SAMPLE = 11
 _DRAW_VOTE_SAMPLE = 12
 _DRAW_FINETUNE = 13
+
+
+class FedKAParams(ParamsTable):
+    """``[tool.flwr.app.config.fedka]``; the held-out domain is the common ``target-domain``."""
+
+    table: ClassVar[str] = "fedka"
+
+    # What clients get of the target: features from the server, or the images themselves.
+    target_access: Literal["features", "raw"] = "features"
+    target_samples: int = Field(256, ge=2)
+    target_batch_size: int = Field(32, ge=2)
+    mmd_weight: float = Field(1.0, ge=0, le=1e4)
+    mmd_bandwidth_base: Literal["mean", "median"] = "mean"
+    mmd_bandwidth_multipliers: str = "0.25,0.5,1,2,4"
+    mmd_estimator: Literal["biased", "unbiased"] = "biased"
+    align_schedule: Literal["dann", "constant"] = "dann"
+    align_gamma: float = Field(10.0, gt=0, le=1e3)
+    # 1: pseudo-label only where every client agrees (docs: why not plurality).
+    vote_threshold: float = Field(1.0, ge=0, le=1)
+    finetune_steps: int = Field(32, ge=0)
+    finetune_lr: float = Field(0.01, gt=0, le=100)
+    finetune_weight: float = Field(1.0, ge=0, le=1e4)
+    finetune_balance: bool = True
+    # Which weights go to the clients next round: the FedAvg ones (the official code) or the
+    # fine-tuned ones (the pseudo-label adaptation then carries over rounds).
+    broadcast: Literal["averaged", "finetuned"] = "finetuned"
+    domain_head: bool = False
+    domain_weight: float = Field(1.0, ge=0, le=1e4)
+
+    @field_validator("mmd_bandwidth_multipliers")
+    @classmethod
+    def _multipliers(cls, value: str) -> str:
+        parse_multipliers(value)
+        return value
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> FedKAParams:
+        if self.target_samples < self.target_batch_size:
+            raise ValueError(
+                f"fedka.target-samples={self.target_samples} is smaller than "
+                f"fedka.target-batch-size={self.target_batch_size}: each local step draws a "
+                "batch from those samples"
+            )
+        return self
+
+    def check_run(self, run: RunConfig) -> None:
+        if not run.target_domain:
+            raise ValueError(
+                "strategy='fedka' needs target-domain: the held-out domain whose unlabelled "
+                "training split the server keeps (the other domains are the clients')"
+            )
+        if self.domain_head and run.model != "fedka-cnn":
+            raise ValueError(
+                f"fedka.domain-head=true needs model='fedka-cnn' (the DANN-style CNN with a "
+                f"domain head), got model={run.model!r}"
+            )
 
 
 class FedKAStrategy(FedMatchStrategy):
@@ -106,7 +167,9 @@ class FedKAStrategy(FedMatchStrategy):
 
     def sends_target(self) -> bool:
         """Whether clients need target information (not for the no-alignment ablation)."""
-        return self.cfg.mmd_weight > 0 or self.cfg.domain_head
+        return (
+            self.cfg.params(FedKAParams).mmd_weight > 0 or self.cfg.params(FedKAParams).domain_head
+        )
 
     def target_sample(self, server_round: int, count: int, purpose: int) -> torch.Tensor:
         """Sorted indices of ``count`` target training images, seeded by (seed, round)."""
@@ -117,7 +180,9 @@ class FedKAStrategy(FedMatchStrategy):
     @torch.no_grad()
     def target_features(self, server_round: int, reference: State) -> torch.Tensor:
         """The reference model's eval-mode features of this round's target sample."""
-        idx = self.target_sample(server_round, self.cfg.target_samples, _DRAW_FEATURE_SAMPLE)
+        idx = self.target_sample(
+            server_round, self.cfg.params(FedKAParams).target_samples, _DRAW_FEATURE_SAMPLE
+        )
         model = self._load(reference)
         images = self.target_images[idx]
         chunks = [
@@ -134,7 +199,7 @@ class FedKAStrategy(FedMatchStrategy):
             return messages
         # Round 1 (or no fine-tuning yet): the broadcast model is the reference.
         reference = self.finetuned if self.finetuned is not None else arrays_to_state(arrays)
-        if self.cfg.target_access == "features":
+        if self.cfg.params(FedKAParams).target_access == "features":
             key = "target"
             payload = ArrayRecord({"features": self.target_features(server_round, reference)})
         else:
@@ -174,7 +239,7 @@ class FedKAStrategy(FedMatchStrategy):
         self._round_rows.extend(
             self.adapt(server_round, averaged_state, client_states, partition_ids)
         )
-        if self.cfg.fedka_broadcast == "finetuned" and self.finetuned is not None:
+        if self.cfg.params(FedKAParams).broadcast == "finetuned" and self.finetuned is not None:
             return state_to_arrays(self.finetuned), metrics
         return averaged, metrics
 
@@ -187,34 +252,37 @@ class FedKAStrategy(FedMatchStrategy):
     ) -> list[MetricRow]:
         """Voting and fine-tuning after FedAvg; sets ``self.finetuned``; returns metric rows."""
         cfg = self.cfg
-        vote_count = max(cfg.finetune_steps * cfg.batch_size, cfg.target_samples)
+        vote_count = max(
+            cfg.params(FedKAParams).finetune_steps * cfg.batch_size,
+            cfg.params(FedKAParams).target_samples,
+        )
         idx = self.target_sample(server_round, vote_count, _DRAW_VOTE_SAMPLE)
         images = self.target_images[idx]
         client_logits = [
             predict_logits(self._load(state), images, device=self.device) for state in client_states
         ]
-        pseudo, mask = federated_vote(client_logits, cfg.vote_threshold)
+        pseudo, mask = federated_vote(client_logits, cfg.params(FedKAParams).vote_threshold)
 
         model = self._load(averaged)
         weight = schedule_weight(
-            cfg.align_schedule,
-            cfg.finetune_weight,
+            cfg.params(FedKAParams).align_schedule,
+            cfg.params(FedKAParams).finetune_weight,
             server_round / cfg.num_server_rounds,
-            cfg.align_gamma,
+            cfg.params(FedKAParams).align_gamma,
         )
         result = finetune_on_pseudo_labels(
             model,
             images[mask],
             pseudo[mask],
-            steps=cfg.finetune_steps,
+            steps=cfg.params(FedKAParams).finetune_steps,
             batch_size=cfg.batch_size,
-            lr=cfg.finetune_lr,
+            lr=cfg.params(FedKAParams).finetune_lr,
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
             weight=weight,
             seed=derive_seed(cfg.seed, server_round, _DRAW_FINETUNE),
             device=self.device,
-            class_balanced=cfg.finetune_balance,
+            class_balanced=cfg.params(FedKAParams).finetune_balance,
         )
         self.finetuned = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 

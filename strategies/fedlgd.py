@@ -32,10 +32,12 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterable
+from typing import ClassVar, Literal
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
+from pydantic import Field
 
 from fedmatch.data.types import IMAGE_SHAPE, NUM_CLASSES
 from fedmatch.distill.fedlgd import match_global_virtual, pseudo_gradient
@@ -53,8 +55,9 @@ from fedmatch.distill.fedlgd_wire import (
 )
 from fedmatch.distill.stats import pool_class_stats, sample_from_stats
 from fedmatch.distill.wire import synthetic_record
+from fedmatch.factories.models import model_from_config
 from fedmatch.images import save_class_grid
-from fedmatch.models.from_config import model_from_config
+from fedmatch.params import ParamsTable
 from fedmatch.records import arrays_nbytes, arrays_to_state
 from fedmatch.results import SERVER, MetricRow
 from fedmatch.seeding import derive_seed
@@ -64,6 +67,30 @@ from strategies.base import FedMatchStrategy
 log = logging.getLogger("fedmatch.strategy")
 
 _INIT_TAG = 61  # seed stream of the global virtual images' initial noise
+
+
+class FedLGDParams(ParamsTable):
+    """``[tool.flwr.app.config.fedlgd]``: the server's global virtual data and its schedule.
+
+    Local IPC, the DM warm-up and its init are ``distill.ipc``/``steps``/``virtual-init``;
+    local training is ``lr``/``batch-size``.  Defaults: the CPU schedule
+    (``presets/fedlgd-paper.toml`` holds the paper's).
+    """
+
+    table: ClassVar[str] = "fedlgd"
+
+    refresh_every: int = Field(5, ge=1)  # local virtual data refreshed every this many rounds
+    refresh_until: int = Field(10, ge=0)  # ... up to this round
+    local_steps: int = Field(50, ge=0)  # DM steps of a refresh
+    server_steps: int = Field(100, ge=0)  # gradient-matching steps of the server per round
+    server_ipc: int = Field(10, ge=1)  # global virtual images per class
+    image_lr: float = Field(1.0, gt=0, le=1e4)
+    regulariser: Literal["supcon", "mmd", "none"] = "supcon"
+    lambda_: float = Field(10.0, ge=0, le=1e4)  # weight of the regulariser (Eq. 8)
+    temperature: float = Field(0.07, gt=0, le=1e3)
+    gm_target: Literal["pseudo-gradient", "client-gradients"] = "pseudo-gradient"
+    gm_distance: Literal["ours", "mse", "cos"] = "ours"
+    save_images: bool = False
 
 
 class FedLGDStrategy(FedMatchStrategy):
@@ -81,7 +108,10 @@ class FedLGDStrategy(FedMatchStrategy):
 
     def is_refresh_round(self, server_round: int) -> bool:
         t = server_round - 1
-        return t % self.cfg.fedlgd_refresh_every == 0 and t <= self.cfg.fedlgd_refresh_until
+        return (
+            t % self.cfg.params(FedLGDParams).refresh_every == 0
+            and t <= self.cfg.params(FedLGDParams).refresh_until
+        )
 
     def train_config(self, server_round: int) -> dict[str, int | float | str | bool]:
         refresh = self.is_refresh_round(server_round)
@@ -89,7 +119,8 @@ class FedLGDStrategy(FedMatchStrategy):
             # Round 1's local data was just warmed up: nothing to refresh yet.
             REFRESH_FLAG: refresh and server_round > 1,
             REGULARISE_FLAG: not refresh,
-            CLASS_GRADS_FLAG: refresh and self.cfg.fedlgd_gm_target == "client-gradients",
+            CLASS_GRADS_FLAG: refresh
+            and self.cfg.params(FedLGDParams).gm_target == "client-gradients",
         }
 
     def train_payload(self, server_round: int) -> dict[str, ArrayRecord]:
@@ -137,7 +168,7 @@ class FedLGDStrategy(FedMatchStrategy):
         classes = [c for c in range(NUM_CLASSES) if int(pooled.counts[c]) > 0]
         generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, _INIT_TAG))
         self.global_images, self.global_labels = sample_from_stats(
-            pooled, classes, self.cfg.fedlgd_server_ipc, IMAGE_SHAPE[1:], generator
+            pooled, classes, self.cfg.params(FedLGDParams).server_ipc, IMAGE_SHAPE[1:], generator
         )
         log.info(
             "FedLGD: %d global virtual images (%d classes) from the statistics of %d clients",
@@ -148,7 +179,7 @@ class FedLGDStrategy(FedMatchStrategy):
         self._save_images(0)
 
     def _save_images(self, server_round: int) -> None:
-        if not (self.cfg.fedlgd_save_images and self.run_dir):
+        if not (self.cfg.params(FedLGDParams).save_images and self.run_dir):
             return
         assert self.global_images is not None and self.global_labels is not None
         save_class_grid(
@@ -178,7 +209,7 @@ class FedLGDStrategy(FedMatchStrategy):
         self._count_upload(server_round, class_grads)
         if aggregated is None or old is None or not self.is_refresh_round(server_round):
             return aggregated, metrics
-        if self.cfg.fedlgd_server_steps > 0:
+        if self.cfg.params(FedLGDParams).server_steps > 0:
             self._match(server_round, old, aggregated, class_grads)
         return aggregated, metrics
 
@@ -212,7 +243,7 @@ class FedLGDStrategy(FedMatchStrategy):
         old_state = arrays_to_state(old)
         model.load_state_dict(old_state)
         model.to(device)
-        if self.cfg.fedlgd_gm_target == "pseudo-gradient":
+        if self.cfg.params(FedLGDParams).gm_target == "pseudo-gradient":
             target = pseudo_gradient(model, old_state, arrays_to_state(new), self.cfg.lr)
         else:
             target = self._mean_class_gradients(server_round, class_grads)
@@ -222,9 +253,9 @@ class FedLGDStrategy(FedMatchStrategy):
             self.global_images,
             self.global_labels,
             target,
-            steps=self.cfg.fedlgd_server_steps,
-            lr=self.cfg.fedlgd_image_lr,
-            metric=self.cfg.fedlgd_gm_distance,
+            steps=self.cfg.params(FedLGDParams).server_steps,
+            lr=self.cfg.params(FedLGDParams).image_lr,
+            metric=self.cfg.params(FedLGDParams).gm_distance,
             device=device,
         )
         seconds = time.perf_counter() - start
@@ -233,7 +264,7 @@ class FedLGDStrategy(FedMatchStrategy):
             "distance %.4f -> %.4f",
             server_round,
             len(self.global_labels),
-            self.cfg.fedlgd_server_steps,
+            self.cfg.params(FedLGDParams).server_steps,
             seconds,
             history.initial_loss,
             history.final_loss,

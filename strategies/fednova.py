@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from fedmatch.baselines import fednova
 from fedmatch.baselines.common import parameter_names, weighted_mean
 from fedmatch.config import RunConfig
-from fedmatch.models.from_config import model_from_config
+from fedmatch.factories.models import model_from_config
 from fedmatch.records import state_to_arrays
 from fedmatch.results import SERVER, MetricRow
 from strategies.base import FedMatchStrategy, NodeInfo

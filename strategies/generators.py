@@ -2,7 +2,7 @@
 
 ``diffusion-teacher``: FedAvg of the class-conditional diffusion UNet; each client runs
 ``teacher-steps`` DDPM steps per round (message ``train.teacher``).  At the end the teacher is
-cached (``fedmatch.diffusion.from_config``) for later generator runs.
+cached (``fedmatch.factories.diffusion``) for later generator runs.
 
 ``dmd2``: before round 1 the server loads the cached teacher, or trains it here first with
 ``teacher-rounds`` federated teacher rounds (rows at round 0).  The generator bundle
@@ -28,20 +28,22 @@ import logging
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
+from pydantic import Field, model_validator
 from torch import nn
 
 from fedmatch.config import RunConfig
 from fedmatch.data.types import DomainArrays
 from fedmatch.diffusion.disback import BacktrackController, record_degradation
 from fedmatch.diffusion.dmd2 import generate
-from fedmatch.diffusion.evaluate import ALL, DiffusionEvaluator, Sampler
-from fedmatch.diffusion.from_config import (
+from fedmatch.diffusion.teacher import ddim_sample
+from fedmatch.diffusion.unet import build_unet
+from fedmatch.factories.diffusion import (
     GENERATOR_ACTION,
     TARGET_KEY,
     TEACHER_ACTION,
@@ -51,8 +53,8 @@ from fedmatch.diffusion.from_config import (
     teacher_cache_path,
     unet_spec,
 )
-from fedmatch.diffusion.teacher import ddim_sample
-from fedmatch.diffusion.unet import build_unet
+from fedmatch.factories.diffusion_eval import ALL, DiffusionEvaluator, Sampler
+from fedmatch.params import DiffusionParams, GeneratorParams, ParamsTable
 from fedmatch.records import arrays_to_state, state_to_arrays
 from fedmatch.results import SERVER, MetricRow, RunRecorder
 from fedmatch.seeding import derive_seed
@@ -137,7 +139,7 @@ class DiffusionTeacherStrategy(_DiffusionStrategy):
         return build_unet(self.spec, init_seed)
 
     def sampler(self, model: nn.Module) -> Sampler:
-        steps = self.cfg.teacher_ddim_steps
+        steps = self.cfg.params(DiffusionParams).teacher_ddim_steps
         return lambda labels, rng: ddim_sample(model, labels, steps=steps, generator=rng)
 
     def run_rounds(self, grid: Grid, arrays: ArrayRecord, **kwargs: Any) -> ArrayRecord:
@@ -170,12 +172,12 @@ class DMD2Strategy(_DiffusionStrategy):
 
     def sampler(self, model: nn.Module) -> Sampler:
         assert isinstance(model, GeneratorBundle)
-        nfe = self.cfg.generator_nfe
+        nfe = self.cfg.params(GeneratorParams).nfe
         return lambda labels, rng: generate(model.generator, labels, num_steps=nfe, rng=rng)
 
     def extra_samplers(self, model: nn.Module) -> dict[str, Sampler]:
         assert isinstance(model, GeneratorBundle)
-        if self.cfg.generator_nfe == 1:
+        if self.cfg.params(GeneratorParams).nfe == 1:
             return {}
         return {
             "-1step": lambda labels, rng: generate(model.generator, labels, num_steps=1, rng=rng)
@@ -227,30 +229,33 @@ class DMD2Strategy(_DiffusionStrategy):
         )
 
     def _obtain_teacher(self, grid: Grid, recorder: RunRecorder, timeout: float) -> nn.Module:
-        path = teacher_cache_path(self.cfg, self.cfg.teacher_rounds, self.num_clients)
+        path = teacher_cache_path(
+            self.cfg, self.cfg.params(DiffusionParams).teacher_rounds, self.num_clients
+        )
         if path.exists():
             log.info("teacher: %s", path)
             return load_teacher(path, self.spec)
-        if self.cfg.teacher_checkpoint:
+        if self.cfg.params(DiffusionParams).teacher_checkpoint:
             raise FileNotFoundError(
-                f"run-config key 'teacher-checkpoint' = {self.cfg.teacher_checkpoint!r}: no "
-                "such file (leave it empty to use, or train, the cached teacher)"
+                "run-config key 'diffusion.teacher-checkpoint' = "
+                f"{self.cfg.params(DiffusionParams).teacher_checkpoint!r}: no such file "
+                "(leave it empty to use, or train, the cached teacher)"
             )
         log.info(
             "no cached teacher (%s): training it first, %d federated rounds",
             path.name,
-            self.cfg.teacher_rounds,
+            self.cfg.params(DiffusionParams).teacher_rounds,
         )
         unet = build_unet(self.spec, derive_seed(self.cfg.seed, 0))
         arrays = state_to_arrays(unet.state_dict())
         start = time.perf_counter()
         losses: list[float] = []
-        for teacher_round in range(1, self.cfg.teacher_rounds + 1):
+        for teacher_round in range(1, self.cfg.params(DiffusionParams).teacher_rounds + 1):
             arrays, losses = self._teacher_round(grid, arrays, teacher_round, timeout)
             log.info(
                 "teacher round %d/%d: loss %.4f",
                 teacher_round,
-                self.cfg.teacher_rounds,
+                self.cfg.params(DiffusionParams).teacher_rounds,
                 float(np.mean(losses)) if losses else float("nan"),
             )
         seconds = time.perf_counter() - start
@@ -258,7 +263,13 @@ class DMD2Strategy(_DiffusionStrategy):
         save_teacher(path, unet, self.spec, {"run-dir": self.run_dir})
         recorder.append(
             [
-                MetricRow(0, SERVER, ALL, "teacher-rounds", float(self.cfg.teacher_rounds)),
+                MetricRow(
+                    0,
+                    SERVER,
+                    ALL,
+                    "teacher-rounds",
+                    float(self.cfg.params(DiffusionParams).teacher_rounds),
+                ),
                 MetricRow(0, SERVER, ALL, "teacher-seconds", seconds),
                 MetricRow(0, SERVER, ALL, "teacher-loss", float(np.mean(losses))),
             ]
@@ -298,6 +309,27 @@ class DMD2Strategy(_DiffusionStrategy):
         return state_to_arrays(merged), losses
 
 
+class DisBackParams(ParamsTable):
+    """``[tool.flwr.app.config.disback]``; the generator keys are the ``generator`` table."""
+
+    table: ClassVar[str] = "disback"
+
+    nodes: int = Field(4, ge=1)  # teacher-path nodes kept by the degradation
+    degradation_steps: int = Field(200, ge=1)
+    # When the target moves back a node: Alg. 1's fixed schedule, or once converged.
+    switch: Literal["schedule", "converged"] = "schedule"
+
+    @model_validator(mode="after")
+    def _steps_per_node(self) -> DisBackParams:
+        if self.degradation_steps < self.nodes:
+            raise ValueError(
+                f"disback.degradation-steps = {self.degradation_steps} is smaller than "
+                f"disback.nodes={self.nodes}: one path node is kept every steps/nodes "
+                "degradation steps"
+            )
+        return self
+
+
 class DisBackStrategy(DMD2Strategy):
     """DMD2 along DisBack's backtracking path (degradation recorded on the server)."""
 
@@ -307,7 +339,7 @@ class DisBackStrategy(DMD2Strategy):
         super().__init__(cfg, nodes)
         self.path: list[dict[str, torch.Tensor]] | None = None
         self.controller = BacktrackController(
-            cfg.disback_nodes, cfg.num_server_rounds, cfg.disback_switch
+            cfg.params(DisBackParams).nodes, cfg.num_server_rounds, cfg.params(DisBackParams).switch
         )
 
     def prepare(self, recorder: RunRecorder) -> None:
@@ -320,11 +352,11 @@ class DisBackStrategy(DMD2Strategy):
         self.path, history = record_degradation(
             self.teacher,
             generator0,
-            steps=self.cfg.disback_degradation_steps,
-            num_nodes=self.cfg.disback_nodes,
-            lr=self.cfg.teacher_lr,
+            steps=self.cfg.params(DisBackParams).degradation_steps,
+            num_nodes=self.cfg.params(DisBackParams).nodes,
+            lr=self.cfg.params(DiffusionParams).teacher_lr,
             batch_size=self.cfg.batch_size,
-            nfe=self.cfg.generator_nfe,
+            nfe=self.cfg.params(GeneratorParams).nfe,
             seed=derive_seed(self.cfg.seed, _DEGRADATION_TAG),
             device=resolve_device(self.cfg.device),
         )

@@ -5,7 +5,7 @@ Before round 1 the server loads the cached teacher (or trains it federatedly fir
 Each round (one is enough; more rounds recalibrate with fresh seeds) it sends the float
 teacher to every sampled client (message ``train.calibrate``); each replies with activation
 statistics only (``clients/quantizer.py``).  The server merges them into one quantized model
-(``fedmatch.quant.from_config.server_quantize``: min-max merge, DGQ groups, EDA-DM's block
+(``fedmatch.factories.quant.server_quantize``: min-max merge, DGQ groups, EDA-DM's block
 reconstruction on data-free trajectories) and scores it: FID-digits per domain with DDIM
 ``teacher-ddim-steps`` steps, packed model bytes, and seconds per image (fake-quant: the
 integer grid is simulated in float, so this latency is **not** an int8 speed-up).
@@ -17,19 +17,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
+from pydantic import Field, field_validator
 from torch import nn
 
 from fedmatch.data.types import DomainArrays
-from fedmatch.diffusion.evaluate import ALL, DiffusionEvaluator
 from fedmatch.diffusion.teacher import ddim_sample
 from fedmatch.diffusion.unet import build_unet
-from fedmatch.quant.from_config import CALIBRATE_ACTION, server_quantize
-from fedmatch.quant.qmodules import model_size_bytes
+from fedmatch.factories.diffusion_eval import ALL, DiffusionEvaluator
+from fedmatch.factories.quant import CALIBRATE_ACTION, server_quantize
+from fedmatch.params import DiffusionParams, ParamsTable
+from fedmatch.quant.qmodules import QuantSpec, model_size_bytes, parse_bits
 from fedmatch.records import arrays_to_state, state_to_arrays
 from fedmatch.results import SERVER, MetricRow, RunRecorder
 from fedmatch.seeding import derive_seed
@@ -39,6 +41,29 @@ from strategies.generators import DMD2Strategy, sample_grid_path
 log = logging.getLogger("fedmatch.strategy")
 
 _SERVER_TAG = 83
+
+
+class QuantParams(ParamsTable):
+    """``[tool.flwr.app.config.quant]``: post-training quantization of the teacher."""
+
+    table: ClassVar[str] = "quant"
+
+    bits: str = "W8A8"  # W<weight bits>A<activation bits>, 2..8 each
+    method: Literal["naive", "edadm", "dgq"] = "naive"
+    groups: int = Field(8, ge=1)  # DGQ: activation groups per layer (1 = per-tensor)
+    per_timestep: bool = True  # one activation range per sampling step
+    calibration_source: Literal["local", "trajectory"] = "local"
+    calibration_samples: int = Field(256, ge=1)  # per client, over all timesteps
+    recon_iters: int = Field(100, ge=0)  # EDA-DM: FBR iterations per block (0 = off)
+    tdac_lambda: float = Field(1.2, ge=0, le=1e3)  # EDA-DM: TDAC diversity weight lambda
+    eval_personal: bool = False  # also score each client's own (personal) quantization
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, value: str) -> str:
+        w, a = parse_bits(value)
+        QuantSpec(weight_bits=w, act_bits=a).validate()
+        return value
 
 
 class DiffusionPTQStrategy(DMD2Strategy):
@@ -51,7 +76,7 @@ class DiffusionPTQStrategy(DMD2Strategy):
         return build_unet(self.spec, init_seed)
 
     def sampler(self, model: nn.Module):
-        steps = self.cfg.teacher_ddim_steps
+        steps = self.cfg.params(DiffusionParams).teacher_ddim_steps
         return lambda labels, rng: ddim_sample(model, labels, steps=steps, generator=rng)
 
     def extra_samplers(self, model: nn.Module):
@@ -144,11 +169,11 @@ class DiffusionPTQStrategy(DMD2Strategy):
                 )
             )
             rows += self._score(quantized, server_round, SERVER, ALL, "")
-            if self.cfg.quant_eval_personal:
+            if self.cfg.params(QuantParams).eval_personal:
                 for reply, s in zip(replies, stats, strict=True):
                     node = self._by_node[reply.metadata.src_node_id]
                     personal, _ = server_quantize(
-                        self.cfg.model_copy(update={"quant_recon_iters": 0}), teacher, [s], [1.0], 0
+                        self.cfg.replace({"quant.recon-iters": 0}), teacher, [s], [1.0], 0
                     )
                     rows += self._score(
                         personal, server_round, node.partition_id, node.domain, "-personal"
@@ -161,8 +186,8 @@ class DiffusionPTQStrategy(DMD2Strategy):
             log.info(
                 "round %d: %s %s from %d clients, FID-digits %s",
                 server_round,
-                self.cfg.quant_method,
-                self.cfg.quant_bits,
+                self.cfg.params(QuantParams).method,
+                self.cfg.params(QuantParams).bits,
                 len(replies),
                 {k: round(v, 2) for k, v in self._last_fid.items()},
             )

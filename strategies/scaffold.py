@@ -6,7 +6,7 @@ Per round the server sends the model x and its control variate c (record
 gradient by c − c_i, updates its own c_i (kept in its local state) and replies with its
 model y_i and Δc_i (record ``scaffold-delta-control``).  The server forms Δy_i = y_i − x and
 applies x ← x + η_g·mean Δy_i, c ← c + (|S|/N)·mean Δc_i with uniform means over the
-sampled clients S of the N in the run (``scaffold-server-lr`` = η_g).  Buffers (BatchNorm
+sampled clients S of the N in the run (``scaffold.server-lr`` = η_g).  Buffers (BatchNorm
 statistics) are averaged uniformly.
 
 Communication per client: the model plus one parameter-sized tensor set each way, so
@@ -17,17 +17,28 @@ into every checkpoint, so a resumed run continues with the same c.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import ClassVar
 
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
+from pydantic import Field
 
 from fedmatch.baselines import scaffold
 from fedmatch.baselines.common import parameter_names, squared_norm, weighted_mean, zeros_like
 from fedmatch.config import RunConfig
-from fedmatch.models.from_config import model_from_config
+from fedmatch.factories.models import model_from_config
+from fedmatch.params import ParamsTable
 from fedmatch.records import arrays_to_state, state_to_arrays
 from fedmatch.results import SERVER, MetricRow
 from strategies.base import FedMatchStrategy, NodeInfo
+
+
+class ScaffoldParams(ParamsTable):
+    """``[tool.flwr.app.config.scaffold]``."""
+
+    table: ClassVar[str] = "scaffold"
+
+    server_lr: float = Field(1.0, gt=0, le=1e3)  # global step size eta_g of Alg. 1
 
 
 class ScaffoldStrategy(FedMatchStrategy):
@@ -76,7 +87,7 @@ class ScaffoldStrategy(FedMatchStrategy):
             ys,
             self.control,
             delta_cs,
-            global_lr=self.cfg.scaffold_server_lr,
+            global_lr=self.cfg.params(ScaffoldParams).server_lr,
             num_clients=self.num_clients,
         )
         buffers = [k for k in ys[0] if k not in new_params]

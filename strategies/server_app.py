@@ -40,7 +40,6 @@ from fedmatch.train import evaluate, resolve_device
 from strategies.base import NodeInfo, ServerEvaluate
 from strategies.cell_grid import CellGrid
 from strategies.exchange import send_and_collect
-from strategies.registry import STRATEGIES
 
 log = logging.getLogger("fedmatch.server")
 
@@ -112,7 +111,7 @@ def run(grid: Grid, run_config: dict[str, Scalar]) -> None:
     recorder = RunRecorder.open(cfg, {"num_nodes": len(node_ids)})
     log.info("run directory: %s", recorder.run_dir)
     nodes = _describe_nodes(grid, node_ids)
-    strategy = STRATEGIES[cfg.strategy](cfg, nodes)
+    strategy = cfg.method.strategy_class()(cfg, nodes)
 
     model = strategy.initial_model(derive_seed(cfg.seed, 0))
     arrays = state_to_arrays(model.state_dict())

@@ -2,21 +2,29 @@
 run's shared virtual data plus the class-conditional alignment of natural to virtual features
 (``fedmatch.baselines.vhl``, ``clients/baselines.py``).
 
-The server sends ``vhl-weight`` and ``vhl-virtual-per-class``; every client generates the same
-virtual dataset from the run seed with an untrained generator, so communication is FedAvg's.
-No server state.
+Clients read ``vhl.weight`` and ``vhl.virtual-per-class`` from their run config; every
+client generates the same virtual dataset from the run seed with an untrained generator, so
+communication is FedAvg's.  No server state.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+from pydantic import Field
+
+from fedmatch.params import ParamsTable
 from strategies.base import FedMatchStrategy
+
+
+class VHLParams(ParamsTable):
+    """``[tool.flwr.app.config.vhl]``."""
+
+    table: ClassVar[str] = "vhl"
+
+    weight: float = Field(1.0, ge=0, le=1e4)  # lambda of the feature alignment
+    virtual_per_class: int = Field(100, ge=1)  # virtual images per class
 
 
 class VHLStrategy(FedMatchStrategy):
     name = "vhl"
-
-    def train_config(self, server_round: int) -> dict[str, int | float | str | bool]:
-        return {
-            "vhl-weight": float(self.cfg.vhl_weight),
-            "vhl-virtual-per-class": int(self.cfg.vhl_virtual_per_class),
-        }

@@ -14,6 +14,7 @@ from fedmatch.baselines import feddyn, fednova, moon, scaffold, vhl
 from fedmatch.baselines.common import weighted_mean
 from fedmatch.config import ConfigError, RunConfig
 from fedmatch.train import train_local
+from tests.flower_harness import make_config, with_values
 
 
 def t(*values: float) -> torch.Tensor:
@@ -360,12 +361,12 @@ def test_vhl_hook_adds_virtual_ce_and_alignment_and_detaches_the_virtual_side():
 @pytest.mark.parametrize(
     ("values", "key"),
     [
-        ({"scaffold-server-lr": 0}, "'scaffold-server-lr'"),
-        ({"feddyn-alpha": 0}, "'feddyn-alpha'"),
-        ({"moon-mu": -1}, "'moon-mu'"),
-        ({"moon-temperature": 0}, "'moon-temperature'"),
-        ({"vhl-weight": -1}, "'vhl-weight'"),
-        ({"vhl-virtual-per-class": 0}, "'vhl-virtual-per-class'"),
+        ({"scaffold.server-lr": 0}, "'scaffold.server-lr'"),
+        ({"feddyn.alpha": 0}, "'feddyn.alpha'"),
+        ({"moon.mu": -1}, "'moon.mu'"),
+        ({"moon.temperature": 0}, "'moon.temperature'"),
+        ({"vhl.weight": -1}, "'vhl.weight'"),
+        ({"vhl.virtual-per-class": 0}, "'vhl.virtual-per-class'"),
     ],
 )
 def test_baseline_keys_are_bounded(values: dict, key: str):
@@ -377,7 +378,7 @@ def test_baseline_keys_are_bounded(values: dict, key: str):
 
 
 def _tiny_cfg(data_cache, strategy: str) -> RunConfig:
-    return RunConfig(
+    return make_config(
         strategy=strategy,
         domains="mnist,optdigits",
         model_width=8,
@@ -392,12 +393,12 @@ class _Federation:
     """A strategy and two clients (the ClientApp's train route), exchanging in process."""
 
     def __init__(self, cfg: RunConfig, run_dir, state: dict | None = None) -> None:
+        from fedmatch.methods import get_method
         from strategies.base import NodeInfo
-        from strategies.registry import STRATEGIES
 
         nodes = [NodeInfo(100 + i, i, "?", 64, 64, "cpu") for i in range(2)]
         self.cfg = cfg
-        self.strategy = STRATEGIES[cfg.strategy](cfg, nodes)
+        self.strategy = get_method(cfg.strategy).strategy_class()(cfg, nodes)
         if state is not None:
             self.strategy.load_state_dict(state)
         self.strategy.run_dir = str(run_dir)
@@ -435,7 +436,7 @@ def _rows(rows, metric: str) -> list[float]:
 def test_two_rounds_through_strategy_and_clients_and_an_exact_resume(
     data_cache, tmp_path, flower_task, name: str
 ):
-    from fedmatch.models.from_config import model_from_config
+    from fedmatch.factories.models import model_from_config
     from fedmatch.records import arrays_nbytes, arrays_to_state, state_to_arrays
 
     cfg = _tiny_cfg(data_cache, name)
@@ -500,17 +501,17 @@ def test_two_rounds_through_strategy_and_clients_and_an_exact_resume(
 
 
 def test_scaffold_and_feddyn_state_survives_a_checkpoint_file(tmp_path, data_cache):
-    from fedmatch.results import atomic_torch_save
-    from strategies.registry import STRATEGIES
+    from fedmatch.fileio import atomic_torch_save
+    from fedmatch.methods import get_method
 
     for name, attr in (("scaffold", "control"), ("feddyn", "h")):
-        strategy = STRATEGIES[name](_tiny_cfg(data_cache, name), [])
+        strategy = get_method(name).strategy_class()(_tiny_cfg(data_cache, name), [])
         setattr(
             strategy, attr, {k: torch.randn_like(v) for k, v in getattr(strategy, attr).items()}
         )
         atomic_torch_save({"strategy_state": strategy.state_dict()}, tmp_path / f"{name}.pt")
         loaded = torch.load(tmp_path / f"{name}.pt", weights_only=False)["strategy_state"]
-        other = STRATEGIES[name](_tiny_cfg(data_cache, name), [])
+        other = get_method(name).strategy_class()(_tiny_cfg(data_cache, name), [])
         other.load_state_dict(loaded)
         assert close(getattr(other, attr), getattr(strategy, attr), atol=0)
 
@@ -546,7 +547,7 @@ def test_training_on_local_virtual_data_distils_once_and_reuses_the_set(
 ):
     """``train-data='distilled'`` (the FedLGD protocol): each client trains on its own DM set."""
     import clients.distiller as distiller
-    from fedmatch.models.from_config import model_from_config
+    from fedmatch.factories.models import model_from_config
     from fedmatch.records import state_to_arrays
 
     calls = []
@@ -557,14 +558,13 @@ def test_training_on_local_virtual_data_distils_once_and_reuses_the_set(
         return real_distill(*args, **kwargs)
 
     monkeypatch.setattr(distiller, "distill_from_config", counting)
-    cfg = _tiny_cfg(data_cache, name).model_copy(
-        update={
-            "train_data": "distilled",
-            "ipc": 2,
-            "distill_steps": 3,
-            "distill_batch_real": 8,
-            "virtual_cache": False,  # count distillations, not cache hits (tests/test_fedlgd.py)
-        }
+    cfg = with_values(
+        _tiny_cfg(data_cache, name),
+        train_data="distilled",
+        ipc=2,
+        distill_steps=3,
+        distill_batch_real=8,
+        virtual_cache=False,  # count distillations, not cache hits (tests/test_fedlgd.py)
     )
     run = _Federation(cfg, tmp_path / "run")
     start = state_to_arrays(model_from_config(cfg, init_seed=0).state_dict())

@@ -69,8 +69,8 @@ def test_every_baseline_learns_and_writes_its_own_metrics(
                     "strategy": "scaffold",
                     "run-name": "scaffold-virtual",
                     "train-data": "distilled",
-                    "ipc": 5,
-                    "distill-steps": 10,
+                    "distill.ipc": 5,
+                    "distill.steps": 10,
                 },
             )
         ],

@@ -17,11 +17,11 @@ from fedmatch.bench import (
     plan,
     snapshot_app,
 )
-from fedmatch.config import GENERATOR_STRATEGIES, RunConfig
+from fedmatch.config import RunConfig
 from fedmatch.data.embedded import EMBEDDED_DOMAINS
 from fedmatch.localrun import REPO
+from fedmatch.methods import method_names, methods
 from fedmatch.results import MetricRow, RunRecorder
-from strategies.registry import STRATEGIES
 
 SUITES = REPO / "benchmarks" / "suites"
 TINY = {
@@ -44,7 +44,8 @@ def test_shipped_suites_are_valid():
     # Every classifier strategy but FedKA, which needs a held-out domain (fedka-lodo.toml), and
     # FedLGD, whose virtual-data protocol has its own suite (fedlgd-digits.toml); the diffusion
     # strategies report FID, not accuracy (benchmarks/generator_bench.py).
-    classifiers = set(STRATEGIES) - {"fedka", "fedlgd", *GENERATOR_STRATEGIES}
+    generators = {m.name for m in methods().values() if m.model == "diffusion"}
+    classifiers = set(method_names()) - {"fedka", "fedlgd", *generators}
     assert {c.cfg.strategy for c in cells} == classifiers
     assert {c.cfg.seed for c in cells} == {0, 1}
     assert len(cells) == 2 * len(classifiers)

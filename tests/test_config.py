@@ -3,8 +3,17 @@ from __future__ import annotations
 import tomllib
 
 import pytest
+from flwr.common.config import flatten_dict
 
-from fedmatch.config import ConfigError, RunConfig
+from fedmatch.config import ConfigError, RunConfig, all_keys
+from fedmatch.config_reference import (
+    PYPROJECT_BEGIN,
+    PYPROJECT_END,
+    defaults_toml,
+    reference_markdown,
+)
+from fedmatch.params import DistillParams
+from strategies.fedprox import FedProxParams
 from tests.flower_harness import REPO
 
 
@@ -13,19 +22,80 @@ def pyproject_run_config() -> dict:
 
 
 def test_pyproject_defaults_are_exactly_the_config_fields():
-    table = pyproject_run_config()
+    # As Flower hands it over: nested tables flattened to dotted keys.
+    table = flatten_dict(pyproject_run_config())
     cfg = RunConfig.from_flower(table)
-    assert set(table) == set(cfg.to_flower())
+    assert set(table) == set(cfg.to_flower()) == set(all_keys())
     # The pyproject defaults and the model's defaults must agree, or a run started
     # through Flower and a run built in Python would differ.
     assert cfg == RunConfig()
+    assert cfg.to_flower() == table
+
+
+def test_pyproject_block_and_docs_reference_are_generated_from_the_classes():
+    text = (REPO / "pyproject.toml").read_text()
+    begin = text.index(PYPROJECT_BEGIN)
+    end = text.index(PYPROJECT_END) + len(PYPROJECT_END) + 1
+    assert text[begin:end] == defaults_toml(), "run `fedmatch config pyproject` and paste it"
+    docs = (REPO / "docs" / "config.md").read_text()
+    assert docs == reference_markdown(), "run `fedmatch config docs > docs/config.md`"
+    for key in all_keys():
+        assert f"`{key}`" in docs
 
 
 def test_documented_example_is_accepted():
     cfg = RunConfig.from_flower(
-        {"strategy": "fedprox", "proximal-mu": 0.01, "num-server-rounds": 20}
+        {"strategy": "fedprox", "fedprox.proximal-mu": 0.02, "num-server-rounds": 20}
     )
-    assert (cfg.strategy, cfg.proximal_mu, cfg.num_server_rounds) == ("fedprox", 0.01, 20)
+    assert cfg.strategy == "fedprox" and cfg.num_server_rounds == 20
+    assert cfg.params(FedProxParams).proximal_mu == 0.02
+    # Nested tables (as in pyproject.toml or a TOML run-config file) mean the same.
+    nested = RunConfig.from_flower(
+        {"strategy": "fedprox", "fedprox": {"fedprox.proximal-mu": 0.02}}
+    )
+    assert nested.params(FedProxParams).proximal_mu == 0.02
+
+
+def test_unknown_keys_get_did_you_mean_and_old_names_their_new_one():
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_flower({"fedka.mmd-wieght": 1.0, "fedka.mmd-weight": 2.0, "sead": 1})
+    message = str(err.value)
+    assert "'fedka.mmd-wieght'" in message and "did you mean 'fedka.mmd-weight'" in message
+    assert "'fedka.mmd-weight'" in message and "renamed to 'fedka.mmd-weight'" in message
+    assert "'sead'" in message and "did you mean 'seed'" in message
+    with pytest.raises(ConfigError, match="did you mean 'fedka'"):
+        RunConfig.from_flower({"strategy": "fedkaa"})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("lr", float("nan")),
+        ("lr", float("inf")),
+        ("weight-decay", -1.0),
+        ("fedprox.proximal-mu", float("inf")),
+        ("distill.lr", float("nan")),
+        ("fedka.mmd-weight", float("-inf")),
+        ("momentum", 1.0),
+    ],
+)
+def test_non_finite_and_out_of_range_numbers_are_refused(key, value):
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_flower({key: value})
+    assert repr(key) in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["run\n", "a" * 129, "-x", "a/b", "..", "x y"])
+def test_bad_run_names_are_refused(name):
+    with pytest.raises(ConfigError, match="'run-name'"):
+        RunConfig.from_flower({"run-name": name})
+
+
+def test_replace_validates():
+    cfg = RunConfig().replace({"distill.ipc": 3, "seed": 2})
+    assert cfg.params(DistillParams).ipc == 3 and cfg.seed == 2
+    with pytest.raises(ConfigError, match=r"'distill\.ipc'"):
+        cfg.replace({"distill.ipc": 0})
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ from fedmatch.distill import (
 from fedmatch.distill.dsa import TRANSFORM_GROUPS
 from fedmatch.distill.feature_nets import blend_states, pretrain_feature_nets
 from fedmatch.distill.ncfm import step_rows_in_turn
+from tests.flower_harness import make_config, with_values
 
 TINY_NET = {"width": 8, "depth": 2, "norm": "instancenorm"}
 
@@ -429,10 +430,9 @@ def test_random_real_subset_takes_ipc_per_class():
 
 @pytest.mark.parametrize(("method", "feature_nets"), [("dm", 0), ("ncfm", 0), ("ncfm", 1)])
 def test_distill_from_config_runs_the_configured_method(method, feature_nets):
-    from fedmatch.config import RunConfig
-    from fedmatch.distill.from_config import distill_from_config, eval_protocol, method_lr
+    from fedmatch.factories.distill import distill_from_config, eval_protocol, method_lr
 
-    cfg = RunConfig(
+    cfg = make_config(
         model_width=8,
         model_depth=2,
         ipc=1,
@@ -453,7 +453,7 @@ def test_distill_from_config_runs_the_configured_method(method, feature_nets):
     assert history.method == method and history.steps == 3
     assert history.extra.get("feature-nets", 0) == feature_nets
     assert method_lr(cfg) == {"dm": 1.0, "ncfm": 0.01}[method]
-    assert method_lr(cfg.model_copy(update={"distill_lr": 0.3})) == 0.3
+    assert method_lr(with_values(cfg, distill_lr=0.3)) == 0.3
     assert eval_protocol(cfg) == EvalProtocol(epochs=7, dsa_strategy="crop_scale")
     again, _, _ = distill_from_config(cfg, images, labels, seed=5, device=torch.device("cpu"))
     torch.testing.assert_close(again, syn)
@@ -598,8 +598,10 @@ def test_ncfm_calibration_makes_the_set_classifiable_by_the_trained_network():
 
 
 def test_ncfm_calibration_key_needs_feature_nets():
-    from fedmatch.config import RunConfig
 
     with pytest.raises(ValueError, match=r"ncfm-calibration.*ncfm-feature-nets"):
-        RunConfig(distill_method="ncfm", ncfm_calibration=1.0)
-    assert RunConfig(ncfm_calibration=1.0, ncfm_feature_nets=2).ncfm_calibration == 1.0
+        make_config(distill_method="ncfm", ncfm_calibration=1.0)
+    assert (
+        make_config(ncfm_calibration=1.0, ncfm_feature_nets=2).tables["distill"].ncfm_calibration
+        == 1.0
+    )

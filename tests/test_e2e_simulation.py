@@ -95,7 +95,12 @@ def test_fedbn_keeps_norm_layers_local_and_fedprox_runs(flower, tmp_path, data_c
     ]
 
     result = flower.run(
-        tiny(tmp_path, data_cache, strategy="fedprox", **{"proximal-mu": 0.1, "run-name": "px"})
+        tiny(
+            tmp_path,
+            data_cache,
+            strategy="fedprox",
+            **{"fedprox.proximal-mu": 0.1, "run-name": "px"},
+        )
     )
     summary = finished(result, tmp_path / "px")
     assert summary["mean_accuracy"] > 0.3

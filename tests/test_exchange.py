@@ -17,12 +17,12 @@ from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmatch.config import RunConfig
-from fedmatch.models.from_config import model_from_config
+from fedmatch.factories.models import model_from_config
+from fedmatch.methods import get_method
 from fedmatch.records import state_to_arrays
 from fedmatch.results import RunRecorder, read_metrics
 from strategies.base import NodeInfo, NotEnoughNodesError
 from strategies.exchange import send_and_collect
-from strategies.registry import STRATEGIES
 
 # What a node does with a message: "ok", "raise" (its ClientApp fails), "gone"
 # (the SuperLink answers NODE_UNAVAILABLE), "expired" (the SuperLink answers that
@@ -136,7 +136,7 @@ def _run(tmp_path, behaviour: Behaviour, min_nodes: int, rounds: int = 3):
         run_name="drop",
         round_timeout=0.2,
     )
-    strategy = STRATEGIES["fedavg"](cfg, _nodes(3))
+    strategy = get_method("fedavg").strategy_class()(cfg, _nodes(3))
     recorder = RunRecorder.open(cfg)
     arrays = state_to_arrays(model_from_config(cfg).state_dict())
     return (

@@ -17,9 +17,10 @@ from fedmatch.data.loaders import (
     load_domains,
     load_target_domain,
 )
-from fedmatch.models.from_config import model_from_config
+from fedmatch.factories.models import model_from_config
 from strategies.base import NodeInfo
 from strategies.fedka import FedKAStrategy
+from tests.flower_harness import make_config, with_values
 
 TARGET = "optdigits"  # the smallest embedded domain keeps these tests quick
 
@@ -40,7 +41,7 @@ def tiny_cfg(data_cache, **overrides) -> RunConfig:
         "seed": 3,
     }
     values.update(overrides)
-    return RunConfig(**values)
+    return make_config(**values)
 
 
 # ----------------------------------------------------------------------------- config
@@ -52,11 +53,14 @@ def tiny_cfg(data_cache, **overrides) -> RunConfig:
         ({"strategy": "fedka"}, "needs target-domain"),
         ({"target-domain": "mnist", "domains": "optdigits,font-digits"}, "not among domains"),
         ({"target-domain": "mnist", "domains": "mnist"}, "no source domain"),
-        ({"domain-head": True}, "model='fedka-cnn'"),
-        ({"target-samples": 8, "target-batch-size": 16}, "target-samples=8"),
-        ({"mmd-bandwidth-multipliers": "1,zero"}, "'mmd-bandwidth-multipliers'"),
-        ({"vote-threshold": 1.5}, "'vote-threshold'"),
-        ({"target-access": "pixels"}, "'features'"),
+        (
+            {"strategy": "fedka", "target-domain": "mnist", "fedka.domain-head": True},
+            "model='fedka-cnn'",
+        ),
+        ({"fedka.target-samples": 8, "fedka.target-batch-size": 16}, "fedka.target-samples=8"),
+        ({"fedka.mmd-bandwidth-multipliers": "1,zero"}, "'fedka.mmd-bandwidth-multipliers'"),
+        ({"fedka.vote-threshold": 1.5}, "'fedka.vote-threshold'"),
+        ({"fedka.target-access": "pixels"}, "'features'"),
     ],
 )
 def test_bad_fedka_config_is_refused_with_the_key(values, fragment):
@@ -81,7 +85,7 @@ def test_clients_never_hold_the_target_domain(data_cache):
     # Four source domains cannot serve three clients under 'domain' partitioning.
     with pytest.raises(ValueError, match="num-partitions=3 < 4 domains"):
         client_partitions(cfg, load_domains(cfg), 3)
-    iid = cfg.model_copy(update={"partitioning": "iid", "train_subset": 0})
+    iid = with_values(cfg, partitioning="iid", train_subset=0)
     for pid in range(2):
         shards = load_client_data(iid, pid, 2).partition.shards
         assert {s.domain for s in shards} == {"mnist", "optdigits", "font-digits", "street-digits"}
@@ -303,8 +307,8 @@ def test_one_round_through_the_strategy_and_client_app(
 
 
 def test_show_summarises_the_final_target_metrics():
-    from fedmatch.align.report import target_summary
     from fedmatch.results import MetricRow
+    from fedmatch.target_summary import target_summary
 
     rows = [
         MetricRow(r, "server", "mnist", metric, value)

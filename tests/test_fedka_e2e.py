@@ -25,12 +25,12 @@ def fedka_config(runs: Path, cache: Path, name: str, **overrides) -> dict[str, o
         "model-width": 16,
         "lr": 0.05,
         "num-server-rounds": 2,
-        "target-samples": 64,
-        "target-batch-size": 16,
-        "finetune-steps": 8,
+        "fedka.target-samples": 64,
+        "fedka.target-batch-size": 16,
+        "fedka.finetune-steps": 8,
         # Plurality: 2 rounds of tiny models rarely agree unanimously, and every round
         # must have pseudo-labels to fine-tune on (the default 1.0 is tested in test_align).
-        "vote-threshold": 0.0,
+        "fedka.vote-threshold": 0.0,
         "fraction-evaluate": 0.0,
         "runs-dir": str(runs),
         "cache-dir": str(cache),

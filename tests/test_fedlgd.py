@@ -20,6 +20,7 @@ from fedmatch.distill.fedlgd import (
 from fedmatch.distill.gradient_matching import gradient_distance, model_gradients
 from fedmatch.distill.stats import class_channel_stats, pool_class_stats, sample_from_stats
 from fedmatch.models import build_model
+from tests.flower_harness import make_config, with_values
 
 
 def _convnet(seed: int = 0, width: int = 8):
@@ -199,10 +200,10 @@ def test_dm_refresh_in_a_fixed_feature_net_starts_from_the_given_set():
 
 
 def test_fedlgd_config_errors_name_the_key():
-    with pytest.raises(ConfigError, match="'fedlgd-regulariser' = 'l2'"):
-        RunConfig.from_flower({"strategy": "fedlgd", "fedlgd-regulariser": "l2"})
-    with pytest.raises(ConfigError, match="'fedlgd-refresh-every' = 0"):
-        RunConfig.from_flower({"strategy": "fedlgd", "fedlgd-refresh-every": 0})
+    with pytest.raises(ConfigError, match=r"'fedlgd\.regulariser' = 'l2'"):
+        RunConfig.from_flower({"strategy": "fedlgd", "fedlgd.regulariser": "l2"})
+    with pytest.raises(ConfigError, match=r"'fedlgd\.refresh-every' = 0"):
+        RunConfig.from_flower({"strategy": "fedlgd", "fedlgd.refresh-every": 0})
     # FedLGD always trains on virtual data, so a suite can set train-data for every cell.
     assert RunConfig.from_flower({"strategy": "fedlgd", "train-data": "distilled"}).ipc == 10
 
@@ -238,7 +239,7 @@ def test_initial_local_virtual_data_is_cached_across_runs_that_share_its_keys(
     monkeypatch.setattr(distiller, "distill_from_config", counting)
 
     def first_set(strategy: str, **update):
-        cfg = RunConfig(
+        cfg = make_config(
             strategy=strategy,
             domains="mnist,optdigits",
             train_subset=64,
@@ -247,7 +248,8 @@ def test_initial_local_virtual_data_is_cached_across_runs_that_share_its_keys(
             distill_steps=3,
             distill_batch_real=8,
             cache_dir=str(tmp_path / "cache"),
-        ).model_copy(update=update)
+        )
+        cfg = with_values(cfg, **update)
         context = Context(
             run_id=1,
             node_id=1,
@@ -279,7 +281,7 @@ class _InProcess:
         from strategies.base import NodeInfo
         from strategies.fedlgd import FedLGDStrategy
 
-        self.cfg = RunConfig(
+        self.cfg = make_config(
             strategy="fedlgd",
             domains="mnist,optdigits",
             train_subset=60,
@@ -296,7 +298,8 @@ class _InProcess:
             cache_dir=str(data_cache),
             virtual_cache=False,
             seed=4,
-        ).model_copy(update=update)
+        )
+        self.cfg = with_values(self.cfg, **update)
         nodes = [NodeInfo(10 + i, i, "?", 60, 60, "cpu") for i in range(2)]
         self.strategy = FedLGDStrategy(self.cfg, nodes)
         self.strategy.run_dir = str(tmp_path / "run")
@@ -337,7 +340,7 @@ class _InProcess:
 
 
 def _initial_arrays(cfg):
-    from fedmatch.models.from_config import model_from_config
+    from fedmatch.factories.models import model_from_config
     from fedmatch.records import state_to_arrays
 
     return state_to_arrays(model_from_config(cfg, init_seed=0).state_dict())

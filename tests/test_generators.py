@@ -41,6 +41,7 @@ from fedmatch.diffusion.dmd2 import generate_padded
 from fedmatch.diffusion.fid import train_feature_net
 from fedmatch.diffusion.teacher import predict_x0
 from fedmatch.diffusion.unet import CrossAttentionUNet, parse_channels
+from tests.flower_harness import make_config
 
 TINY = UNetSpec(channels=(8, 16))
 TINY_XATTN = UNetSpec(channels=(8, 16), cross_attention=True)
@@ -159,14 +160,13 @@ def test_cross_attention_output_depends_on_the_label_tokens():
 
 
 def test_cross_attention_teacher_checkpoint_round_trip_and_cache_key(tmp_path):
-    from fedmatch.config import RunConfig
-    from fedmatch.diffusion.from_config import load_teacher, save_teacher, teacher_key, unet_spec
+    from fedmatch.factories.diffusion import load_teacher, save_teacher, teacher_key, unet_spec
 
     # the default spec's dict (saved with, and hashed into, cached teachers) has no new key
     assert "cross_attention" not in UNetSpec().to_dict()
     assert TINY_XATTN.to_dict()["cross_attention"] is True
-    plain = RunConfig(unet_channels="8,16")
-    xattn = RunConfig(unet_channels="8,16", unet_cross_attention=True)
+    plain = make_config(unet_channels="8,16")
+    xattn = make_config(unet_channels="8,16", unet_cross_attention=True)
     assert unet_spec(xattn) == TINY_XATTN
     assert teacher_key(plain, 1, 2) != teacher_key(xattn, 1, 2)
     unet = build_unet(TINY_XATTN, seed=3).eval()
@@ -520,15 +520,26 @@ def test_trained_feature_net_separates_domains_and_noise():
 @pytest.mark.parametrize(
     ("overrides", "fragments"),
     [
-        ({"unet-channels": "12,24"}, ["'unet-channels'", "'12,24'", "GroupNorm"]),
-        ({"unet-channels": "8,16,16,16,16"}, ["'unet-channels'", "levels"]),
-        ({"generator-nfe": 3}, ["'generator-nfe'", "divide 1000"]),
-        ({"strategy": "disback", "disback-nodes": 5, "disback-degradation-steps": 4}, ["5"]),
-        ({"disback-switch": "often"}, ["'disback-switch'", "'schedule'", "'converged'"]),
-        ({"teacher-checkpoint": "teacher.pt"}, ["'teacher-checkpoint'", "absolute"]),
         (
-            {"unet-cross-attention": True, "unet-channels": "16,40"},
-            ["unet-channels='16,40'", "unet-cross-attention=true", "width 40", "attention head"],
+            {"diffusion.unet-channels": "12,24"},
+            ["'diffusion.unet-channels'", "'12,24'", "GroupNorm"],
+        ),
+        ({"diffusion.unet-channels": "8,16,16,16,16"}, ["'diffusion.unet-channels'", "levels"]),
+        ({"generator.nfe": 3}, ["'generator.nfe'", "divide 1000"]),
+        ({"strategy": "disback", "disback.nodes": 5, "disback.degradation-steps": 4}, ["5"]),
+        ({"disback.switch": "often"}, ["'disback.switch'", "'schedule'", "'converged'"]),
+        (
+            {"diffusion.teacher-checkpoint": "teacher.pt"},
+            ["'diffusion.teacher-checkpoint'", "absolute"],
+        ),
+        (
+            {"diffusion.unet-cross-attention": True, "diffusion.unet-channels": "16,40"},
+            [
+                "diffusion.unet-channels='16,40'",
+                "diffusion.unet-cross-attention=true",
+                "width 40",
+                "attention head",
+            ],
         ),
     ],
 )

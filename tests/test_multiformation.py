@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from fedmatch.config import RunConfig
 from fedmatch.distill import distill_dm, distill_ncfm
-from fedmatch.distill.from_config import distill_from_config
 from fedmatch.distill.multiformation import decode, decode_images, encode, init_stored
+from fedmatch.factories.distill import distill_from_config
+from tests.flower_harness import make_config
 from tests.test_distill import (
     TINY_NET,
     one_thread,  # noqa: F401  (autouse: one torch thread here too)
@@ -59,8 +59,8 @@ def test_factor_must_divide_the_image_size():
         distill_dm(images, labels, 1, 1, net=TINY_NET, factor=5, generator=torch.Generator())
     with pytest.raises(ValueError, match="at least 1"):
         init_stored(images, labels, [0], 1, "real", torch.Generator(), 0)
-    cfg = RunConfig(distill_factor=5, model_width=8, model_depth=2, distill_steps=1)
-    with pytest.raises(ValueError, match=r"run-config key 'distill-factor'.*allowed"):
+    cfg = make_config(distill_factor=5, model_width=8, model_depth=2, distill_steps=1)
+    with pytest.raises(ValueError, match=r"run-config key 'distill.factor'.*allowed"):
         distill_from_config(cfg, images, labels, seed=0, device=torch.device("cpu"))
     with pytest.raises(ValueError, match="fresh start"):
         distill_dm(

@@ -35,6 +35,7 @@ from fedmatch.quant import (
 from fedmatch.quant.qmodules import quant_layers
 from fedmatch.quant.quantizers import uniform_params
 from fedmatch.quant.reconstruct import reconstruction_blocks
+from tests.flower_harness import make_config
 
 TINY = UNetSpec(channels=(8, 16))
 TINY_XATTN = UNetSpec(channels=(8, 16), cross_attention=True)
@@ -341,10 +342,9 @@ def test_block_reconstruction_lowers_the_blocks_output_error():
     "method,source", [("naive", "local"), ("edadm", "local"), ("dgq", "trajectory")]
 )
 def test_client_calibration_and_server_merge(method, source):
-    from fedmatch.config import RunConfig
-    from fedmatch.quant.from_config import TDAC_KEY, client_calibration, server_quantize
+    from fedmatch.factories.quant import TDAC_KEY, client_calibration, server_quantize
 
-    cfg = RunConfig(
+    cfg = make_config(
         unet_channels="8,16",
         teacher_ddim_steps=3,
         quant_method=method,
@@ -446,12 +446,11 @@ def test_dgq_cross_attention_scale_differs_between_classes_in_one_batch():
 
 @pytest.mark.parametrize("method", ["naive", "dgq"])
 def test_client_calibration_of_a_cross_attention_teacher(method):
-    from fedmatch.config import RunConfig
-    from fedmatch.diffusion.from_config import unet_spec
+    from fedmatch.factories.diffusion import unet_spec
+    from fedmatch.factories.quant import client_calibration, server_quantize
     from fedmatch.quant.attention import QuantCrossAttnProcessor
-    from fedmatch.quant.from_config import client_calibration, server_quantize
 
-    cfg = RunConfig(
+    cfg = make_config(
         unet_channels="8,16",
         unet_cross_attention=True,
         teacher_ddim_steps=3,

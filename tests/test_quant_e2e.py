@@ -20,10 +20,10 @@ import torch
 
 from fedmatch.cells import CellSpec, read_status, write_cells
 from fedmatch.config import RunConfig
-from fedmatch.diffusion.from_config import load_teacher, teacher_cache_path, unet_spec
+from fedmatch.factories.diffusion import load_teacher, teacher_cache_path, unet_spec
+from fedmatch.factories.quant import server_quantize
 from fedmatch.localrun import PrivateFlower
 from fedmatch.quant.calibrate import trajectory_batches
-from fedmatch.quant.from_config import server_quantize
 from tests.flower_harness import read_jsonl
 
 pytestmark = pytest.mark.e2e
@@ -52,17 +52,17 @@ def test_federated_calibration_through_flwr_run(
         "strategy": "diffusion-ptq",
         "domains": ",".join(DOMAINS),
         "train-subset": 64,
-        "unet-channels": "8,16",
-        "teacher-rounds": 2,
-        "teacher-steps": 3,
-        "teacher-ddim-steps": 3,
+        "diffusion.unet-channels": "8,16",
+        "diffusion.teacher-rounds": 2,
+        "diffusion.teacher-steps": 3,
+        "diffusion.teacher-ddim-steps": 3,
         "batch-size": 8,
         "num-server-rounds": 1,
-        "quant-calibration-samples": 12,
-        "quant-recon-iters": 3,
-        "fid-samples": 10,
-        "fid-feature-steps": 20,
-        "grid-per-class": 2,
+        "quant.calibration-samples": 12,
+        "quant.recon-iters": 3,
+        "diffusion.fid-samples": 10,
+        "diffusion.fid-feature-steps": 20,
+        "diffusion.grid-per-class": 2,
         "seed": 1,
         "runs-dir": str(runs),
         "cache-dir": str(data_cache),
@@ -76,9 +76,9 @@ def test_federated_calibration_through_flwr_run(
                 {
                     **base,
                     "run-name": "edadm",
-                    "quant-method": "edadm",
-                    "quant-bits": "W4A8",
-                    "quant-eval-personal": True,
+                    "quant.method": "edadm",
+                    "quant.bits": "W4A8",
+                    "quant.eval-personal": True,
                 },
             ),
             CellSpec(
@@ -86,9 +86,9 @@ def test_federated_calibration_through_flwr_run(
                 {
                     **base,
                     "run-name": "dgq",
-                    "quant-method": "dgq",
-                    "quant-groups": 2,
-                    "quant-calibration-source": "trajectory",
+                    "quant.method": "dgq",
+                    "quant.groups": 2,
+                    "quant.calibration-source": "trajectory",
                     "server-eval": False,
                 },
             ),

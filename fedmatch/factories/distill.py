@@ -14,6 +14,7 @@ from fedmatch.distill.evaluate import EvalProtocol
 from fedmatch.distill.feature_nets import pretrain_feature_nets
 from fedmatch.distill.multiformation import check_factor
 from fedmatch.distill.ncfm import distill_ncfm
+from fedmatch.params import DistillParams
 
 __all__ = ["DEFAULT_LR", "distill_from_config", "distill_net", "eval_protocol", "method_lr"]
 
@@ -23,7 +24,7 @@ DEFAULT_LR = {"dm": 1.0, "ncfm": 0.01}
 
 
 def method_lr(cfg: RunConfig) -> float:
-    return cfg.distill_lr or DEFAULT_LR[cfg.distill_method]
+    return cfg.params(DistillParams).lr or DEFAULT_LR[cfg.params(DistillParams).method]
 
 
 def distill_net(cfg: RunConfig) -> dict[str, Any]:
@@ -37,7 +38,10 @@ def distill_net(cfg: RunConfig) -> dict[str, Any]:
 
 def eval_protocol(cfg: RunConfig) -> EvalProtocol:
     """The synthetic-set protocol with the run's ``eval-epochs`` and ``dsa-strategy``."""
-    return EvalProtocol(epochs=cfg.eval_epochs, dsa_strategy=cfg.dsa_strategy)
+    return EvalProtocol(
+        epochs=cfg.params(DistillParams).eval_epochs,
+        dsa_strategy=cfg.params(DistillParams).dsa_strategy,
+    )
 
 
 def distill_from_config(
@@ -54,30 +58,32 @@ def distill_from_config(
     ``init`` overrides ``distill-init`` (local virtual data starts from ``virtual-init``).
     """
     try:
-        check_factor(cfg.distill_factor, (images.shape[2], images.shape[3]))
+        check_factor(cfg.params(DistillParams).factor, (images.shape[2], images.shape[3]))
     except ValueError as err:
         raise ValueError(f"run-config key 'distill-factor': {err}") from None
     generator = torch.Generator().manual_seed(seed)
     common: dict[str, Any] = {
         "num_classes": NUM_CLASSES,
         "lr": method_lr(cfg),
-        "batch_real": cfg.distill_batch_real,
-        "init": init or cfg.distill_init,
+        "batch_real": cfg.params(DistillParams).batch_real,
+        "init": init or cfg.params(DistillParams).init,
         "net": distill_net(cfg),
-        "dsa_strategy": cfg.dsa_strategy,
-        "factor": cfg.distill_factor,
+        "dsa_strategy": cfg.params(DistillParams).dsa_strategy,
+        "factor": cfg.params(DistillParams).factor,
         "generator": generator,
         "device": device,
     }
-    if cfg.distill_method == "dm":
-        return distill_dm(images, labels, cfg.ipc, cfg.distill_steps, **common)
+    if cfg.params(DistillParams).method == "dm":
+        return distill_dm(
+            images, labels, cfg.params(DistillParams).ipc, cfg.params(DistillParams).steps, **common
+        )
     pool = None
-    if cfg.ncfm_feature_nets > 0:
+    if cfg.params(DistillParams).ncfm_feature_nets > 0:
         pool = pretrain_feature_nets(
             images,
             labels,
-            cfg.ncfm_feature_nets,
-            cfg.ncfm_feature_epochs,
+            cfg.params(DistillParams).ncfm_feature_nets,
+            cfg.params(DistillParams).ncfm_feature_epochs,
             num_classes=NUM_CLASSES,
             net=distill_net(cfg),
             generator=generator,
@@ -86,13 +92,13 @@ def distill_from_config(
     return distill_ncfm(
         images,
         labels,
-        cfg.ipc,
-        cfg.distill_steps,
-        alpha=cfg.ncfm_alpha,
-        num_frequencies=cfg.ncfm_frequencies,
-        sampler_lr=cfg.ncfm_psi_lr,
+        cfg.params(DistillParams).ipc,
+        cfg.params(DistillParams).steps,
+        alpha=cfg.params(DistillParams).ncfm_alpha,
+        num_frequencies=cfg.params(DistillParams).ncfm_frequencies,
+        sampler_lr=cfg.params(DistillParams).ncfm_psi_lr,
         feature_nets=pool,
-        calibration_weight=cfg.ncfm_calibration,
-        step_per_class=cfg.ncfm_step_per_class,
+        calibration_weight=cfg.params(DistillParams).ncfm_calibration,
+        step_per_class=cfg.params(DistillParams).ncfm_step_per_class,
         **common,
     )

@@ -19,6 +19,7 @@ from torch import nn
 from fedmatch.config import RunConfig
 from fedmatch.diffusion.dmd2 import DMD2Settings, GanHead
 from fedmatch.diffusion.unet import DiffusionUNet, UNetSpec, build_unet, parse_channels
+from fedmatch.params import DiffusionParams, GeneratorParams
 
 # Message types of the two client workloads (clients/generator.py).
 TEACHER_ACTION = "train.teacher"
@@ -30,22 +31,22 @@ _TEACHER_FORMAT = 1
 
 def unet_spec(cfg: RunConfig) -> UNetSpec:
     return UNetSpec(
-        channels=parse_channels(cfg.unet_channels),
-        layers_per_block=cfg.unet_layers_per_block,
-        attention=cfg.unet_attention,
-        cross_attention=cfg.unet_cross_attention,
+        channels=parse_channels(cfg.params(DiffusionParams).unet_channels),
+        layers_per_block=cfg.params(DiffusionParams).unet_layers_per_block,
+        attention=cfg.params(DiffusionParams).unet_attention,
+        cross_attention=cfg.params(DiffusionParams).unet_cross_attention,
     ).validate()
 
 
 def dmd2_settings(cfg: RunConfig) -> DMD2Settings:
     return DMD2Settings(
-        generator_steps=cfg.generator_steps,
-        critic_steps=cfg.critic_steps,
-        lr=cfg.generator_lr,
+        generator_steps=cfg.params(GeneratorParams).steps,
+        critic_steps=cfg.params(GeneratorParams).critic_steps,
+        lr=cfg.params(GeneratorParams).lr,
         batch_size=cfg.batch_size,
-        nfe=cfg.generator_nfe,
-        gan_weight_generator=cfg.gan_weight_generator,
-        gan_weight_critic=cfg.gan_weight_critic,
+        nfe=cfg.params(GeneratorParams).nfe,
+        gan_weight_generator=cfg.params(GeneratorParams).gan_weight_generator,
+        gan_weight_critic=cfg.params(GeneratorParams).gan_weight_critic,
     )
 
 
@@ -79,8 +80,8 @@ def teacher_key(cfg: RunConfig, rounds: int, num_clients: int) -> str:
         "alpha": cfg.alpha,
         "train-subset": cfg.train_subset,
         "seed": cfg.seed,
-        "steps": cfg.teacher_steps,
-        "lr": cfg.teacher_lr,
+        "steps": cfg.params(DiffusionParams).teacher_steps,
+        "lr": cfg.params(DiffusionParams).teacher_lr,
         "batch-size": cfg.batch_size,
         "rounds": rounds,
         "clients": num_clients,
@@ -91,13 +92,13 @@ def teacher_key(cfg: RunConfig, rounds: int, num_clients: int) -> str:
 
 
 def teacher_cache_path(cfg: RunConfig, rounds: int, num_clients: int) -> Path:
-    if cfg.teacher_checkpoint:
-        return Path(cfg.teacher_checkpoint).expanduser()
+    if cfg.params(DiffusionParams).teacher_checkpoint:
+        return Path(cfg.params(DiffusionParams).teacher_checkpoint).expanduser()
     return cfg.cache_path / "diffusion" / f"{teacher_key(cfg, rounds, num_clients)}.pt"
 
 
 def save_teacher(path: Path, unet: DiffusionUNet, spec: UNetSpec, meta: dict) -> None:
-    from fedmatch.results import atomic_torch_save
+    from fedmatch.fileio import atomic_torch_save
 
     state = {k: v.detach().cpu() for k, v in unet.state_dict().items()}
     atomic_torch_save({"spec": spec.to_dict(), "state": state, "meta": meta}, path)

@@ -25,7 +25,7 @@ def model_from_config(cfg: RunConfig, *, init_seed: int | None = None) -> nn.Mod
         kwargs.update(width=cfg.model_width, depth=cfg.model_depth)
     if cfg.model == "fedka-cnn":
         # The DANN domain head exists only when the run trains it (FedKA's domain-head).
-        kwargs.update(domain_head=cfg.domain_head)
+        kwargs.update(domain_head=cfg.table("fedka").domain_head)
     with torch.random.fork_rng(devices=[]):
         if init_seed is not None:
             torch.manual_seed(init_seed)

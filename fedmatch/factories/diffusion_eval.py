@@ -21,6 +21,7 @@ from fedmatch.config import RunConfig
 from fedmatch.data.loaders import to_images
 from fedmatch.data.types import NUM_CLASSES, DomainArrays
 from fedmatch.diffusion.fid import FIDScorer, cached_feature_net
+from fedmatch.params import DiffusionParams
 from fedmatch.seeding import derive_seed
 
 log = logging.getLogger("fedmatch.diffusion")
@@ -67,7 +68,7 @@ class DiffusionEvaluator:
             [d.name for d in domains],
             [to_images(d.x_train) for d in domains],
             [torch.from_numpy(d.y_train) for d in domains],
-            steps=cfg.fid_feature_steps,
+            steps=cfg.params(DiffusionParams).fid_feature_steps,
             seed=cfg.seed,
         )
         references = {d.name: to_images(d.x_test) for d in domains}
@@ -77,7 +78,7 @@ class DiffusionEvaluator:
         self.all_key = ALL if len(domains) > 1 else domains[0].name
 
     def score(self, sampler: Sampler, server_round: int, grid_path: Path | None) -> SampleScore:
-        labels = balanced_labels(self.cfg.fid_samples)
+        labels = balanced_labels(self.cfg.params(DiffusionParams).fid_samples)
         rng = torch.Generator().manual_seed(derive_seed(self.cfg.seed, _EVAL_TAG))
         start = time.perf_counter()
         images = sampler(labels, rng)
@@ -85,7 +86,7 @@ class DiffusionEvaluator:
         fid = self.scorer.score(images)
         precision, recall = self.scorer.precision_recall(images, self.all_key)
         if grid_path is not None:
-            save_grid(images, labels, self.cfg.grid_per_class, grid_path)
+            save_grid(images, labels, self.cfg.params(DiffusionParams).grid_per_class, grid_path)
         log.info(
             "round %d: FID-digits %s %.2f (precision %.3f, recall %.3f), %.2f ms per image",
             server_round,

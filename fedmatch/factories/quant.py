@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from fedmatch.config import RunConfig
+from fedmatch.params import DiffusionParams
 from fedmatch.quant.calibrate import (
     CalibBatch,
     export_stats,
@@ -51,14 +52,14 @@ FEATURE_HOOK = "mid_block"
 
 
 def quant_spec(cfg: RunConfig) -> QuantSpec:
-    w, a = parse_bits(cfg.quant_bits)
+    w, a = parse_bits(cfg.table("quant").bits)
     return QuantSpec(
         weight_bits=w,
         act_bits=a,
-        method=cfg.quant_method,
-        groups=cfg.quant_groups,
-        per_timestep=cfg.quant_per_timestep,
-        weight_init="minmax" if cfg.quant_method == "naive" else "mse",
+        method=cfg.table("quant").method,
+        groups=cfg.table("quant").groups,
+        per_timestep=cfg.table("quant").per_timestep,
+        weight_init="minmax" if cfg.table("quant").method == "naive" else "mse",
     ).validate()
 
 
@@ -70,14 +71,17 @@ def step_counts(
     cfg: RunConfig, teacher: nn.Module, labels: torch.Tensor, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Calibration samples per sampling step, and the TDAC weights (EDA-DM only)."""
-    steps, total = cfg.teacher_ddim_steps, cfg.quant_calibration_samples
-    if cfg.quant_method != "edadm":
+    steps, total = (
+        cfg.params(DiffusionParams).teacher_ddim_steps,
+        cfg.table("quant").calibration_samples,
+    )
+    if cfg.table("quant").method != "edadm":
         return uniform_counts(steps, total), None
     probe = _labels_like(labels, _TDAC_FEATURE_SAMPLES, generator)
     _, features = trajectory_batches(
         teacher, probe, steps=steps, generator=generator, feature_hook=FEATURE_HOOK
     )
-    weights = tdac_weights(features, lam=cfg.quant_tdac_lambda)
+    weights = tdac_weights(features, lam=cfg.table("quant").tdac_lambda)
     return allocate(weights, total), weights
 
 
@@ -91,19 +95,23 @@ def calibration_batches(
     source: str | None = None,
 ) -> list[CalibBatch]:
     """``counts[t]`` calibration inputs at step t from ``source`` (default: the run config's)."""
-    source = source or cfg.quant_calibration_source
+    source = source or cfg.table("quant").calibration_source
     per_step = max(1, int(counts.max()))
     if source == "local":
         if images is None:
             raise ValueError("quant-calibration-source='local' needs the client's images")
         pool = local_batches(
-            images, labels, steps=cfg.teacher_ddim_steps, per_step=per_step, generator=generator
+            images,
+            labels,
+            steps=cfg.params(DiffusionParams).teacher_ddim_steps,
+            per_step=per_step,
+            generator=generator,
         )
     else:
         pool, _ = trajectory_batches(
             teacher,
             _labels_like(labels, per_step, generator),
-            steps=cfg.teacher_ddim_steps,
+            steps=cfg.params(DiffusionParams).teacher_ddim_steps,
             generator=generator,
         )
     return select_samples(pool, counts, generator)
@@ -148,13 +156,16 @@ def server_quantize(
     )
     info: dict[str, float] = {}
     tdac = [s[TDAC_KEY] for s in client_stats if TDAC_KEY in s]
-    if cfg.quant_method == "edadm" and cfg.quant_recon_iters > 0:
+    if cfg.table("quant").method == "edadm" and cfg.table("quant").recon_iters > 0:
         generator = torch.Generator().manual_seed(seed)
         if tdac:
             w = sum(wi * t for wi, t in zip(weights, tdac, strict=True)) / sum(weights)
-            counts = allocate(w, cfg.quant_calibration_samples)
+            counts = allocate(w, cfg.table("quant").calibration_samples)
         else:
-            counts = uniform_counts(cfg.teacher_ddim_steps, cfg.quant_calibration_samples)
+            counts = uniform_counts(
+                cfg.params(DiffusionParams).teacher_ddim_steps,
+                cfg.table("quant").calibration_samples,
+            )
         labels = torch.arange(10)
         batches = calibration_batches(
             cfg, teacher, None, labels, counts, generator, source="trajectory"
@@ -162,7 +173,7 @@ def server_quantize(
         report = reconstruct(
             quantized,
             batches,
-            ReconSettings(iters=cfg.quant_recon_iters, batch_size=32),
+            ReconSettings(iters=cfg.table("quant").recon_iters, batch_size=32),
             generator,
         )
         before = sum(r["before"] for r in report)
