@@ -71,7 +71,7 @@ def run_suite(
     report_dir = None
     finished = [runs_dir / c.name for c in cells if outcomes[c.name].status in ("done", "skipped")]
     if report and finished:
-        from fedmatch.report import build_report
+        from fedmatch.report.build import build_report
 
         report_dir = out_dir / "report"
         build_report(
