@@ -27,7 +27,7 @@ HTML writer), ``command`` (the shell command that reproduces a run), ``build``
 """
 
 from fedmatch.report.build import RELATIVE_TARGET, Report, build_report
-from fedmatch.report.command import reproduce_command
+from fedmatch.report.command import reproduce_argv, reproduce_command
 from fedmatch.report.runs import (
     GROUP_KEYS,
     NON_VARIANT_KEYS,
@@ -53,6 +53,7 @@ __all__ = [
     "format_variant_table",
     "group_runs",
     "load_run",
+    "reproduce_argv",
     "reproduce_command",
     "run_table",
     "variant_table",

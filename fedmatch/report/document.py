@@ -53,7 +53,10 @@ class Document:
         )
 
     def code(self, text: str, language: str = "") -> None:
-        self.md.append(f"```{language}\n{text}\n```\n")
+        # A fence longer than any backtick run inside, so the text cannot close it.
+        longest = max((len(run) for run in re.findall(r"`{3,}", text)), default=2)
+        fence = "`" * (longest + 1)
+        self.md.append(f"{fence}{language}\n{text}\n{fence}\n")
         self.html.append(f"<pre><code>{html.escape(text)}</code></pre>")
 
     def details(self, summary: str, blocks: Sequence[tuple[str, str]]) -> None:
