@@ -40,7 +40,7 @@ class Federation(_Table):
     num_supernodes: int = Field(ge=1)
     cpus_per_client: float = Field(1, gt=0)
     gpus_per_client: float = Field(0, ge=0)
-    # One Ray head for the whole grid (see the module docstring); false: Ray per cell.
+    # One Ray head for the whole grid (see the package docstring); false: Ray per cell.
     shared_ray: bool = True
     ray_num_cpus: int = Field(0, ge=0)  # 0: every core of this machine
     ray_num_gpus: int = Field(-1, ge=-1)  # -1: whatever Ray detects
