@@ -48,7 +48,10 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 from overhead import TAG_VAR, ForeignCpu, Phase  # noqa: E402
 
-from fedmatch.bench import STATE_FILE, Suite, run_suite, snapshot_app  # noqa: E402
+from fedmatch.bench.launch import snapshot_app  # noqa: E402
+from fedmatch.bench.runner import run_suite  # noqa: E402
+from fedmatch.bench.state import STATE_FILE  # noqa: E402
+from fedmatch.bench.suite import Suite  # noqa: E402
 from fedmatch.localrun import REPO as APP_REPO  # noqa: E402
 
 # variant -> (cells-per-run, shared Ray head)

@@ -77,14 +77,10 @@ def _deploy_local(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from fedmatch.bench import (
-        BenchError,
-        Suite,
-        SuiteError,
-        default_out_dir,
-        iter_outcome_lines,
-        run_suite,
-    )
+    from fedmatch.bench.planning import BenchError
+    from fedmatch.bench.progress import iter_outcome_lines
+    from fedmatch.bench.runner import default_out_dir, run_suite
+    from fedmatch.bench.suite import Suite, SuiteError
     from fedmatch.logs import setup_logging
 
     setup_logging()

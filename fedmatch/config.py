@@ -202,7 +202,7 @@ class RunConfig(BaseModel):
         bad value.
         """
         common, by_table, unknown = _split(run_config)
-        errors: list[str] = [_unknown_message(key) for key in unknown]
+        errors: list[str] = [unknown_key_message(key) for key in unknown]
         built: dict[str, ParamsTable] = {}
         for name, cls_ in registry.tables().items():
             try:
@@ -337,7 +337,7 @@ def _suggest(key: str, candidates: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _unknown_message(key: str) -> str:
+def unknown_key_message(key: str) -> str:
     if key in LEGACY_KEYS:
         return (
             f"  - unknown run-config key {key!r}: it was renamed to {LEGACY_KEYS[key]!r} "

@@ -82,8 +82,8 @@ def reference_markdown() -> str:
         "# Run-config keys",
         "",
         "Generated from the params classes by `fedmatch config docs`; do not edit by hand "
-        "(a test checks it). Set keys with `flwr run . --run-config \"key=value "
-        "table.key=value\"` (TOML values: strings need quotes).",
+        '(a test checks it). Set keys with `flwr run . --run-config "key=value '
+        'table.key=value"` (TOML values: strings need quotes).',
         "",
         "## Common keys",
         "",

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedmatch.bench import snapshot_app
+from fedmatch.bench.launch import snapshot_app
 from fedmatch.localrun import REPO, PrivateFlower
 
 

@@ -517,7 +517,7 @@ def test_scaffold_and_feddyn_state_survives_a_checkpoint_file(tmp_path, data_cac
 
 
 def test_the_baselines_suite_is_valid():
-    from fedmatch.bench import Suite
+    from fedmatch.bench.suite import Suite
     from tests.flower_harness import REPO
 
     suite = Suite.load(REPO / "benchmarks" / "suites" / "baselines-dirichlet.toml")

@@ -9,14 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from fedmatch.bench import (
-    BenchError,
-    Suite,
-    SuiteError,
-    cell_name,
-    plan,
-    snapshot_app,
-)
+from fedmatch.bench.launch import snapshot_app
+from fedmatch.bench.planning import BenchError, cell_name, plan
+from fedmatch.bench.suite import Suite, SuiteError
 from fedmatch.config import RunConfig
 from fedmatch.data.embedded import EMBEDDED_DOMAINS
 from fedmatch.localrun import REPO

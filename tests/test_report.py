@@ -184,7 +184,7 @@ def test_every_run_has_its_config_and_a_command(runs: list[Path], tmp_path: Path
         assert json.dumps(config, indent=2, sort_keys=True) in markdown
         assert f"{run_dir.name}: {config['strategy']}, seed {config['seed']}" in markdown
     assert markdown.count("flwr run . --stream --run-config") == 4
-    assert "strategy='fedbn'" in markdown and "seed=1" in markdown
+    assert 'strategy="fedbn"' in markdown and "seed=1" in markdown
     assert "num-supernodes=2" in markdown  # from config.json's num_nodes
 
 
