@@ -248,6 +248,10 @@ class RunConfig(BaseModel):
             raise TypeError(f"table {cls.table!r} holds {type(table).__name__}, not {cls}")
         return table
 
+    def table(self, name: str) -> Any:
+        """The table ``name``, for code that reads a method's keys without importing its class."""
+        return self.tables[name]
+
     def domain_names(self, available: tuple[str, ...]) -> tuple[str, ...]:
         """Resolve ``domains`` against the dataset's available domain names."""
         if self.domains.strip() == "all":
@@ -304,7 +308,7 @@ def _split(
     common: dict[str, Any] = {}
     by_table: dict[str, dict[str, Any]] = {}
     unknown: list[str] = []
-    for key, value in _flatten(run_config).items():
+    for key, value in flatten_keys(run_config).items():
         name, dot, rest = key.partition(".")
         if not dot:
             if key in common_names:
@@ -322,11 +326,11 @@ def _split(
     return common, by_table, sorted(unknown)
 
 
-def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_keys(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in mapping.items():
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_keys(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -32,6 +32,7 @@ import torch
 from fedmatch import __version__
 from fedmatch.config import ConfigError, RunConfig
 from fedmatch.fileio import atomic_torch_save, atomic_write_bytes
+from fedmatch.legacy_keys import translate
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ def with_new_keys(saved: Mapping[str, Any]) -> dict[str, Any]:
     :func:`changed_config_keys`), so this is the config the old run actually ran with; reports
     compare and group runs of different fedmatch versions through it.
     """
-    return {**RunConfig().to_flower(), **saved}
+    return {**RunConfig().to_flower(), **translate(saved)}
 
 
 def changed_config_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
@@ -257,6 +258,8 @@ def changed_config_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) ->
     resumable (and an old benchmark grid stays valid) across upgrades.
     """
     defaults = RunConfig().to_flower()
+    # Runs saved before the namespaced tables spell their keys flat (legacy_keys.py).
+    saved, current = translate(saved), translate(current)
     changed = []
     for key in set(saved) | set(current):
         if key in RESUMABLE_KEYS:

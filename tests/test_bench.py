@@ -48,7 +48,7 @@ def test_shipped_suites_are_valid():
     assert {c.cfg.strategy for c in fedlgd} == {"fedlgd", "fedavg", "fedprox"}
     # The baselines train on the local virtual data FedLGD starts from.
     assert {c.cfg.train_data for c in fedlgd} == {"distilled"}
-    assert {c.cfg.ipc for c in fedlgd} == {10, 50} and len(fedlgd) == 18
+    assert {c.cfg.tables["distill"].ipc for c in fedlgd} == {10, 50} and len(fedlgd) == 18
     lodo = Suite.load(SUITES / "fedka-lodo.toml").cells()
     assert {c.cfg.strategy for c in lodo} == {"fedavg", "fedka"}
     assert {c.cfg.target_domain for c in lodo} == set(EMBEDDED_DOMAINS)
@@ -104,9 +104,12 @@ def test_cell_names_are_valid_run_names_and_distinct():
         (with_change("federation", "num-supernode", 3), "unknown key 'federation.num-supernode'"),
         (with_change("federation", "num-supernodes", 0), "'federation.num-supernodes' = 0"),
         (with_change("base", "lr", -1.0), "run-config key 'lr' = -1.0: Input should be greater"),
-        (with_change("base", "lrr", 0.1), "unknown run-config key 'lrr' in [base]"),
+        (
+            with_change("base", "lrr", 0.1),
+            "[base]: unknown run-config key 'lrr' (did you mean 'lr'?)",
+        ),
         (with_change("base", "run-name", "x"), "key 'run-name' is set by `fedmatch bench`"),
-        (with_change("axes", "strategy", ["fedfoo"]), "'strategy' = 'fedfoo': Input should be"),
+        (with_change("axes", "strategy", ["fedfoo"]), "'strategy' = 'fedfoo': unknown method"),
         (with_change("axes", "seed", []), "axis 'seed' = []: give at least one value"),
         (with_change("axes", "seed", [1, 1]), "axis 'seed' = [1, 1]: lists a value more than once"),
         (with_change("axes", "domains", ["x"]), "set in both [base] and [axes]"),
@@ -198,12 +201,12 @@ def test_plan_accepts_runs_from_before_a_key_existed(tmp_path: Path):
     _record(runs, {**cell.overrides, "run-name": cell.name}, 2, finish=True)
     config_path = runs / cell.name / "config.json"
     saved = json.loads(config_path.read_text())
-    del saved["run_config"]["critic-steps"]
+    del saved["run_config"]["generator.critic-steps"]
     config_path.write_text(json.dumps(saved))
     assert plan(cells, runs)[0].action == "skip"
 
-    changed = Suite.from_dict(with_change("base", "critic-steps", 7)).cells()
-    with pytest.raises(BenchError, match="critic-steps: None -> 7"):
+    changed = Suite.from_dict(with_change("base", "generator.critic-steps", 7)).cells()
+    with pytest.raises(BenchError, match=r"generator\.critic-steps: None -> 7"):
         plan(changed, runs)
 
 

@@ -205,7 +205,12 @@ def test_fedlgd_config_errors_name_the_key():
     with pytest.raises(ConfigError, match=r"'fedlgd\.refresh-every' = 0"):
         RunConfig.from_flower({"strategy": "fedlgd", "fedlgd.refresh-every": 0})
     # FedLGD always trains on virtual data, so a suite can set train-data for every cell.
-    assert RunConfig.from_flower({"strategy": "fedlgd", "train-data": "distilled"}).ipc == 10
+    assert (
+        RunConfig.from_flower({"strategy": "fedlgd", "train-data": "distilled"})
+        .table("distill")
+        .ipc
+        == 10
+    )
 
 
 @pytest.mark.parametrize("name", ["fedlgd-cpu", "fedlgd-paper"])
@@ -215,9 +220,9 @@ def test_presets_are_valid_fedlgd_run_configs(name: str):
 
     preset = Path(__file__).resolve().parents[1] / "presets" / f"{name}.toml"
     cfg = RunConfig.from_flower(tomllib.loads(preset.read_text()))
-    assert cfg.strategy == "fedlgd" and cfg.virtual_init == "stats"
+    assert cfg.strategy == "fedlgd" and cfg.table("distill").virtual_init == "stats"
     # The refresh horizon lies inside the run, so every refresh happens.
-    assert cfg.fedlgd_refresh_until < cfg.num_server_rounds
+    assert cfg.table("fedlgd").refresh_until < cfg.num_server_rounds
 
 
 def test_initial_local_virtual_data_is_cached_across_runs_that_share_its_keys(

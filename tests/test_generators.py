@@ -535,8 +535,8 @@ def test_trained_feature_net_separates_domains_and_noise():
         (
             {"diffusion.unet-cross-attention": True, "diffusion.unet-channels": "16,40"},
             [
-                "diffusion.unet-channels='16,40'",
-                "diffusion.unet-cross-attention=true",
+                "unet-channels='16,40'",
+                "unet-cross-attention=true",
                 "width 40",
                 "attention head",
             ],

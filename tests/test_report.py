@@ -235,7 +235,7 @@ def test_a_run_saved_before_a_key_existed_groups_with_its_default(tmp_path: Path
     runs = [write_run(tmp_path / "runs", "fedavg", seed) for seed in (0, 1)]
     config_path = runs[0] / "config.json"
     saved = json.loads(config_path.read_text())
-    del saved["run_config"]["critic-steps"]
+    del saved["run_config"]["generator.critic-steps"]
     config_path.write_text(json.dumps(saved))
     report = build_report(runs, tmp_path / "report", plots=False)
     assert list(report.tables[0].index) == ["fedavg"]

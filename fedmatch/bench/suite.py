@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flwr.common.config import flatten_dict
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -21,7 +20,13 @@ from pydantic import (
 )
 
 from fedmatch.bench.planning import Cell, Scalar, cell_name
-from fedmatch.config import ConfigError, RunConfig, all_keys, unknown_key_message
+from fedmatch.config import (
+    ConfigError,
+    RunConfig,
+    all_keys,
+    flatten_keys,
+    unknown_key_message,
+)
 
 # The runner sets these per cell; a suite may not.
 RESERVED_KEYS = frozenset({"runs-dir", "run-name", "resume", "cells-file"})
@@ -92,7 +97,7 @@ class Suite(_Table):
             data = dict(data)
             for section in ("base", "axes"):
                 if isinstance(data.get(section), Mapping):
-                    data[section] = flatten_dict(dict(data[section]))
+                    data[section] = flatten_keys(data[section])
         return data
 
     @field_validator("base")
