@@ -48,7 +48,8 @@ bench: install
 	$(BIN)/fedmatch bench $(SUITE)
 
 # The same app on Flower's deployment engine: a SuperLink and one SuperNode process per
-# client on this machine (README "Deploy on several machines"). DEPLOY_FLAGS="--tls --supernode-auth".
+# client on this machine, over TLS with SuperNode authentication (docs/deployment.md).
+# DEPLOY_FLAGS=--insecure drops both (a warning says what that admits).
 DEPLOY_FLAGS ?=
 deploy-local: install
 	$(BIN)/fedmatch deploy-local --nodes $(NUM_CLIENTS) $(DEPLOY_FLAGS) \

@@ -6,8 +6,13 @@
 # OUT_DIR  where to write (default: docker/keys next to this script)
 # COUNT    how many SuperNodes (default 5, one per embedded digit domain)
 #
-# Writes supernode-<i> (private, OpenSSH format: `--auth-supernode-private-key`)
-# and supernode-<i>.pub (register it: `flwr supernode register supernode-<i>.pub <connection>`).
+# Writes supernode-<i> (private, OpenSSH format: `--auth-supernode-private-key`; SuperNode
+# <i> only) and supernode-<i>.pub (register it with the SuperLink:
+# `flwr supernode register supernode-<i>.pub <connection>`).
+#
+# Only a folder this script creates is made private (700). An existing OUT_DIR keeps its
+# mode; the private keys stay readable (644) because the containers' non-root user
+# (uid 49999) reads them through single-file bind mounts, so choose a private folder.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,10 +22,10 @@ case "$count" in
   ''|*[!0-9]*|0) echo "error: COUNT must be a positive integer, got '$count'" >&2; exit 2 ;;
 esac
 
-mkdir -p "$out"
-# As for the certificates: the folder keeps other users out, and the files stay
-# readable for the containers' non-root user (uid 49999).
-chmod 700 "$out"
+if [ ! -d "$out" ]; then
+  mkdir -p "$out"
+  chmod 700 "$out"
+fi
 for i in $(seq 1 "$count"); do
   rm -f "$out/supernode-$i" "$out/supernode-$i.pub"
   ssh-keygen -q -t ecdsa -b 384 -N "" -C "fedmatch supernode-$i" -f "$out/supernode-$i"

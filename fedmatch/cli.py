@@ -71,9 +71,7 @@ def _deploy_local(args: argparse.Namespace) -> int:
     from fedmatch.deploy import deploy_local
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fedmatch-deploy-")).resolve()
-    return deploy_local(
-        args.nodes, args.run_config, workdir, tls=args.tls, supernode_auth=args.supernode_auth
-    )
+    return deploy_local(args.nodes, args.run_config, workdir, insecure=args.insecure)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -169,9 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     deploy.add_argument("--nodes", type=int, default=5, help="SuperNodes (partitions); default 5")
     deploy.add_argument("--run-config", default="", help="as for `flwr run --run-config`")
-    deploy.add_argument("--tls", action="store_true", help="TLS with certificates made for it")
     deploy.add_argument(
-        "--supernode-auth", action="store_true", help="SuperNode authentication with new keys"
+        "--insecure",
+        action="store_true",
+        help="no TLS and no SuperNode authentication (default: both, with certificates and "
+        "keys made in --workdir); any local user can then submit runs or join",
     )
     deploy.add_argument("--workdir", default=None, help="logs, Flower homes (default: a temp dir)")
     deploy.set_defaults(func=_deploy_local)

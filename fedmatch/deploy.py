@@ -6,9 +6,10 @@ message, and reaches the SuperLink over HTTP(S), exactly as on separate
 machines; only the addresses are 127.0.0.1.  The tests use it for real
 deployment runs (plain, TLS, SuperNode authentication, a node killed mid-run)
 and ``fedmatch deploy-local`` (``make deploy-local``) for a multi-process run
-without Docker.  The command lines are the ones README "Deploy on several
-machines" gives; ``docker/generate-certs.sh`` and ``docker/generate-auth-keys.sh``
-make the TLS certificates and SuperNode keys.
+without Docker.  The command lines are the ones docs/deployment.md gives;
+``docker/generate-certs.sh`` and ``docker/generate-auth-keys.sh`` make the TLS
+certificates and SuperNode keys.  ``fedmatch deploy-local`` uses TLS and SuperNode
+authentication unless told ``--insecure``.
 
 Every process starts in a new session and ``stop`` (also on ``with`` exit)
 ends each one with its children, SuperNodes first.  Linux only (``/proc``).
@@ -46,19 +47,35 @@ class DeploymentError(RuntimeError):
 
 @dataclass(frozen=True)
 class TlsFiles:
-    """A CA certificate and the server certificate/key it signed (PEM)."""
+    """A CA certificate, the SuperLink's certificate/key it signed (PEM), and beside them
+    each SuperNode's Runtime API certificate/key (``supernode-<i>-runtime.pem``/``.key``)."""
 
     ca_cert: Path
     server_cert: Path
     server_key: Path
 
+    def runtime_cert(self, index: int) -> tuple[Path, Path]:
+        """Certificate and key of SuperNode ``index`` (1-based, as the script numbers them)."""
+        folder = self.server_cert.parent
+        cert = folder / f"supernode-{index}-runtime.pem"
+        key = folder / f"supernode-{index}-runtime.key"
+        if not (cert.exists() and key.exists()):
+            raise DeploymentError(
+                f"no Runtime API certificate for SuperNode {index} in {folder} (expected "
+                f"{cert.name} and {key.name}); make it with SUPERNODES={index} or more "
+                "docker/generate-certs.sh"
+            )
+        return cert, key
 
-def generate_certs(out_dir: Path, extra_sans: Sequence[str] = ()) -> TlsFiles:
-    """Run ``docker/generate-certs.sh``: a CA and a server certificate for 127.0.0.1/localhost.
 
-    ``extra_sans`` are further subjectAltName entries (``DNS:host``, ``IP:addr``).
+def generate_certs(out_dir: Path, extra_sans: Sequence[str] = (), supernodes: int = 5) -> TlsFiles:
+    """Run ``docker/generate-certs.sh``: a CA, the SuperLink's certificate and ``supernodes``
+    SuperNode Runtime API certificates, all valid for 127.0.0.1/localhost.
+
+    ``extra_sans`` are further subjectAltName entries of the SuperLink's certificate
+    (``DNS:host``, ``IP:addr``); the script refuses malformed ones.
     """
-    _run_script("generate-certs.sh", str(out_dir), *extra_sans)
+    _run_script("generate-certs.sh", str(out_dir), *extra_sans, SUPERNODES=str(supernodes))
     return TlsFiles(out_dir / "ca.crt", out_dir / "server.pem", out_dir / "server.key")
 
 
@@ -71,9 +88,13 @@ def generate_auth_keys(out_dir: Path, count: int) -> list[Path]:
     return [out_dir / f"supernode-{i}" for i in range(1, count + 1)]
 
 
-def _run_script(name: str, *args: str) -> None:
+def _run_script(name: str, *args: str, **env: str) -> None:
     result = subprocess.run(
-        ["bash", str(SCRIPTS / name), *args], capture_output=True, text=True, check=False
+        ["bash", str(SCRIPTS / name), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **env},
     )
     if result.returncode != 0:
         raise DeploymentError(f"{name} failed ({result.returncode}):\n{result.stderr[-3000:]}")
@@ -220,12 +241,14 @@ class LocalDeployment:
             command.append("--insecure")
         else:
             command += ["--root-certificates", str(self.tls.ca_cert)]
-            # Its own Runtime API (ClientApp processes <-> SuperNode) over TLS too.
+            # Its own Runtime API (ClientApp processes <-> SuperNode) over TLS too, with a
+            # certificate of its own: a SuperNode never holds the SuperLink's key.
+            runtime_cert, runtime_key = self.tls.runtime_cert(partition_id + 1)
             command += [
                 "--ssl-certfile",
-                str(self.tls.server_cert),
+                str(runtime_cert),
                 "--ssl-keyfile",
-                str(self.tls.server_key),
+                str(runtime_key),
                 "--ssl-ca-certfile",
                 str(self.tls.ca_cert),
             ]
@@ -421,12 +444,13 @@ def deploy_local(
     run_config: str,
     workdir: Path,
     *,
-    tls: bool = False,
-    supernode_auth: bool = False,
+    insecure: bool = False,
     out: TextIO | None = None,
 ) -> int:
     """Run the app once on a fresh local deployment of ``num_nodes`` SuperNodes.
 
+    By default over TLS with SuperNode authentication (certificates and keys made in
+    ``workdir``, every key registered); ``insecure`` runs plain HTTP with no authentication.
     SuperNode ``i`` serves partition ``i``; ``min-available-nodes`` is set to
     ``num_nodes`` before ``run_config`` (a ``--run-config`` string) is applied.
     The run's log streams to ``out`` (default: stdout).  Returns 0 when the
@@ -437,21 +461,27 @@ def deploy_local(
     if num_nodes < 1:
         raise ValueError(f"--nodes = {num_nodes}: need at least one SuperNode")
     workdir.mkdir(parents=True, exist_ok=True)
-    certs = generate_certs(workdir / "certs") if tls else None
+    if insecure:
+        log.warning(
+            "--insecure: no TLS and no SuperNode authentication; any local user can reach "
+            "this deployment's ports, submit runs and join as a SuperNode"
+        )
+    certs = None if insecure else generate_certs(workdir / "certs", supernodes=num_nodes)
     threads = max(1, (os.cpu_count() or 1) // num_nodes)
     with LocalDeployment(
-        workdir, tls=certs, supernode_auth=supernode_auth, threads_per_node=threads
+        workdir, tls=certs, supernode_auth=not insecure, threads_per_node=threads
     ) as deployment:
         deployment.start_superlink()
         keys = None
-        if supernode_auth:
+        if not insecure:
             keys = generate_auth_keys(workdir / "keys", num_nodes)
             for key in keys:
                 deployment.register_supernode(key.with_name(key.name + ".pub"))
         deployment.start_supernodes(num_nodes, auth_keys=keys)
         out.write(
             f"deployment in {workdir}: SuperLink {deployment.superlink_address}"
-            f"{' (TLS)' if certs else ''}, {num_nodes} SuperNodes; logs: {workdir}/*.log\n"
+            f"{' (INSECURE)' if insecure else ' (TLS, SuperNode authentication)'}, "
+            f"{num_nodes} SuperNodes; logs: {workdir}/*.log\n"
         )
         command = deployment.run_command({"min-available-nodes": num_nodes})
         if run_config.strip():

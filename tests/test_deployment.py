@@ -1,9 +1,9 @@
 """Flower's deployment engine for real, on loopback: a SuperLink and SuperNode processes.
 
 No Docker engine exists here, so the compose files are checked statically
-(``test_compose_*``) and the same topology runs as local processes: plain, over
-TLS with SuperNode authentication and separate SuperExecs (as
-docker-compose.tls.yml + docker-compose.auth.yml run it) with a SuperNode
+(``test_compose_*``) and the same topology runs as local processes: ``fedmatch
+deploy-local`` (TLS and SuperNode authentication by default), and TLS with SuperNode
+authentication and separate SuperExecs (as docker-compose.yml runs it) with a SuperNode
 killed mid-run.  Every test stops every process it started, also on failure.
 """
 
@@ -95,7 +95,8 @@ def processes_under(root: Path) -> list[int]:
 def test_loopback_deployment_runs_fedavg_on_three_supernodes(
     tmp_path: Path, data_cache: Path, capsys: pytest.CaptureFixture[str]
 ):
-    """`fedmatch deploy-local`: a SuperLink and three SuperNode processes, FedAvg, 1 round.
+    """`fedmatch deploy-local`: a SuperLink and three SuperNode processes, FedAvg, 1 round,
+    over TLS with SuperNode authentication (its default).
 
     One round: every round costs a ClientApp process start per message and node (seconds
     each on two cores); the TLS test below runs two rounds on the same engine.
@@ -137,6 +138,11 @@ def test_loopback_deployment_runs_fedavg_on_three_supernodes(
     for i in range(3):
         log = (workdir / f"supernode-{i}.log").read_text()
         assert "Start `flwr-clientapp` process" in log
+    # Secure by default: TLS with its own certificates, every SuperNode with its own key.
+    assert "(TLS, SuperNode authentication)" in output
+    link_log = (workdir / "superlink.log").read_text()
+    assert (workdir / "certs" / "ca.crt").exists() and (workdir / "keys" / "supernode-3").exists()
+    assert "--insecure" not in link_log
     with capsys.disabled():
         print(f"\nloopback deployment test: {seconds:.1f} s")
 
@@ -144,8 +150,8 @@ def test_loopback_deployment_runs_fedavg_on_three_supernodes(
 @pytest.mark.e2e
 @pytest.mark.deployment
 def test_tls_deployment_with_auth_survives_a_killed_supernode(tmp_path: Path, data_cache: Path):
-    """TLS, SuperNode authentication and separate SuperExecs (docker-compose.tls.yml +
-    docker-compose.auth.yml), and the machine of partition 1 lost after round 1.
+    """TLS, SuperNode authentication and separate SuperExecs (as docker-compose.yml runs
+    them), and the machine of partition 1 lost after round 1.
 
     One deployment covers both because each deployment costs a minute or more of process
     start-ups on two cores; the checks of each part are independent of the other.
@@ -215,22 +221,37 @@ def test_tls_deployment_with_auth_survives_a_killed_supernode(tmp_path: Path, da
 # ---------------------------------------------------------------- compose files (static)
 
 COMPOSE = "docker-compose.yml"
-TLS_OVERLAY = "docker-compose.tls.yml"
-AUTH_OVERLAY = "docker-compose.auth.yml"
+INSECURE_OVERLAY = "docker-compose.insecure.yml"
 # The Dockerfile's ENTRYPOINT: services that do not set one run a SuperExec.
 DEFAULT_BINARY = "flower-superexec"
+# Compose's `${VAR:-default}` in a published port: the address it binds when VAR is unset.
+BIND_DEFAULT = re.compile(r"^\$\{FEDMATCH_BIND:-([^}]+)\}:(\d+):(\d+)$")
+
+
+class _Reset:
+    """Compose's `!reset` tag: the overlay removes the key."""
+
+
+class ComposeLoader(yaml.SafeLoader):
+    pass
+
+
+ComposeLoader.add_constructor("!reset", lambda loader, node: _Reset())
 
 
 def load_compose(*names: str) -> dict:
     """The files merged as `docker compose -f a -f b` does for the keys they use."""
     merged: dict = {}
     for name in names:
-        merge_compose(merged, yaml.safe_load((REPO / name).read_text()))
+        merge_compose(merged, yaml.load((REPO / name).read_text(), Loader=ComposeLoader))
     return merged
 
 
 def merge_compose(base: dict, overlay: dict) -> None:
     for key, value in overlay.items():
+        if isinstance(value, _Reset):
+            base.pop(key, None)
+            continue
         if key != "services":
             if isinstance(value, dict):
                 base.setdefault(key, {}).update(value)
@@ -240,7 +261,9 @@ def merge_compose(base: dict, overlay: dict) -> None:
         for name, service in value.items():
             target = base.setdefault("services", {}).setdefault(name, {})
             for field_name, field_value in service.items():
-                if field_name in ("secrets", "volumes", "ports"):
+                if isinstance(field_value, _Reset):
+                    target.pop(field_name, None)
+                elif field_name in ("secrets", "volumes", "ports"):
                     # Compose merges these lists (by target); command/entrypoint are replaced.
                     old = target.get(field_name, [])
                     target[field_name] = list(dict.fromkeys([*old, *field_value]))
@@ -288,10 +311,10 @@ def services_of(compose: dict, prefix: str) -> dict[str, dict]:
     return {n: s for n, s in compose["services"].items() if n.startswith(prefix)}
 
 
-ALL_VARIANTS = [(COMPOSE,), (COMPOSE, TLS_OVERLAY), (COMPOSE, TLS_OVERLAY, AUTH_OVERLAY)]
+ALL_VARIANTS = [(COMPOSE,), (COMPOSE, INSECURE_OVERLAY)]
 
 
-@pytest.mark.parametrize("files", ALL_VARIANTS, ids=["plain", "tls", "tls+auth"])
+@pytest.mark.parametrize("files", ALL_VARIANTS, ids=["secure", "insecure"])
 def test_compose_uses_only_current_flower_flags(files: tuple[str, ...]):
     compose = load_compose(*files)
     for name, service in compose["services"].items():
@@ -308,7 +331,7 @@ def test_compose_uses_only_current_flower_flags(files: tuple[str, ...]):
             assert isolation == "process", name
 
 
-@pytest.mark.parametrize("files", ALL_VARIANTS, ids=["plain", "tls", "tls+auth"])
+@pytest.mark.parametrize("files", ALL_VARIANTS, ids=["secure", "insecure"])
 def test_compose_ports_and_addresses_agree(files: tuple[str, ...]):
     compose = load_compose(*files)
     services = compose["services"]
@@ -316,7 +339,12 @@ def test_compose_ports_and_addresses_agree(files: tuple[str, ...]):
     assert binary(link) == "flower-superlink"
     port = flag(link, "--port")
     assert flag(link, "--host") == "0.0.0.0"  # reachable from the other containers
-    assert f"{port}:{port}" in link["ports"]
+    # Published on the host's loopback unless FEDMATCH_BIND says otherwise.
+    published = [BIND_DEFAULT.match(str(entry)) for entry in link["ports"]]
+    assert [m.groups() if m else None for m in published] == [("127.0.0.1", port, port)]
+    for name, service in services.items():
+        if name != "superlink":
+            assert "ports" not in service, f"{name} publishes {service['ports']}"
     assert f"127.0.0.1:{port}/health" in " ".join(link["healthcheck"]["test"])
     assert flag(services["superexec-serverapp"], "--runtime-api-address") == f"superlink:{port}"
 
@@ -341,14 +369,14 @@ def test_compose_ports_and_addresses_agree(files: tuple[str, ...]):
 
 
 def test_compose_has_one_supernode_per_digit_domain_with_distinct_node_config():
-    compose = load_compose(COMPOSE, TLS_OVERLAY, AUTH_OVERLAY)
+    compose = load_compose(COMPOSE)
     domains = available_domains("embedded")
     configs = []
     for node in services_of(compose, "supernode-").values():
         pairs = dict(item.split("=") for item in flag(node, "--node-config").split())
         configs.append((int(pairs["partition-id"]), int(pairs["num-partitions"])))
     assert sorted(configs) == [(i, len(domains)) for i in range(len(domains))]
-    for variant in ALL_VARIANTS[:2]:
+    for variant in ALL_VARIANTS[1:]:
         nodes = services_of(load_compose(*variant), "supernode-").values()
         assert sorted(flag(n, "--node-config") for n in nodes) == sorted(
             flag(n, "--node-config") for n in services_of(compose, "supernode-").values()
@@ -366,8 +394,7 @@ def test_compose_volumes_match_the_image_and_the_readme():
 
     state_dir = str(Path(flag(services["superlink"], "--database")).parent)
     assert mounts(services["superlink"])[state_dir] in named
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Deploy on several machines") :]
+    section = (REPO / "docs" / "deployment.md").read_text()
     runs_dir = re.search(r"runs-dir='(/[^']+)'", section).group(1)
     cache_dir = re.search(r"cache-dir='(/[^']+)'", section).group(1)
     for name, service in services.items():
@@ -393,39 +420,73 @@ def test_dockerfile_pins_the_installed_flower_and_drops_only_its_line():
     assert len(dropped) == 1 and dropped[0].strip().startswith('"flwr['), dropped
 
 
-def test_compose_tls_and_auth_files_come_from_the_shipped_scripts(tmp_path: Path):
-    compose = load_compose(COMPOSE, TLS_OVERLAY, AUTH_OVERLAY)
+def secrets_of(service: dict) -> set[str]:
+    return {s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])}
+
+
+def test_compose_default_is_tls_with_supernode_auth_from_the_shipped_scripts(tmp_path: Path):
+    compose = load_compose(COMPOSE)
     services = compose["services"]
-    secret_files = {name: Path(s["file"]).name for name, s in compose["secrets"].items()}
+    secret_files = {name: s["file"] for name, s in compose["secrets"].items()}
     for name, service in services.items():
         args = command(service)
         assert "--insecure" not in args, name
         for arg in args:
             if arg.startswith("/run/secrets/"):
-                assert arg.removeprefix("/run/secrets/") in service["secrets"], (name, arg)
+                assert arg.removeprefix("/run/secrets/") in secrets_of(service), (name, arg)
         if binary(service) != "flower-superlink":
-            assert "--root-certificates" in args, name
-    link = command(services["superlink"])
-    for option in ("--ssl-certfile", "--ssl-keyfile", "--ssl-ca-certfile"):
-        assert option in link
-    assert "--enable-supernode-auth" in link
+            assert flag(service, "--root-certificates") == "/run/secrets/ca-cert", name
+        # Secrets are single files; no folder of them is bind-mounted.
+        for volume in service.get("volumes", []):
+            assert "docker/" not in volume and "/run/secrets" not in volume, (name, volume)
+    link = services["superlink"]
+    assert flag(link, "--ssl-certfile") == "/run/secrets/superlink-cert"
+    assert flag(link, "--ssl-keyfile") == "/run/secrets/superlink-key"
+    assert flag(link, "--ssl-ca-certfile") == "/run/secrets/ca-cert"
+    assert "--enable-supernode-auth" in command(link)
+    assert secrets_of(link) == {"ca-cert", "superlink-cert", "superlink-key"}
 
-    certs = generate_certs(tmp_path / "certs")
-    keys = generate_auth_keys(tmp_path / "keys", len(services_of(compose, "supernode-")))
-    written = {p.name for p in (*certs.__dict__.values(), *keys)}
-    assert set(secret_files.values()) <= written, (secret_files, written)
-    for name, node in services_of(compose, "supernode-").items():
-        key = flag(node, "--auth-supernode-private-key").removeprefix("/run/secrets/")
-        assert secret_files[key] == name  # supernode-<i> gets key supernode-<i>
+    supernodes = services_of(compose, "supernode-")
+    for name, node in supernodes.items():
+        own = {f"{name}-runtime-cert", f"{name}-runtime-key", f"{name}-auth-key"}
+        # The CA certificate and its own keys: not the SuperLink's key, no other node's key.
+        assert secrets_of(node) == {"ca-cert", *own}, name
+        assert flag(node, "--auth-supernode-private-key") == f"/run/secrets/{name}-auth-key"
+        assert flag(node, "--ssl-keyfile") == f"/run/secrets/{name}-runtime-key"
+        assert secret_files[f"{name}-auth-key"] == f"./docker/keys/{name}"
+    for name, service in services_of(compose, "superexec-").items():
+        assert secrets_of(service) == {"ca-cert"}, name
+    assert not [f for f in secret_files.values() if f.endswith("ca.key")]
 
-    # The certificate names every host the services reach over TLS, and 127.0.0.1.
-    cert = x509.load_pem_x509_certificate(certs.server_cert.read_bytes())
-    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    names = set(sans.get_values_for_type(x509.DNSName))
-    names |= {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
-    hosts = {"127.0.0.1"}
-    for service in services.values():
-        for option in ("--superlink", "--runtime-api-address"):
-            if option in command(service):
-                hosts.add(flag(service, option).rsplit(":", 1)[0])
-    assert hosts <= names, hosts - names
+    # Every secret file is one the shipped scripts write.
+    certs = generate_certs(tmp_path / "docker" / "certs", supernodes=len(supernodes))
+    generate_auth_keys(tmp_path / "docker" / "keys", len(supernodes))
+    for name, file in secret_files.items():
+        assert (tmp_path / file).is_file(), (name, file)
+
+    # Each certificate names the hosts the services reach it by, and 127.0.0.1.
+    def names(path: Path) -> set[str]:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        found = set(sans.get_values_for_type(x509.DNSName))
+        return found | {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+
+    assert {"superlink", "127.0.0.1"} <= names(certs.server_cert)
+    for name, node in supernodes.items():
+        assert flag(node, "--superlink") == "superlink:8000"
+        cert = tmp_path / secret_files[f"{name}-runtime-cert"]
+        assert {name, "127.0.0.1"} <= names(cert), name
+        assert "superlink" not in names(cert), name
+
+
+def test_compose_insecure_overlay_says_so_and_drops_every_secret():
+    text = (REPO / INSECURE_OVERLAY).read_text()
+    assert text.startswith("# INSECURE overlay")
+    assert "trusted machine" in text[:600]
+    compose = load_compose(COMPOSE, INSECURE_OVERLAY)
+    assert "secrets" not in compose
+    for name, service in compose["services"].items():
+        assert "--insecure" in command(service), name
+        assert "secrets" not in service, name
+        assert "/run/secrets/" not in " ".join(command(service)), name
+        assert "https" not in " ".join(service.get("healthcheck", {}).get("test", [])), name
