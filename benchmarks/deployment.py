@@ -37,6 +37,7 @@ from fedmatch.config import RunConfig
 from fedmatch.data.loaders import load_domains
 from fedmatch.deploy import LocalDeployment
 from fedmatch.localrun import PrivateFlower
+from fedmatch.results import read_metrics
 
 DOMAINS = ["mnist", "optdigits", "photo-mnist", "font-digits", "street-digits"]
 
@@ -61,8 +62,7 @@ def measure(label: str, job) -> dict:
     foreign = max(0.0, busy_seconds() - busy0 - own) / (wall * (os.cpu_count() or 1))
     if not (run_dir / "summary.json").exists():
         raise RuntimeError(f"{label}: the run did not finish ({run_dir})")
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    rounds = [r["value"] for r in rows if r["metric"] == "round-seconds"]
+    rounds = [r.value for r in read_metrics(run_dir) if r.metric == "round-seconds"]
     summary = json.loads((run_dir / "summary.json").read_text())
     return {
         "engine": label,

@@ -33,10 +33,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
 import os
+import pickle
 import platform
 import shlex
 import sys
@@ -47,6 +49,7 @@ from typing import Any
 
 import torch
 
+from fedmatch.atomic import atomic_torch_save
 from fedmatch.config import RunConfig
 from fedmatch.data.loaders import load_client_data, load_domains, to_tensors
 from fedmatch.distill import (
@@ -62,7 +65,6 @@ from fedmatch.distill import (
 from fedmatch.distill.feature_nets import FeatureNetPool, pretrain_feature_nets
 from fedmatch.factories.distill import distill_from_config, eval_protocol
 from fedmatch.factories.models import model_from_config
-from fedmatch.fileio import atomic_torch_save
 from fedmatch.params import DistillParams
 from fedmatch.seeding import derive_seed
 from fedmatch.train import resolve_device
@@ -336,9 +338,10 @@ def feature_net_pool(
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(args.cache_dir).expanduser() / "ncfm-feature-nets" / f"{domain}-{digest}.pt"
     if args.pool_cache and path.exists():
-        saved = torch.load(path, weights_only=False)
-        print(f"  {domain}: {len(saved['pool'])} NCFM feature nets from {path}", flush=True)
-        return saved["pool"], saved["seconds"], True
+        cached = _read_pool(path)
+        if cached is not None:
+            print(f"  {domain}: {len(cached[0])} NCFM feature nets from {path}", flush=True)
+            return cached[0], cached[1], True
     started = time.perf_counter()
     pool = pretrain_feature_nets(
         x,
@@ -356,8 +359,21 @@ def feature_net_pool(
         flush=True,
     )
     if args.pool_cache:
-        atomic_torch_save({"pool": pool, "seconds": seconds}, path)
+        # Plain fields, not the dataclass: the cache then loads with weights_only=True.
+        fields = {f.name: getattr(pool, f.name) for f in dataclasses.fields(pool)}
+        atomic_torch_save({"pool": {**fields, "net": dict(pool.net)}, "seconds": seconds}, path)
     return pool, seconds, False
+
+
+def _read_pool(path: Path) -> tuple[FeatureNetPool, float] | None:
+    """A cached pool, or None (retrain) for a file that would have to be unpickled to load:
+    caches written before the format change pickled the FeatureNetPool object itself."""
+    try:
+        saved = torch.load(path, weights_only=True)
+    except pickle.UnpicklingError:
+        print(f"  {path}: not loadable without unpickling, retraining the pool", flush=True)
+        return None
+    return FeatureNetPool(**saved["pool"]), float(saved["seconds"])
 
 
 def variant(method: str, args: dict[str, Any]) -> str:

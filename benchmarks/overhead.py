@@ -321,7 +321,7 @@ def run_flower(
         for rnd in range(1, args.rounds + 1)
     ]
     model = model_from_config(RunConfig.from_flower(_app_config(config)))
-    model.load_state_dict(torch.load(run_dir / "model.pt"))
+    model.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
     return Measurement(
         round_seconds=round_seconds,
         train_seconds_per_round=train_per_round,

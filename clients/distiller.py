@@ -23,6 +23,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from torch.utils.data import TensorDataset
 
 from clients.node import node_partition
+from fedmatch.atomic import atomic_torch_save
 from fedmatch.config import RunConfig
 from fedmatch.data.loaders import ClientData, load_client_data
 from fedmatch.distill.common import DistillHistory, InitMode
@@ -34,7 +35,6 @@ from fedmatch.distill.wire import (
     synthetic_record,
 )
 from fedmatch.factories.distill import distill_from_config
-from fedmatch.fileio import atomic_torch_save
 from fedmatch.params import DistillParams
 from fedmatch.seeding import derive_seed
 from fedmatch.train import resolve_device

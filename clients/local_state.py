@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 
-from fedmatch.fileio import atomic_torch_save
+from fedmatch.atomic import atomic_torch_save
 from fedmatch.records import arrays_to_state, state_to_arrays
 
 _ARRAYS = "local-arrays"

@@ -8,9 +8,13 @@ Layout of ``<runs-dir>/<run-name>/``::
     clients/         per-client state files (FedBN's local layers, ...), per round
     summary.json     final per-domain accuracies, communication and time totals
     model.pt         the final global model's state dict
+    .lock            held (flock) by the process writing the run, see fedmatch.runlock
 
-Every file is written atomically (temp file + ``os.replace``), so a run killed
-at any moment leaves either the previous or the new version, never half of one.
+Every file but metrics.jsonl is written atomically (temp file + ``os.replace``), so a run
+killed at any moment leaves either the previous or the new version, never half of one.
+metrics.jsonl is appended one round at a time; a kill mid-append can tear only its last line,
+which readers drop (with a warning) and the next append rewrites away.  Checkpoints load with
+``torch.load(weights_only=True)``: nothing in a run directory is unpickled.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ import numpy as np
 import torch
 
 from fedmatch import __version__
+from fedmatch.atomic import atomic_torch_save, atomic_write_bytes
+from fedmatch.checkpoint import read_checkpoint, write_checkpoint
 from fedmatch.config import ConfigError, RunConfig
-from fedmatch.fileio import atomic_torch_save, atomic_write_bytes
 from fedmatch.legacy_keys import translate
+from fedmatch.runlock import RunDirLock
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,8 @@ log = logging.getLogger(__name__)
 # ``cells-file`` only says how the run was launched, alone or with others).
 RESUMABLE_KEYS = frozenset({"num-server-rounds", "resume", "cells-file"})
 SERVER = "server"
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
 
 
 @dataclass(frozen=True)
@@ -68,52 +76,114 @@ def default_run_name(cfg: RunConfig) -> str:
     return f"{cfg.strategy}-{cfg.partitioning}-seed{cfg.seed}-{stamp}"
 
 
+class MetricsError(ValueError):
+    """A metrics.jsonl line other than the last one that is not a metric row."""
+
+
 def read_metrics(run_dir: Path) -> list[MetricRow]:
-    path = Path(run_dir) / "metrics.jsonl"
+    """The rows of ``run_dir/metrics.jsonl``; an unparseable last line is dropped (warning)."""
+    return _read_metrics_file(Path(run_dir) / METRICS)[0]
+
+
+def _read_metrics_file(path: Path) -> tuple[list[MetricRow], bool]:
+    """The file's rows, and whether it must be rewritten before more rows are appended.
+
+    Appends are one ``write`` of whole lines, but a run killed mid-write can leave the last
+    line torn: it is dropped with a warning.  A bad line elsewhere was not made by a torn
+    append, so it is an error naming the line.
+    """
     if not path.exists():
-        return []
+        return [], False
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
     rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
+    dropped = False
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
             rows.append(MetricRow(**json.loads(line)))
-    return rows
+        except (ValueError, TypeError) as error:
+            if index != last:
+                raise MetricsError(
+                    f"{path}:{index + 1}: not a metric row ({error}): {line[:80]!r}; only a torn "
+                    "last line (a run killed mid-write) is dropped automatically"
+                ) from None
+            log.warning(
+                "%s:%d: dropping the unparseable last line %r (a run killed while writing it)",
+                path,
+                index + 1,
+                line[:80],
+            )
+            dropped = True
+    return rows, dropped or (bool(data) and not data.endswith(b"\n"))
 
 
 class RunRecorder:
-    """Writes one run directory; ``open`` creates it or reopens it to resume."""
+    """Writes one run directory; ``open`` creates it or reopens it to resume.
+
+    A recorder from :meth:`open` holds the directory's lock until :meth:`close` (or the end of
+    a ``with`` block, or its process): a second run of the same name is refused meanwhile.
+    """
 
     def __init__(self, run_dir: Path, cfg: RunConfig) -> None:
         self.run_dir = run_dir
         self.cfg = cfg
-        self._rows: list[MetricRow] = read_metrics(run_dir)
+        rows, self._needs_rewrite = _read_metrics_file(run_dir / METRICS)
+        self._rows: list[MetricRow] = rows
+        self._lock: RunDirLock | None = None
 
     @classmethod
     def open(cls, cfg: RunConfig, extra_info: Mapping[str, Any] | None = None) -> RunRecorder:
-        """Create the run directory (or reopen it when ``resume=true``) and write config.json."""
+        """Create the run directory (or reopen it when ``resume=true``) and write config.json.
+
+        Raises :class:`RunLockedError` while another recorder holds the directory.
+        """
         run_dir = cfg.runs_path / (cfg.run_name or default_run_name(cfg))
         config_path = run_dir / "config.json"
-        if cfg.resume:
-            if not config_path.exists():
-                raise ConfigError(
-                    f"run-config key 'resume' = true but {run_dir} holds no run to resume "
-                    f"(no config.json): check run-name={cfg.run_name!r} and runs-dir="
-                    f"{cfg.runs_dir!r}"
-                )
-            _check_same_experiment(json.loads(config_path.read_text())["run_config"], cfg)
-        elif config_path.exists():
+        if cfg.resume and not config_path.exists():
             raise ConfigError(
-                f"run-config key 'run-name' = {cfg.run_name!r}: {run_dir} already holds a run. "
-                "Set resume=true to continue it, or choose another run-name"
+                f"run-config key 'resume' = true but {run_dir} holds no run to resume "
+                f"(no config.json): check run-name={cfg.run_name!r} and runs-dir="
+                f"{cfg.runs_dir!r}"
             )
-        info = {
-            "run_config": cfg.to_flower(),
-            "run_dir": str(run_dir),
-            "versions": _versions(),
-            **(dict(extra_info) if extra_info else {}),
-        }
-        atomic_write_bytes(config_path, json.dumps(info, indent=2, sort_keys=True).encode())
-        recorder = cls(run_dir, cfg)
+        lock = RunDirLock(run_dir)
+        lock.acquire()
+        try:
+            # Checked under the lock, so two runs cannot both find the name free.
+            if cfg.resume:
+                _check_same_experiment(json.loads(config_path.read_text())["run_config"], cfg)
+            elif config_path.exists():
+                raise ConfigError(
+                    f"run-config key 'run-name' = {cfg.run_name!r}: {run_dir} already holds a "
+                    "run. Set resume=true to continue it, or choose another run-name"
+                )
+            info = {
+                "run_config": cfg.to_flower(),
+                "run_dir": str(run_dir),
+                "versions": _versions(),
+                **(dict(extra_info) if extra_info else {}),
+            }
+            atomic_write_bytes(config_path, json.dumps(info, indent=2, sort_keys=True).encode())
+            recorder = cls(run_dir, cfg)
+        except BaseException:
+            lock.release()
+            raise
+        recorder._lock = lock
         return recorder
+
+    def close(self) -> None:
+        """Release the run directory's lock (idempotent); the files stay as written."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> RunRecorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ----------------------------------------------------------------- metrics
 
@@ -125,9 +195,13 @@ class RunRecorder:
         """Append rows to metrics.jsonl (called once per round, before the checkpoint)."""
         rows = list(rows)
         self._rows.extend(rows)
-        path = self.run_dir / "metrics.jsonl"
-        with path.open("a") as handle:
-            handle.write("".join(row.to_json() + "\n" for row in rows))
+        if self._needs_rewrite:
+            # A torn last line is still on disk: appending after it would glue the rows on.
+            self._rewrite_metrics()
+            return
+        with (self.run_dir / METRICS).open("ab") as handle:
+            # One write of whole lines, so a kill can tear only the last line.
+            handle.write("".join(row.to_json() + "\n" for row in rows).encode())
             handle.flush()
             os.fsync(handle.fileno())
 
@@ -138,31 +212,23 @@ class RunRecorder:
         if dropped:
             log.info("resume: dropping %d metric rows of the unfinished round", dropped)
         self._rows = kept
-        atomic_write_bytes(
-            self.run_dir / "metrics.jsonl", "".join(r.to_json() + "\n" for r in kept).encode()
-        )
+        self._rewrite_metrics()
+
+    def _rewrite_metrics(self) -> None:
+        data = "".join(row.to_json() + "\n" for row in self._rows).encode()
+        atomic_write_bytes(self.run_dir / METRICS, data)
+        self._needs_rewrite = False
 
     # ------------------------------------------------------------- checkpoints
 
     def save_checkpoint(
         self, server_round: int, arrays: Mapping[str, np.ndarray], strategy_state: Mapping
     ) -> None:
-        atomic_torch_save(
-            {
-                "round": server_round,
-                "arrays": {name: torch.from_numpy(np.asarray(a)) for name, a in arrays.items()},
-                "strategy_state": dict(strategy_state),
-            },
-            self.run_dir / "checkpoint.pt",
-        )
+        write_checkpoint(self.run_dir / CHECKPOINT, server_round, arrays, strategy_state)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
-        path = self.run_dir / "checkpoint.pt"
-        if not path.exists():
-            return None
-        checkpoint = torch.load(path, weights_only=False)
-        checkpoint["arrays"] = {name: t.numpy() for name, t in checkpoint["arrays"].items()}
-        return checkpoint
+        path = self.run_dir / CHECKPOINT
+        return read_checkpoint(path) if path.exists() else None
 
     def save_model(self, state: Mapping[str, torch.Tensor]) -> Path:
         path = self.run_dir / "model.pt"

@@ -53,10 +53,10 @@ from fedmatch.align import (
     predict_logits,
     schedule_weight,
 )
+from fedmatch.atomic import atomic_torch_save
 from fedmatch.config import ConfigError, RunConfig
 from fedmatch.data.loaders import load_target_domain, to_images
 from fedmatch.factories.models import model_from_config
-from fedmatch.fileio import atomic_torch_save
 from fedmatch.params import ParamsTable
 from fedmatch.records import arrays_nbytes, arrays_to_state, state_to_arrays
 from fedmatch.results import SERVER, MetricRow, RunRecorder

@@ -109,58 +109,65 @@ def run(grid: Grid, run_config: dict[str, Scalar]) -> None:
             raise ConfigError(str(err)) from None
 
     recorder = RunRecorder.open(cfg, {"num_nodes": len(node_ids)})
-    log.info("run directory: %s", recorder.run_dir)
-    nodes = _describe_nodes(grid, node_ids)
-    strategy = cfg.method.strategy_class()(cfg, nodes)
+    try:
+        log.info("run directory: %s", recorder.run_dir)
+        nodes = _describe_nodes(grid, node_ids)
+        strategy = cfg.method.strategy_class()(cfg, nodes)
 
-    model = strategy.initial_model(derive_seed(cfg.seed, 0))
-    arrays = state_to_arrays(model.state_dict())
-    first_round = 1
-    checkpoint = recorder.load_checkpoint() if cfg.resume else None
-    if checkpoint is not None:
-        arrays = numpy_to_arrays(checkpoint["arrays"])
-        strategy.load_state_dict(checkpoint["strategy_state"])
-        first_round = checkpoint["round"] + 1
-        recorder.truncate_after(checkpoint["round"])
-        log.info("resuming %s after round %d", recorder.run_dir, checkpoint["round"])
-    elif cfg.resume:
-        recorder.truncate_after(0)
-        log.info("resume: %s has no checkpoint yet, starting at round 1", recorder.run_dir)
+        model = strategy.initial_model(derive_seed(cfg.seed, 0))
+        arrays = state_to_arrays(model.state_dict())
+        first_round = 1
+        checkpoint = recorder.load_checkpoint() if cfg.resume else None
+        if checkpoint is not None:
+            arrays = numpy_to_arrays(checkpoint["arrays"])
+            strategy.load_state_dict(checkpoint["strategy_state"])
+            first_round = checkpoint["round"] + 1
+            recorder.truncate_after(checkpoint["round"])
+            log.info("resuming %s after round %d", recorder.run_dir, checkpoint["round"])
+        elif cfg.resume:
+            recorder.truncate_after(0)
+            log.info("resume: %s has no checkpoint yet, starting at round 1", recorder.run_dir)
 
-    server_evaluate = None
-    if domains is not None and strategy.global_model_is_complete:
-        server_evaluate = strategy.make_server_evaluate(domains, model) or _server_evaluator(
-            cfg, domains, model
+        server_evaluate = None
+        if domains is not None and strategy.global_model_is_complete:
+            server_evaluate = strategy.make_server_evaluate(domains, model) or _server_evaluator(
+                cfg, domains, model
+            )
+        elif domains is not None:
+            log.info("%s keeps layers on the clients: server-side evaluation skipped", cfg.strategy)
+
+        start = time.perf_counter()
+        log.info(
+            "%s on %d clients (%s, %s partitioning), rounds %d..%d",
+            cfg.strategy,
+            len(nodes),
+            cfg.dataset,
+            cfg.partitioning,
+            first_round,
+            cfg.num_server_rounds,
         )
-    elif domains is not None:
-        log.info("%s keeps layers on the clients: server-side evaluation skipped", cfg.strategy)
-
-    start = time.perf_counter()
-    log.info(
-        "%s on %d clients (%s, %s partitioning), rounds %d..%d",
-        cfg.strategy,
-        len(nodes),
-        cfg.dataset,
-        cfg.partitioning,
-        first_round,
-        cfg.num_server_rounds,
-    )
-    arrays = strategy.run_rounds(
-        grid, arrays, first_round=first_round, recorder=recorder, server_evaluate=server_evaluate
-    )
-    model.load_state_dict(arrays_to_state(arrays))
-    model_path = recorder.save_model(model.state_dict())
-    summary = recorder.write_summary(
-        {
-            "strategy": cfg.strategy,
-            "wall_seconds_this_session": time.perf_counter() - start,
-            **strategy.summary_extra(),
-        }
-    )
-    if summary["server_accuracy_per_domain"] or summary["client_accuracy_per_domain"]:
-        log.info("final per-domain test accuracy:\n%s", format_domain_table(summary))
-    log.info("final model: %s", model_path)
-    log.info("run directory: %s", recorder.run_dir)
+        arrays = strategy.run_rounds(
+            grid,
+            arrays,
+            first_round=first_round,
+            recorder=recorder,
+            server_evaluate=server_evaluate,
+        )
+        model.load_state_dict(arrays_to_state(arrays))
+        model_path = recorder.save_model(model.state_dict())
+        summary = recorder.write_summary(
+            {
+                "strategy": cfg.strategy,
+                "wall_seconds_this_session": time.perf_counter() - start,
+                **strategy.summary_extra(),
+            }
+        )
+        if summary["server_accuracy_per_domain"] or summary["client_accuracy_per_domain"]:
+            log.info("final per-domain test accuracy:\n%s", format_domain_table(summary))
+        log.info("final model: %s", model_path)
+        log.info("run directory: %s", recorder.run_dir)
+    finally:
+        recorder.close()  # releases the run directory's lock, also when the run fails
 
 
 def _wait_for_nodes(grid: Grid, minimum: int) -> list[int]:

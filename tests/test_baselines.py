@@ -502,7 +502,7 @@ def test_two_rounds_through_strategy_and_clients_and_an_exact_resume(
 
 
 def test_scaffold_and_feddyn_state_survives_a_checkpoint_file(tmp_path, data_cache):
-    from fedmatch.fileio import atomic_torch_save
+    from fedmatch.atomic import atomic_torch_save
     from fedmatch.methods import get_method
 
     for name, attr in (("scaffold", "control"), ("feddyn", "h")):
@@ -511,7 +511,7 @@ def test_scaffold_and_feddyn_state_survives_a_checkpoint_file(tmp_path, data_cac
             strategy, attr, {k: torch.randn_like(v) for k, v in getattr(strategy, attr).items()}
         )
         atomic_torch_save({"strategy_state": strategy.state_dict()}, tmp_path / f"{name}.pt")
-        loaded = torch.load(tmp_path / f"{name}.pt", weights_only=False)["strategy_state"]
+        loaded = torch.load(tmp_path / f"{name}.pt", weights_only=True)["strategy_state"]
         other = get_method(name).strategy_class()(_tiny_cfg(data_cache, name), [])
         other.load_state_dict(loaded)
         assert close(getattr(other, attr), getattr(strategy, attr), atol=0)

@@ -79,3 +79,30 @@ def test_unknown_method_is_refused_by_name(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"--methods: unknown \['gan'\]"):
         bench.main([*TINY, "--methods", "dm,gan", "--out", str(out)])
     assert not out.exists()
+
+
+def test_the_feature_net_pool_cache_loads_without_unpickling(tmp_path: Path) -> None:
+    import argparse
+
+    import torch
+
+    bench = load_bench()
+    args = argparse.Namespace(
+        cache_dir=str(tmp_path), ncfm_feature_nets=1, ncfm_feature_epochs=1, pool_cache=True
+    )
+    x = torch.rand(20, 3, 28, 28)
+    y = torch.arange(20) % 10
+    net = {"width": 8, "depth": 1, "norm": "instancenorm"}
+    pool, _, cached = bench.feature_net_pool("mnist", x, y, 0, args, net, torch.device("cpu"))
+    assert not cached
+    again, _, cached = bench.feature_net_pool("mnist", x, y, 0, args, net, torch.device("cpu"))
+    assert cached and again.net == pool.net and again.train_accuracy == pool.train_accuracy
+    for new, old in zip(again.trained, pool.trained, strict=True):
+        assert all(torch.equal(new[k], old[k]) for k in old)
+
+    # A cache in the old format (the pickled dataclass) is retrained, never unpickled.
+    (path,) = (tmp_path / "ncfm-feature-nets").iterdir()
+    torch.save({"pool": pool, "seconds": 1.0}, path)
+    _, _, cached = bench.feature_net_pool("mnist", x, y, 0, args, net, torch.device("cpu"))
+    assert not cached
+    assert torch.load(path, weights_only=True)["pool"]["net"] == net

@@ -67,7 +67,7 @@ def test_fedavg_learns_and_writes_the_run_directory(fedavg_run: Path):
     assert sum(1 for r in rows if r["round"] == 0 and r["metric"] == "test-accuracy") == 3
     assert sum(1 for r in rows if r["metric"] == "round-seconds") == 3
     # The uploaded model has the model's size.
-    state = torch.load(fedavg_run / "model.pt")
+    state = torch.load(fedavg_run / "model.pt", weights_only=True)
     up = [r["value"] for r in rows if r["metric"] == "bytes-up"]
     assert min(up) >= sum(t.numel() * 4 for t in state.values())
 
@@ -156,7 +156,7 @@ def test_killed_run_resumes_to_the_same_final_metrics(flower, tmp_path, data_cac
         proc.kill()
         proc.wait()
     assert not (tmp_path / "fedavg" / "summary.json").exists(), "the run ended before the kill"
-    interrupted_at = torch.load(checkpoint, weights_only=False)["round"]
+    interrupted_at = torch.load(checkpoint, weights_only=True)["round"]
     assert interrupted_at < 3
 
     result = flower.run({**config, "resume": True})

@@ -80,10 +80,10 @@ def test_fedka_leave_one_domain_out_runs_and_records_target_metrics(
     # The server's evaluation includes the held-out target's test split.
     summary = json.loads((run_dir / "summary.json").read_text())
     assert TARGET in summary["server_accuracy_per_domain"]
-    finetuned = torch.load(run_dir / "model-finetuned.pt")
-    averaged = torch.load(run_dir / "model-averaged.pt")
+    finetuned = torch.load(run_dir / "model-finetuned.pt", weights_only=True)
+    averaged = torch.load(run_dir / "model-averaged.pt", weights_only=True)
     assert finetuned.keys() == averaged.keys()
     assert any(not torch.equal(finetuned[k], averaged[k]) for k in averaged)
     # The fine-tuned broadcast (default): the global model is the fine-tuned one.
-    global_model = torch.load(run_dir / "model.pt")
+    global_model = torch.load(run_dir / "model.pt", weights_only=True)
     assert all(torch.equal(finetuned[k], global_model[k]) for k in global_model)

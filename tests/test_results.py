@@ -18,6 +18,7 @@ def test_open_writes_config_and_refuses_to_overwrite(tmp_path):
     saved = json.loads((rec.run_dir / "config.json").read_text())
     assert saved["run_config"]["run-name"] == "r1"
     assert saved["versions"]["flwr"].startswith("1.4")
+    rec.close()
     with pytest.raises(ConfigError, match="already holds a run"):
         RunRecorder.open(cfg(tmp_path))
 
@@ -25,11 +26,11 @@ def test_open_writes_config_and_refuses_to_overwrite(tmp_path):
 def test_resume_requires_an_existing_run_and_the_same_experiment(tmp_path):
     with pytest.raises(ConfigError, match="no run to resume"):
         RunRecorder.open(cfg(tmp_path, resume=True))
-    RunRecorder.open(cfg(tmp_path))
+    RunRecorder.open(cfg(tmp_path)).close()
     with pytest.raises(ConfigError, match=r"lr: 0\.01 -> 0\.1"):
         RunRecorder.open(cfg(tmp_path, resume=True, lr=0.1))
     # More rounds is allowed: that is what resuming is for.
-    RunRecorder.open(cfg(tmp_path, resume=True, num_server_rounds=9))
+    RunRecorder.open(cfg(tmp_path, resume=True, num_server_rounds=9)).close()
 
 
 def test_metrics_checkpoint_truncate_and_summary(tmp_path):

@@ -19,7 +19,8 @@ Every image is resized to 28x28 (bilinear with anti-aliasing, the PIL-compatible
 Nothing is ever downloaded: missing data raises :class:`FileNotFoundError` listing every
 missing path and where the files can be obtained.
 
-Note that ``.pkl`` files are unpickled, so only point ``data-root`` at data you trust.
+``.pkl`` files are unpickled by :class:`fedmatch.data.safe_pickle.ArrayUnpickler`, which
+rebuilds numpy arrays only and refuses any other object, so a crafted file cannot run code.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import gzip
 import logging
 import math
 import os
-import pickle
 import shutil
 import struct
 import tempfile
@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedmatch.data.safe_pickle import UnsafePickleError, load_array_pickle
 from fedmatch.data.types import IMAGE_SHAPE, NUM_CLASSES, DomainArrays
 
 __all__ = [
@@ -326,25 +327,25 @@ def _read_digit_five_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _unpickle_pair(path: Path) -> tuple[Any, Any]:
-    """Read an ``(images, labels)`` pair written by ``pickle.dump`` or ``np.save``."""
-    try:
-        obj: Any = np.load(path, allow_pickle=True)
-    except Exception as np_error:
-        # np.load unpickles with encoding="ASCII"; Python-2 era pickles need latin1.
-        try:
-            with path.open("rb") as fh:
-                obj = pickle.load(fh, encoding="latin1")
-        except Exception as pickle_error:
-            raise ValueError(
-                f"{path}: not a pickled (images, labels) pair (np.load: {np_error!r}; "
-                f"pickle.load: {pickle_error!r})"
-            ) from pickle_error
-    if isinstance(obj, np.lib.npyio.NpzFile):
-        keys = list(obj.keys())
-        obj.close()
+    """Read an ``(images, labels)`` pair written by ``pickle.dump`` or ``np.save``.
+
+    Nothing in the file can run code: pickles go through :class:`ArrayUnpickler`, which
+    rebuilds numpy arrays and refuses every other global.
+    """
+    with path.open("rb") as fh:
+        head = fh.read(len(_NPY_MAGIC))
+    if head.startswith(_ZIP_MAGIC):
+        with np.load(path, allow_pickle=False) as archive:
+            keys = list(archive.keys())
         raise ValueError(
             f"{path}: is an .npz archive with keys {keys}, expected an (images, labels) pair"
         )
+    try:
+        obj: Any = _read_npy(path) if head == _NPY_MAGIC else _read_pickle(path)
+    except UnsafePickleError:
+        raise
+    except Exception as error:
+        raise ValueError(f"{path}: not a pickled (images, labels) pair ({error!r})") from error
     if isinstance(obj, np.ndarray) and obj.dtype == object:
         # np.save wraps a pickled Python object in an object array.
         obj = obj.item() if obj.ndim == 0 else tuple(obj) if obj.shape == (2,) else obj
@@ -356,6 +357,33 @@ def _unpickle_pair(path: Path) -> tuple[Any, Any]:
             desc += f" of shape {obj.shape}"
         raise ValueError(f"{path}: expected an (images, labels) pair, got {desc}")
     return obj[0], obj[1]
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _read_pickle(path: Path) -> Any:
+    with path.open("rb") as fh:
+        return load_array_pickle(fh, path)
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """An ``.npy`` array; an object array's pickled payload goes through ArrayUnpickler."""
+    with path.open("rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f".npy format version {version}, expected (1, 0) or (2, 0)")
+        if not dtype.hasobject:
+            return np.load(path, allow_pickle=False)
+        array = load_array_pickle(fh, path)
+    if not isinstance(array, np.ndarray) or array.shape != shape:
+        raise ValueError(f"the pickled object array does not match its header shape {shape}")
+    return array
 
 
 # --------------------------------------------------------------------------------------------

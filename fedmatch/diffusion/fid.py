@@ -120,7 +120,7 @@ def cached_feature_net(
     Targets are ``domain_index · 10 + digit``.  A file lock makes concurrent callers train it
     once; the file is written atomically.
     """
-    from fedmatch.fileio import atomic_torch_save
+    from fedmatch.atomic import atomic_torch_save
 
     key = feature_net_key(domain_names, steps, seed)
     path = Path(cache_dir) / "diffusion" / f"{key}.pt"

@@ -98,7 +98,7 @@ def teacher_cache_path(cfg: RunConfig, rounds: int, num_clients: int) -> Path:
 
 
 def save_teacher(path: Path, unet: DiffusionUNet, spec: UNetSpec, meta: dict) -> None:
-    from fedmatch.fileio import atomic_torch_save
+    from fedmatch.atomic import atomic_torch_save
 
     state = {k: v.detach().cpu() for k, v in unet.state_dict().items()}
     atomic_torch_save({"spec": spec.to_dict(), "state": state, "meta": meta}, path)

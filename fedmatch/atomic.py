@@ -1,4 +1,7 @@
-"""Atomic file writes: a reader (or a resumed run) never sees a half-written file."""
+"""Atomic file writes: a temp file in the same directory, fsync, then ``os.replace``.
+
+A process killed at any moment leaves either the previous or the new version of the file.
+"""
 
 from __future__ import annotations
 

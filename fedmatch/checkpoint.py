@@ -1,0 +1,147 @@
+"""Checkpoint files that load with ``torch.load(weights_only=True)``, so none can run code.
+
+``torch.load(weights_only=False)`` unpickles, and a crafted ``checkpoint.pt`` could then run
+any code on resume.  With ``weights_only=True`` torch rebuilds only tensors and plain Python
+values; numpy values of strategy state (arrays, scalars, RNG states) are stored as tensors
+tagged with their kind and rebuilt on load.  A file that would need unpickling is refused.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedmatch.atomic import atomic_torch_save
+
+__all__ = ["CheckpointError", "read_checkpoint", "write_checkpoint"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be loaded safely or is not a fedmatch checkpoint."""
+
+
+# A numpy value in strategy state is stored as {tag: tensor}: torch.load(weights_only=True)
+# reads tensors and plain Python values but would have to unpickle a numpy array.
+_NDARRAY_TAG = "__fedmatch_ndarray__"
+_NPSCALAR_TAG = "__fedmatch_npscalar__"
+
+
+def write_checkpoint(
+    path: Path, server_round: int, arrays: Mapping[str, np.ndarray], strategy_state: Mapping
+) -> None:
+    """Write a checkpoint that :func:`read_checkpoint` loads without unpickling objects.
+
+    ``strategy_state`` may hold tensors, numpy arrays and scalars (numpy RNG states included),
+    numbers, strings, bytes, None, and lists, tuples and dicts of these; anything else raises
+    TypeError here, when it is saved, rather than making the file unloadable later.
+    """
+    atomic_torch_save(
+        {
+            "round": int(server_round),
+            "arrays": {
+                name: _numpy_to_tensor(a, f"arrays[{name!r}]") for name, a in arrays.items()
+            },
+            "strategy_state": _encode(dict(strategy_state), "strategy_state"),
+        },
+        path,
+    )
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's ``round``, ``arrays`` (numpy) and ``strategy_state``, loaded with
+    ``weights_only=True``: a file that would need unpickling is refused, never unpickled."""
+    try:
+        checkpoint = torch.load(path, weights_only=True)
+    except pickle.UnpicklingError:
+        unsafe = _unsafe_globals(path)
+        what = (
+            f"it names the Python globals {', '.join(unsafe)}"
+            if unsafe
+            else "it is not a torch.save file of tensors and plain values"
+        )
+        raise CheckpointError(
+            f"{path}: refusing to load this checkpoint: {what}, and loading it would mean "
+            "unpickling it, which can run code. "
+            "Older fedmatch versions stored numpy arrays of strategy state that way. Delete the "
+            "file to restart the run from round 1 (resume=true), or start a new run-name"
+        ) from None
+    except Exception as error:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({error!r})") from error
+    if (
+        not isinstance(checkpoint, dict)
+        or not isinstance(checkpoint.get("round"), int)
+        or not isinstance(checkpoint.get("arrays"), dict)
+        or not isinstance(checkpoint.get("strategy_state"), dict)
+        or not all(isinstance(t, torch.Tensor) for t in checkpoint["arrays"].values())
+    ):
+        raise CheckpointError(
+            f"{path}: not a fedmatch checkpoint: expected a dict with an int 'round', a dict of "
+            "tensors 'arrays' and a dict 'strategy_state'"
+        )
+    return {
+        "round": checkpoint["round"],
+        "arrays": {name: t.numpy() for name, t in checkpoint["arrays"].items()},
+        "strategy_state": _decode(checkpoint["strategy_state"]),
+    }
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The globals a torch.save file names beyond weights_only's, found by parsing the pickle
+    opcodes without running them (torch >= 2.5); empty when that is not possible."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # a raw pickle, a damaged zip, an older torch: the message says less
+        return []
+
+
+def _numpy_to_tensor(value: Any, where: str) -> torch.Tensor:
+    array = np.asarray(value)
+    if not array.dtype.isnative or not array.flags.writeable:
+        # torch.from_numpy refuses non-native byte order and warns on read-only arrays.
+        array = array.astype(array.dtype.newbyteorder("="))
+    try:
+        return torch.from_numpy(array)
+    except TypeError as error:
+        raise TypeError(
+            f"checkpoint {where}: numpy dtype {array.dtype} cannot be stored as a tensor "
+            "(numbers and booleans only)"
+        ) from error
+
+
+def _encode(value: Any, where: str) -> Any:
+    if isinstance(value, torch.Tensor) or value is None:
+        return value
+    if isinstance(value, bool | int | float | complex | str | bytes):
+        return value
+    if isinstance(value, np.ndarray):
+        return {_NDARRAY_TAG: _numpy_to_tensor(value, where)}
+    if isinstance(value, np.generic):
+        return {_NPSCALAR_TAG: _numpy_to_tensor(value, where)}
+    if isinstance(value, Mapping):
+        return {k: _encode(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        encoded = [_encode(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return encoded if isinstance(value, list) else tuple(encoded)
+    raise TypeError(
+        f"checkpoint {where}: cannot store a {type(value).__module__}.{type(value).__qualname__}"
+        "; strategy state may hold tensors, numpy arrays and scalars, numbers, strings, bytes, "
+        "None, and lists, tuples and dicts of these"
+    )
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and _NDARRAY_TAG in value:
+            return value[_NDARRAY_TAG].numpy()
+        if len(value) == 1 and _NPSCALAR_TAG in value:
+            return value[_NPSCALAR_TAG].numpy()[()]
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        decoded = [_decode(v) for v in value]
+        return decoded if isinstance(value, list) else tuple(decoded)
+    return value
