@@ -35,6 +35,8 @@ class FedDynParams(ParamsTable):
     table: ClassVar[str] = "feddyn"
 
     alpha: float = Field(0.01, gt=0, le=1e4)  # regularisation strength alpha of Alg. 1
+    """FedDyn regularisation strength α (linear + (α/2)‖θ − θᵗ⁻¹‖² penalty, server θ = mean −
+    h/α)"""
 
 
 class FedDynStrategy(FedMatchStrategy):

@@ -80,17 +80,34 @@ class FedLGDParams(ParamsTable):
     table: ClassVar[str] = "fedlgd"
 
     refresh_every: int = Field(5, ge=1)  # local virtual data refreshed every this many rounds
+    """FedLGD: refresh period; round r is a refresh round when (r − 1) % every = 0 and r − 1 ≤
+    `fedlgd-refresh-until`"""
     refresh_until: int = Field(10, ge=0)  # ... up to this round
+    """FedLGD: last refresh round (as r − 1; the paper's 50 of 100 rounds)"""
     local_steps: int = Field(50, ge=0)  # DM steps of a refresh
+    """FedLGD: DM steps of a client's local refresh in the global model's features (paper 100)"""
     server_steps: int = Field(100, ge=0)  # gradient-matching steps of the server per round
+    """FedLGD: server gradient-matching steps per refresh round (paper 500)"""
     server_ipc: int = Field(10, ge=1)  # global virtual images per class
+    """FedLGD: global virtual images per class"""
     image_lr: float = Field(1.0, gt=0, le=1e4)
+    """FedLGD: SGD learning rate (momentum 0.5) of the server's gradient matching on pixels"""
     regulariser: Literal["supcon", "mmd", "none"] = "supcon"
+    """FedLGD: L_reg of non-refresh rounds: SupCon against the global virtual features, MK-MMD, or
+    none (the ablation)"""
     lambda_: float = Field(10.0, ge=0, le=1e4)  # weight of the regulariser (Eq. 8)
+    """FedLGD: weight λ of L_reg (the official DIGITS command; code default 1)"""
     temperature: float = Field(0.07, gt=0, le=1e3)
+    """FedLGD: SupCon temperature τ"""
     gm_target: Literal["pseudo-gradient", "client-gradients"] = "pseudo-gradient"
+    """FedLGD: match (θ_old − θ_new)/lr of the aggregated model (TMLR code; nothing extra uploaded)
+    or the mean per-class gradients of the clients' local virtual data at θ_old (pre-release
+    code; one extra model-sized upload per class)"""
     gm_distance: Literal["ours", "mse", "cos"] = "ours"
+    """FedLGD: gradient distance (DC's layer-wise Σ(1 − cos), summed squares, one global cosine)"""
     save_images: bool = False
+    """FedLGD: write PNG grids (one row per class) of the global virtual images and every client's
+    local virtual images at initialisation and each refresh to `<run dir>/virtual-images/`"""
 
 
 class FedLGDStrategy(FedMatchStrategy):

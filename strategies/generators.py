@@ -315,9 +315,15 @@ class DisBackParams(ParamsTable):
     table: ClassVar[str] = "disback"
 
     nodes: int = Field(4, ge=1)  # teacher-path nodes kept by the degradation
+    """`disback`: snapshots N of the degradation path (targets N−1 … 0 = teacher)"""
     degradation_steps: int = Field(200, ge=1)
+    """`disback`: server-side degradation steps (teacher copy trained on the initial generator's
+    samples)"""
     # When the target moves back a node: Alg. 1's fixed schedule, or once converged.
     switch: Literal["schedule", "converged"] = "schedule"
+    """`disback`: move the target one node back every `num-server-rounds / disback-nodes` rounds
+    (Alg. 1), or once the round's mean DM-gradient norm stops improving by 1 % (forced when the
+    rounds left equal the nodes left, so the last round distils the teacher)"""
 
     @model_validator(mode="after")
     def _steps_per_node(self) -> DisBackParams:

@@ -49,14 +49,28 @@ class QuantParams(ParamsTable):
     table: ClassVar[str] = "quant"
 
     bits: str = "W8A8"  # W<weight bits>A<activation bits>, 2..8 each
+    """`diffusion-ptq`: weight / activation bit-widths (first and last conv stay 8-bit)"""
     method: Literal["naive", "edadm", "dgq"] = "naive"
+    """`diffusion-ptq`: min-max baseline; EDA-DM (TDAC sample selection + block reconstruction);
+    DGQ (outlier-aware activation groups)"""
     groups: int = Field(8, ge=1)  # DGQ: activation groups per layer (1 = per-tensor)
+    """`dgq`: activation groups per layer (k-means over channels or pixels; 1 = per-tensor)"""
     per_timestep: bool = True  # one activation range per sampling step
+    """`diffusion-ptq`: one activation range per sampling step (time-aware) instead of one for all
+    steps"""
     calibration_source: Literal["local", "trajectory"] = "local"
+    """`diffusion-ptq`: calibrate on the client's own images noised to the sampler's timesteps, or
+    on teacher DDIM trajectories for the client's labels"""
     calibration_samples: int = Field(256, ge=1)  # per client, over all timesteps
+    """`diffusion-ptq`: calibration inputs per client, spread over the `teacher-ddim-steps`
+    timesteps"""
     recon_iters: int = Field(100, ge=0)  # EDA-DM: FBR iterations per block (0 = off)
+    """`edadm`: block-reconstruction iterations per block on the server (0 = off)"""
     tdac_lambda: float = Field(1.2, ge=0, le=1e3)  # EDA-DM: TDAC diversity weight lambda
+    """`edadm`: TDAC diversity weight λ"""
     eval_personal: bool = False  # also score each client's own (personal) quantization
+    """`diffusion-ptq`: also score each client's personal quantization (its own statistics only) as
+    `fid-personal`"""
 
     @field_validator("bits")
     @classmethod

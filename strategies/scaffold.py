@@ -39,6 +39,7 @@ class ScaffoldParams(ParamsTable):
     table: ClassVar[str] = "scaffold"
 
     server_lr: float = Field(1.0, gt=0, le=1e3)  # global step size eta_g of Alg. 1
+    """SCAFFOLD global step size η_g: x ← x + η_g·mean(y_i − x)"""
 
 
 class ScaffoldStrategy(FedMatchStrategy):
