@@ -229,12 +229,13 @@ class FedKAStrategy(FedMatchStrategy):
         for message in messages:
             # ``_messages`` built one RecordDict per message, so this adds to each alone.
             message.content[key] = payload
-        self._round_rows = [
-            dataclasses.replace(row, value=row.value + extra)
-            if row.metric == "bytes-down" and row.round == server_round and row.client != SERVER
-            else row
-            for row in self._round_rows
-        ]
+        self.revise_rows(
+            lambda row: (
+                dataclasses.replace(row, value=row.value + extra)
+                if row.metric == "bytes-down" and row.round == server_round and row.client != SERVER
+                else row
+            )
+        )
         return messages
 
     # ------------------------------------------------------------ aggregation
@@ -248,18 +249,16 @@ class FedKAStrategy(FedMatchStrategy):
             return averaged, metrics
         valid = sorted(
             (reply for reply in replies if not reply.has_error()),
-            key=lambda reply: self._by_node[reply.metadata.src_node_id].partition_id,
+            key=lambda reply: self.nodes_by_id[reply.metadata.src_node_id].partition_id,
         )
         # Converted once: the client states, the kept copy and the fine-tuning all start here.
         averaged_state = arrays_to_state(averaged)
         client_states = [
             {**averaged_state, **arrays_to_state(reply.content["arrays"])} for reply in valid
         ]
-        partition_ids = [self._by_node[r.metadata.src_node_id].partition_id for r in valid]
+        partition_ids = [self.nodes_by_id[r.metadata.src_node_id].partition_id for r in valid]
         self.averaged = {k: v.detach().cpu().clone() for k, v in averaged_state.items()}
-        self._round_rows.extend(
-            self.adapt(server_round, averaged_state, client_states, partition_ids)
-        )
+        self.record(self.adapt(server_round, averaged_state, client_states, partition_ids))
         if self.cfg.params(FedKAParams).broadcast == "finetuned" and self.finetuned is not None:
             return state_to_arrays(self.finetuned), metrics
         return averaged, metrics

@@ -170,8 +170,8 @@ class FedLGDStrategy(FedMatchStrategy):
         ]
         replies = self.exchange(grid, messages, server_round, self.cfg.round_timeout)
         parts = []
-        for reply in self._ordered_valid(server_round, replies):
-            node = self._by_node[reply.metadata.src_node_id]
+        for reply in self.valid_replies(server_round, replies):
+            node = self.nodes_by_id[reply.metadata.src_node_id]
             record = reply.content.array_records.get(STATS_KEY)
             if record is None:
                 raise RuntimeError(
@@ -218,7 +218,7 @@ class FedLGDStrategy(FedMatchStrategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        old = self._current
+        old = self.current_arrays
         # Flower's FedAvg averages replies that carry exactly one ArrayRecord: take the
         # per-class gradients out first (their bytes still count as uploaded).
         class_grads = self._take_class_grads(replies)
@@ -239,13 +239,17 @@ class FedLGDStrategy(FedMatchStrategy):
         return out
 
     def _count_upload(self, server_round: int, class_grads: dict[int, ArrayRecord]) -> None:
-        for node_id, record in class_grads.items():
-            partition = self._by_node[node_id].partition_id
-            for i, row in enumerate(self._round_rows):
-                if row.metric == "bytes-up" and row.client == partition:
-                    self._round_rows[i] = dataclasses.replace(
-                        row, value=row.value + arrays_nbytes(record)
-                    )
+        extra = {
+            self.nodes_by_id[node_id].partition_id: arrays_nbytes(record)
+            for node_id, record in class_grads.items()
+        }
+        self.revise_rows(
+            lambda row: (
+                dataclasses.replace(row, value=row.value + extra[row.client])
+                if row.metric == "bytes-up" and row.client in extra
+                else row
+            )
+        )
 
     def _match(
         self,
@@ -291,7 +295,7 @@ class FedLGDStrategy(FedMatchStrategy):
             ("fedlgd-gm-final-distance", history.final_loss),
             ("fedlgd-gm-seconds", seconds),
         ):
-            self._round_rows.append(MetricRow(server_round, SERVER, "all", metric, value))
+            self.record([MetricRow(server_round, SERVER, "all", metric, value)])
         self._save_images(server_round)
 
     def _mean_class_gradients(
@@ -305,7 +309,7 @@ class FedLGDStrategy(FedMatchStrategy):
             )
         sums: dict[int, list[torch.Tensor]] = {}
         counts: dict[int, int] = {}
-        for node_id in sorted(class_grads, key=lambda n: self._by_node[n].partition_id):
+        for node_id in sorted(class_grads, key=lambda n: self.nodes_by_id[n].partition_id):
             for c, grads in class_grads_from_record(class_grads[node_id]).items():
                 if c in sums:
                     sums[c] = [a + b for a, b in zip(sums[c], grads, strict=True)]

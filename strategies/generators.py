@@ -290,8 +290,8 @@ class DMD2Strategy(_DiffusionStrategy):
             # Sampled as the base round loop samples (so fraction-train means the same).
             for node in self.sample(self.fraction_train, teacher_round, purpose=0)
         ]
-        self._round_rows = []
-        replies = self._ordered_valid(
+        self.take_rows()  # the teacher phase records its own rows
+        replies = self.valid_replies(
             teacher_round, self.exchange(grid, messages, teacher_round, timeout)
         )
         if not replies:
@@ -389,7 +389,7 @@ class DisBackStrategy(DMD2Strategy):
         arrays, metrics = super().aggregate_train(server_round, replies)
         norms = [
             r.value
-            for r in self._round_rows
+            for r in self.round_rows
             if r.round == server_round and r.metric == "dm-grad-norm" and r.client != SERVER
         ]
         if norms:
@@ -399,9 +399,7 @@ class DisBackStrategy(DMD2Strategy):
     def target_state(self, server_round: int) -> dict[str, torch.Tensor]:
         assert self.path is not None
         index = self.target_index(server_round)
-        self._round_rows.append(
-            MetricRow(server_round, SERVER, ALL, "disback-target-node", float(index))
-        )
+        self.record([MetricRow(server_round, SERVER, ALL, "disback-target-node", float(index))])
         return self.path[index]
 
     def state_dict(self) -> dict:

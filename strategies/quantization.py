@@ -144,17 +144,17 @@ class DiffusionPTQStrategy(DMD2Strategy):
             rows.append(MetricRow(0, SERVER, ALL, "model-bytes", float(size["fp32"])))
             recorder.append(rows)
         for server_round in range(first_round, self.cfg.num_server_rounds + 1):
-            self._round_rows = []
+            self.take_rows()
             nodes = self.sample(self.fraction_train, server_round, purpose=0)
             config = ConfigRecord({"server-round": server_round, "run-dir": self.run_dir})
-            messages = self._messages(arrays, config, nodes, CALIBRATE_ACTION)
-            replies = self._ordered_valid(
+            messages = self.build_messages(arrays, config, nodes, CALIBRATE_ACTION)
+            replies = self.valid_replies(
                 server_round, self.exchange(grid, messages, server_round, timeout)
             )
             if not replies:
                 raise RuntimeError(f"round {server_round}: no client returned statistics")
             for reply in replies:
-                self._record_reply(server_round, reply, with_bytes=True)
+                self.record_reply(server_round, reply, with_bytes=True)
             stats = [arrays_to_state(r.content["arrays"]) for r in replies]
             weights = [float(r.content["metrics"]["num-examples"]) for r in replies]
             quantized, info = server_quantize(
@@ -164,7 +164,7 @@ class DiffusionPTQStrategy(DMD2Strategy):
                 weights,
                 derive_seed(self.cfg.seed, server_round, _SERVER_TAG),
             )
-            rows = self._round_rows
+            rows = self.take_rows()
             rows += [MetricRow(server_round, SERVER, ALL, k, v) for k, v in info.items()]
             size = model_size_bytes(quantized)
             rows.append(
@@ -185,7 +185,7 @@ class DiffusionPTQStrategy(DMD2Strategy):
             rows += self._score(quantized, server_round, SERVER, ALL, "")
             if self.cfg.params(QuantParams).eval_personal:
                 for reply, s in zip(replies, stats, strict=True):
-                    node = self._by_node[reply.metadata.src_node_id]
+                    node = self.nodes_by_id[reply.metadata.src_node_id]
                     personal, _ = server_quantize(
                         self.cfg.replace({"quant.recon-iters": 0}), teacher, [s], [1.0], 0
                     )
