@@ -36,7 +36,8 @@ from fedmatch.records import arrays_to_state, state_to_arrays
 from fedmatch.results import SERVER, MetricRow, RunRecorder
 from fedmatch.seeding import derive_seed
 from strategies.base import ServerEvaluate
-from strategies.generators import DMD2Strategy, sample_grid_path
+from strategies.diffusion import DiffusionStrategy, sample_grid_path
+from strategies.teacher import FederatedTeacher
 
 log = logging.getLogger("fedmatch.strategy")
 
@@ -80,7 +81,7 @@ class QuantParams(ParamsTable):
         return value
 
 
-class DiffusionPTQStrategy(DMD2Strategy):
+class DiffusionPTQStrategy(DiffusionStrategy):
     """Federated calibration of the teacher's fake-quantized UNet (naive, EDA-DM, DGQ)."""
 
     name = "diffusion-ptq"
@@ -93,17 +94,11 @@ class DiffusionPTQStrategy(DMD2Strategy):
         steps = self.cfg.params(DiffusionParams).teacher_ddim_steps
         return lambda labels, rng: ddim_sample(model, labels, steps=steps, generator=rng)
 
-    def extra_samplers(self, model: nn.Module):
-        return {}
-
     def make_server_evaluate(
         self, domains: list[DomainArrays], model: nn.Module
     ) -> ServerEvaluate | None:
         self.evaluator = DiffusionEvaluator(self.cfg, domains)
         return None  # the rounds score the models themselves (run_rounds)
-
-    def train_payload(self, server_round: int) -> dict[str, ArrayRecord]:
-        return {}
 
     def _score(self, model: nn.Module, server_round: int, client: Any, domain: str, prefix: str):
         evaluator = getattr(self, "evaluator", None)
@@ -121,7 +116,7 @@ class DiffusionPTQStrategy(DMD2Strategy):
             ("seconds-per-image", score.seconds_per_image),
         ):
             rows.append(MetricRow(server_round, SERVER, evaluator.all_key, metric, value))
-        self._last_fid = dict(score.fid)
+        self.last_fid = dict(score.fid)
         return rows
 
     def run_rounds(
@@ -136,7 +131,7 @@ class DiffusionPTQStrategy(DMD2Strategy):
     ) -> ArrayRecord:
         timeout = self.cfg.round_timeout if timeout is None else timeout
         self.run_dir = str(recorder.run_dir)
-        teacher = self._obtain_teacher(grid, recorder, timeout).eval()
+        teacher = FederatedTeacher(self).obtain(grid, recorder, timeout).eval()
         arrays = state_to_arrays(teacher.state_dict())
         if first_round == 1:
             size = model_size_bytes(teacher)  # no quantized layers: every weight fp32
@@ -203,7 +198,7 @@ class DiffusionPTQStrategy(DMD2Strategy):
                 self.cfg.params(QuantParams).method,
                 self.cfg.params(QuantParams).bits,
                 len(replies),
-                {k: round(v, 2) for k, v in self._last_fid.items()},
+                {k: round(v, 2) for k, v in self.last_fid.items()},
             )
         return arrays
 
