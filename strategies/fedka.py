@@ -45,14 +45,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from pydantic import Field, field_validator, model_validator
 
-from fedmatch.align import (
-    federated_vote,
+from fedmatch.align.fedka import (
     finetune_on_pseudo_labels,
     group_effect,
-    parse_multipliers,
     predict_logits,
     schedule_weight,
 )
+from fedmatch.align.mmd import parse_multipliers
+from fedmatch.align.voting import federated_vote
 from fedmatch.atomic import atomic_torch_save
 from fedmatch.config import ConfigError, RunConfig
 from fedmatch.data.loaders import load_target_domain, to_images

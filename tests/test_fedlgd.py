@@ -19,7 +19,7 @@ from fedmatch.distill.fedlgd import (
 )
 from fedmatch.distill.gradient_matching import gradient_distance, model_gradients
 from fedmatch.distill.stats import class_channel_stats, pool_class_stats, sample_from_stats
-from fedmatch.models import build_model
+from fedmatch.models.registry import build_model
 from tests.flower_harness import make_config, with_values
 
 
