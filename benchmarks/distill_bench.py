@@ -52,17 +52,17 @@ import torch
 from fedmatch.atomic import atomic_torch_save
 from fedmatch.config import RunConfig
 from fedmatch.data.loaders import load_client_data, load_domains, to_tensors
-from fedmatch.distill import (
-    DM_NET,
+from fedmatch.distill.common import DM_NET
+from fedmatch.distill.dm import distill_dm
+from fedmatch.distill.evaluate import (
     EvalProtocol,
     SetScore,
     convnet_factory,
-    distill_dm,
-    distill_ncfm,
     evaluate_set,
     random_real_subset,
 )
 from fedmatch.distill.feature_nets import FeatureNetPool, pretrain_feature_nets
+from fedmatch.distill.ncfm import distill_ncfm
 from fedmatch.factories.distill import distill_from_config, eval_protocol
 from fedmatch.factories.models import model_from_config
 from fedmatch.params import DistillParams

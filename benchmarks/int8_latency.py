@@ -28,8 +28,9 @@ from generator_bench import PRESETS  # benchmarks/ (this script's folder)
 
 from fedmatch.diffusion.unet import UNetSpec, build_unet, parse_channels
 from fedmatch.logs import setup_logging
-from fedmatch.quant import QuantSpec, calibrate, quantize_unet, trajectory_batches
+from fedmatch.quant.calibrate import calibrate, trajectory_batches
 from fedmatch.quant.int8 import int8_engine, layer_latency, to_int8_unet, unet_forward_ms
+from fedmatch.quant.qmodules import QuantSpec, quantize_unet
 
 log = logging.getLogger("fedmatch.bench")
 

@@ -38,14 +38,9 @@ from fedmatch.data.loaders import load_domains, to_images
 from fedmatch.diffusion.teacher import ddim_sample, train_denoiser
 from fedmatch.diffusion.unet import UNetSpec, build_unet
 from fedmatch.logs import setup_logging
-from fedmatch.quant import (
-    QuantCrossAttnProcessor,
-    QuantSpec,
-    calibrate,
-    local_batches,
-    quantize_unet,
-    set_quant_state,
-)
+from fedmatch.quant.attention import QuantCrossAttnProcessor
+from fedmatch.quant.calibrate import calibrate, local_batches
+from fedmatch.quant.qmodules import QuantSpec, quantize_unet, set_quant_state
 from fedmatch.quant.quantizers import ActQuantizer, LogQuantizer
 
 log = logging.getLogger("fedmatch.bench")

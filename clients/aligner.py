@@ -36,7 +36,9 @@ from torch.utils.data import TensorDataset
 
 from clients.classifier import _client_data, _model_with, local_training
 from clients.local_state import save_local_state
-from fedmatch.align import domain_loss, mk_mmd, parse_multipliers, schedule_weight
+from fedmatch.align.dann import domain_loss
+from fedmatch.align.fedka import schedule_weight
+from fedmatch.align.mmd import mk_mmd, parse_multipliers
 from fedmatch.config import RunConfig
 from fedmatch.data.loaders import load_target_domain, to_images
 from fedmatch.factories.models import model_from_config

@@ -19,9 +19,14 @@ from fedmatch.distill.fedlgd_wire import STATS_ACTION
 from fedmatch.factories.diffusion import GENERATOR_ACTION, TEACHER_ACTION
 from fedmatch.factories.quant import CALIBRATE_ACTION
 from fedmatch.logs import setup_logging
-from fedmatch.methods import get_method
+from fedmatch.methods import get_method, methods, tables
 
 app = ClientApp()
+
+# Every registered method's client workload, imported while the app loads (see the same
+# note in strategies/server_app.py: imports from two threads at once can fail).
+TRAIN_HANDLERS = {name: method.train_handler() for name, method in methods().items()}
+tables()
 
 # Node-state record naming the run config the node state belongs to.
 _STATE_OWNER = "fedmatch-state-owner"
@@ -65,8 +70,10 @@ def train(msg: Message, context: Context) -> Message:
     setup_logging()
     context = cell_context(msg, context)
     # The method's own workload (fedmatch/methods.py: Method.train), e.g. FedKA's alignment.
-    method = get_method(str(context.run_config.get("strategy", "fedavg")))
-    return method.train_handler()(msg, context)
+    strategy = str(context.run_config.get("strategy", "fedavg"))
+    if strategy not in TRAIN_HANDLERS:  # the ServerApp validated it: a mismatched node
+        raise ValueError(f"this node has no method {strategy!r}: {get_method(strategy)}")
+    return TRAIN_HANDLERS[strategy](msg, context)
 
 
 @app.train(distiller.DISTILL_ACTION)

@@ -52,59 +52,100 @@ class RunConfig(BaseModel):
         alias_generator=to_key,
         populate_by_name=True,
         allow_inf_nan=False,
+        use_attribute_docstrings=True,
     )
 
     # What to run: a registered method (fedmatch/methods.py).
     strategy: str = "fedavg"
+    """server strategy (see Methods)"""
     num_server_rounds: int = Field(5, ge=1)
+    """rounds; may grow when resuming"""
     seed: int = Field(0, ge=0)
+    """seeds model init, partitioning, sampling and client shuffling"""
 
     # Data.
     dataset: Literal["embedded", "digit-five", "torchvision"] = "embedded"
+    """data source (see Data)"""
     data_root: str = ""
+    """where `digit-five` / `torchvision` files are"""
     domains: str = "all"
+    """which domains take part, in that order"""
     partitioning: Literal["domain", "dirichlet", "iid"] = "domain"
+    """how clients are formed (see Data)"""
     alpha: float = Field(0.5, gt=0)  # Dirichlet concentration of partitioning='dirichlet'
+    """Dirichlet concentration (smaller = more label skew)"""
     train_subset: int = Field(0, ge=0)
+    """cap each client's training set (0 = all); for quick runs"""
     # Hold one domain out of the clients for any method (leave-one-domain-out); FedKA's
     # server keeps its unlabelled training split, and FedAvg gives the source-only baseline.
     target_domain: str = ""
+    """hold this domain out of the clients (leave-one-domain-out; any strategy); required by
+    `fedka`"""
 
     # Model.
     model: Literal["convnet", "resnet18", "fedka-cnn"] = "convnet"
+    """network (`fedka-cnn`: FedKA's DANN-style digit CNN)"""
     model_width: int = Field(64, ge=1)
+    """ConvNet channels (DM/FedLGD use 128)"""
     model_depth: int = Field(3, ge=1, le=4)
+    """ConvNet blocks"""
     model_norm: Literal["instancenorm", "batchnorm", "groupnorm", "none"] = "instancenorm"
+    """normalisation layers"""
 
     # Local training of the classifier methods.
     local_epochs: int = Field(1, ge=1)
+    """local epochs per round"""
     max_local_steps: int = Field(0, ge=0)
+    """cap local SGD steps per round (0 = no cap)"""
     batch_size: int = Field(32, ge=1)
+    """local batch size"""
     lr: float = Field(0.01, gt=0, le=100)
+    """local SGD"""
     momentum: float = Field(0.9, ge=0, lt=1)
+    """local SGD"""
     weight_decay: float = Field(5e-4, ge=0, le=1)
+    """local SGD"""
     # What local training runs on: the real partition, or the client's local virtual data
     # (distilled once per run with the distill.* keys; the FedLGD protocol).
     train_data: Literal["real", "distilled"] = "real"
+    """what local training runs on: the client's real partition, or its **local virtual data** (the
+    FedLGD protocol: initialised from `virtual-init`, warmed up once per run with `distill-
+    method` for `distill-steps` steps, `ipc` images per class and the other `distill-*` keys,
+    kept in node state, reused every round; the same set `fedlgd` starts from; evaluation stays
+    on real test data). Any classifier strategy (`fedavg` … `vhl`); not `feddm` or `fedka`;
+    `fedlgd` always trains on virtual data"""
 
     # Participation.
     fraction_train: float = Field(1.0, gt=0, le=1)
+    """share of clients sampled per round (seeded by round)"""
     fraction_evaluate: float = Field(1.0, ge=0, le=1)
+    """share of clients evaluating per round (0 = none)"""
     min_available_nodes: int = Field(2, ge=1)
+    """SuperNodes to wait for before starting; the run stops (resumable) if fewer remain"""
     # Seconds a round's training (or evaluation) phase waits for replies; a node
     # that has not replied by then is dropped from the run (see strategies/exchange.py).
     round_timeout: float = Field(3600.0, gt=0)
+    """seconds a round's training or evaluation waits for replies; a node silent that long is
+    dropped"""
 
     # Evaluation, results, caching, devices.
     server_eval: bool = True
+    """evaluate the global model on every domain's test split on the server"""
     runs_dir: str = "~/fedmatch-runs"
+    """where run directories go"""
     run_name: str = ""
+    """run directory name (empty: `<strategy>-<partitioning>-seed<seed>-<time>`)"""
     resume: bool = False
+    """continue `run-name` from its last completed round"""
     # A JSON file of cells (run configs) this one `flwr run` runs one after another on
     # the same nodes; written by `fedmatch bench` (see fedmatch/cells.py).
     cells_file: str = ""
+    """run several runs (cells) one after another in this `flwr run`, each with the run-config
+    overrides the file gives it; written by `fedmatch bench` (format: `fedmatch/cells.py`)"""
     cache_dir: str = "~/.cache/fedmatch"
+    """cache of the embedded domains"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto` = CUDA when the client process sees a GPU"""
 
     # Every table by name (shared and the methods' own); not a run-config key itself.
     tables: dict[str, ParamsTable] = Field(default_factory=_default_tables, exclude=True)

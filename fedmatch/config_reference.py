@@ -56,7 +56,7 @@ def allowed(info: FieldInfo) -> str:
     """The values a key accepts, in words (type, choices, range)."""
     annotation = info.annotation
     if get_origin(annotation) is Literal:
-        return " | ".join(repr(choice) for choice in get_args(annotation))
+        return ", ".join(repr(choice) for choice in get_args(annotation))
     kind = getattr(annotation, "__name__", str(annotation))
     bounds = []
     for item in info.metadata:
@@ -65,6 +65,10 @@ def allowed(info: FieldInfo) -> str:
             if bound is not None:
                 bounds.append(f"{symbol} {bound}")
     return kind + (f" ({', '.join(bounds)})" if bounds else "")
+
+
+def _meaning(info: FieldInfo) -> str:
+    return (info.description or "").replace("|", "\\|").replace("\n", " ")
 
 
 def readers() -> dict[str, list[str]]:
@@ -87,11 +91,11 @@ def reference_markdown() -> str:
         "",
         "## Common keys",
         "",
-        "| key | default | allowed |",
-        "|---|---|---|",
+        "| key | default | allowed | meaning |",
+        "|---|---|---|---|",
     ]
     out += [
-        f"| `{key}` | `{_toml_value(info.default)}` | {allowed(info)} |"
+        f"| `{key}` | `{_toml_value(info.default)}` | {allowed(info)} | {_meaning(info)} |"
         for key, info in _fields(RunConfig)
     ]
     out.append("")
@@ -100,9 +104,10 @@ def reference_markdown() -> str:
     for name, cls in _tables_in_order():
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         out += ["", f"## `{name}`", "", doc, "", f"Read by: {', '.join(read_by[name]) or '-'}."]
-        out += ["", "| key | default | allowed |", "|---|---|---|"]
+        out += ["", "| key | default | allowed | meaning |", "|---|---|---|---|"]
         out += [
-            f"| `{name}.{key}` | `{_toml_value(info.default)}` | {allowed(info)} |"
+            f"| `{name}.{key}` | `{_toml_value(info.default)}` | {allowed(info)} "
+            f"| {_meaning(info)} |"
             for key, info in _fields(cls)
         ]
     return "\n".join(out) + "\n"

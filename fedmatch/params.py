@@ -39,6 +39,8 @@ class ParamsTable(BaseModel):
         populate_by_name=True,
         # inf/nan pass every range check and then train to NaN: refuse them outright.
         allow_inf_nan=False,
+        # The docstring under each field is its documentation (docs/config.md).
+        use_attribute_docstrings=True,
     )
 
     table: ClassVar[str]
@@ -60,32 +62,70 @@ class DistillParams(ParamsTable):
     table: ClassVar[str] = "distill"
 
     ipc: int = Field(10, ge=1)  # images per class
+    """distillation: synthetic images per class (`train.distill`, `feddm`)"""
     method: Literal["dm", "ncfm"] = "dm"
+    """distillation: DM (WACV 2023) or NCFM (CVPR 2025)"""
     steps: int = Field(200, ge=1)
+    """distillation: optimisation steps (DM's paper runs 20,000; 200 is the CPU default)"""
     lr: float = Field(0.0, ge=0)  # 0: the method's default (DM 1.0, NCFM 0.01)
+    """distillation: image learning rate; 0 = the method's default (DM: SGD 1.0, momentum 0.5;
+    NCFM: AdamW 0.01)"""
     batch_real: int = Field(64, ge=1)
+    """distillation: real images per class per step (DM/NCFM use 256/1024)"""
     init: Literal["real", "noise", "stats"] = "real"
+    """distillation (`train.distill`, `feddm`): start from random real images, N(0, 1) noise, or
+    per-class, per-channel Gaussian noise with the data's mean and std"""
     # Multi-formation (IDC; NCFM's rho = 2): each stored image decodes to factor^2 images.
     factor: int = Field(1, ge=1)
+    """distillation: multi-formation (IDC, ICML 2022; NCFM's paper uses 2): each of the `ipc`
+    stored images per class is a factor × factor grid of smaller images, each upsampled back to
+    full size, so the set trains a model as `ipc`·factor² images at the same pixel budget; the
+    set kept, sent (`feddm`) and trained on is the decoded one"""
     dsa_strategy: str = "color_crop_cutout_scale_rotate"
+    """DSA transforms for distillation and for training on synthetic sets (no `flip` for digits)"""
     ncfm_alpha: float = Field(0.5, ge=0, le=1)
+    """NCFM: amplitude weight α in sqrt(α·amplitude + (1−α)·phase) (Eq. 8); 0.5 as the released
+    configs; the paper's ablation prefers 9:1 (0.9) at IPC 1 and 4:3 (0.571) at IPC 10 on
+    CIFAR-10 (mnist IPC 10 here: 95.9 at 0.571 vs 95.7 at 0.5, 3 seeds)"""
     ncfm_frequencies: int = Field(1024, ge=1)
+    """NCFM: frequencies t per step (the paper's 1,024; the released configs use 4,096: mnist IPC
+    10 here 95.8 at 4,096 vs 95.9 at 1,024, 3 seeds, for 35 % more time per step)"""
     ncfm_psi_lr: float = Field(1e-3, ge=0)  # 0: no sampling network, t ~ N(0, I)
+    """NCFM: ascent learning rate of the sampling network ψ; 0 = no ψ, t ~ N(0, I)"""
     # NCFM's feature networks: 0 embeds with a fresh random ConvNet per step (like DM);
     # N > 0 first trains N ConvNets on the local data and blends them with their init.
     ncfm_feature_nets: int = Field(0, ge=0)
+    """NCFM: embed with blends of this many ConvNets first trained on the client's data (the
+    paper's feature networks, θ = l·θ_init + (1−l)·θ_trained, l ~ U(0,1)); 0 = a fresh random
+    ConvNet every step, as DM (cheap)"""
     ncfm_feature_epochs: int = Field(20, ge=1)
+    """NCFM: training epochs of each feature network (the evaluation protocol's SGD and DSA)"""
     # NCFM's calibration step (code: calib_weight 1): CE of a trained feature net.
     ncfm_calibration: float = Field(0.0, ge=0)
+    """NCFM: weight of the calibration step (the code's `calib_weight`, 1): after each matching
+    step, one image step on the cross-entropy of a trained feature network on the augmented
+    synthetic set; 0 = the pure min-max (the paper's Table 5)"""
     # One image step per class per iteration, as NCFM's code; False: one step for all.
     ncfm_step_per_class: bool = False
+    """NCFM: step the images once per class per iteration, each step on that class's gradient, as
+    the released code (C AdamW steps per iteration; other classes move by momentum and weight
+    decay); false: one step for all classes (mnist IPC 10, seed 0: 95.1 at the code's lr 0.01
+    and 96.2 at lr 0.003, against 95.7 for one shared step at lr 0.03; C Adam steps per
+    iteration act as a larger step)"""
     eval_epochs: int = Field(300, ge=1)
+    """epochs of the synthetic-set protocol (`feddm`'s server training; DM's code uses 1,000)"""
     # How local virtual data starts before its DM warm-up (steps): FedLGD's per-class,
     # per-channel Gaussian ('stats'), random real images or N(0, 1).
     virtual_init: Literal["stats", "real", "noise"] = "stats"
+    """local virtual data (`fedlgd`, `train-data='distilled'`): start from Gaussian noise with the
+    client's per-class, per-channel mean and std (FedLGD), random real images, or N(0, 1)"""
     # Keep the initial local virtual data in cache-dir, shared by runs with the same data,
     # distillation keys and seed (FedLGD and its baselines distil once per client).
     virtual_cache: bool = True
+    """keep each client's initial local virtual data in `cache-dir/virtual/`, keyed by a digest of
+    the data, partition, distillation keys, seed and device type: runs that differ only in
+    strategy or training keys (FedLGD and its baselines) distil once per client. Set false to
+    time the warm-up"""
 
     @field_validator("dsa_strategy")
     @classmethod
@@ -121,19 +161,37 @@ class DiffusionParams(ParamsTable):
     table: ClassVar[str] = "diffusion"
 
     unet_channels: str = "32,64"
+    """generators: widths per level of the diffusers `UNet2DModel` (teacher, generator and fake
+    score; images edge-padded 28→32)"""
     unet_layers_per_block: int = Field(1, ge=1)
+    """generators: ResNet blocks per UNet level"""
     unet_attention: bool = False
+    """generators: self-attention in the UNet's mid block"""
     # UNet2DConditionModel cross-attending to a class prompt [BOS, label] (DGQ's attention).
     unet_cross_attention: bool = False
+    """generators / `diffusion-ptq`: a diffusers `UNet2DConditionModel` instead, cross-attending at
+    its lowest-resolution level and mid block to the class prompt [BOS, label] (a learned token
+    table; the label also stays in the time embedding); the last width must be a multiple of 16
+    (channels per head). A teacher cached with the other architecture is never reused"""
     teacher_steps: int = Field(200, ge=1)  # local DDPM steps per teacher round
+    """generators: local DDPM (v-prediction) steps per teacher round (`train.teacher`)"""
     teacher_lr: float = Field(1e-3, gt=0)
+    """generators: teacher AdamW learning rate (also DisBack's degradation)"""
     # dmd2/disback/diffusion-ptq train the teacher first for this many rounds unless cached.
     teacher_rounds: int = Field(10, ge=1)
+    """`dmd2`/`disback`: federated teacher rounds run first when no cached teacher matches (a
+    `diffusion-teacher` run with `num-server-rounds` = this and the same data/UNet keys writes
+    the one they reuse)"""
     teacher_checkpoint: str = ""  # a teacher.pt to start from; "" = the cache
+    """`dmd2`/`disback`: distil this `teacher-*.pt` instead of the cached one"""
     teacher_ddim_steps: int = Field(10, ge=1)  # DDIM steps when the teacher is evaluated
+    """`diffusion-teacher`: DDIM steps (trailing spacing) when the teacher is evaluated"""
     fid_samples: int = Field(500, ge=10)  # generated images per FID evaluation
+    """generators: images generated per server-side FID evaluation (balanced classes, fixed seed)"""
     fid_feature_steps: int = Field(500, ge=1)  # training steps of the FID feature network
+    """generators: training steps of the FID-digits feature network (cached in `cache-dir`)"""
     grid_per_class: int = Field(8, ge=1)  # sample-grid columns (one row per class)
+    """generators: columns of the per-round sample grid PNG (one row per class)"""
 
     @field_validator("unet_channels")
     @classmethod
@@ -166,11 +224,20 @@ class GeneratorParams(ParamsTable):
     table: ClassVar[str] = "generator"
 
     steps: int = Field(20, ge=1)  # local generator updates per round
+    """`dmd2`/`disback`: local generator updates per round (`train.generator`)"""
     lr: float = Field(1e-4, gt=0)  # generator and critic (AdamW, as DMD2)
+    """`dmd2`/`disback`: AdamW learning rate of generator, fake score and GAN head"""
     nfe: int = Field(1, ge=1)  # student steps: 1 = one-step; 4 = [999, 749, 499, 249]
+    """`dmd2`/`disback`: generator steps; 1 = one-step (t = 999), 4 = [999, 749, 499, 249] trained
+    with backward simulation"""
     critic_steps: int = Field(5, ge=1)  # fake-score updates per generator update (TTUR)
+    """`dmd2`/`disback`: fake-score (+ GAN head) updates per generator update (two time-scale
+    rule)"""
     gan_weight_generator: float = Field(3e-3, ge=0)
+    """`dmd2`/`disback`: weight of the generator's GAN loss (0 = no GAN term for G)"""
     gan_weight_critic: float = Field(1e-2, ge=0)
+    """`dmd2`/`disback`: weight of the discriminator loss on the fake score (0 = no GAN; the head
+    then never sees real images)"""
 
     @field_validator("nfe")
     @classmethod

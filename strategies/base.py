@@ -85,11 +85,11 @@ class FedMatchStrategy(FedAvg):
         )
         self.cfg = cfg
         self.nodes = sorted(nodes, key=lambda n: n.partition_id)
-        self._by_node = {n.node_id: n for n in self.nodes}
+        self.nodes_by_id = {n.node_id: n for n in self.nodes}
         # Nodes found gone during the run; they are never sampled again.
         self.dropped: list[NodeInfo] = []
-        self._current: ArrayRecord | None = None
-        self._round_rows: list[MetricRow] = []
+        self.current_arrays: ArrayRecord | None = None
+        self._rows: list[MetricRow] = []
         # Sent to clients so they can keep per-round state files beside the run's.
         self.run_dir = ""
 
@@ -129,6 +129,26 @@ class FedMatchStrategy(FedAvg):
         """Extra entries for ``summary.json`` (none for FedAvg)."""
         return {}
 
+    # ------------------------------------------------------------ this round's rows
+
+    def record(self, rows: Iterable[MetricRow]) -> None:
+        """Add rows to this round's metrics (written to ``metrics.jsonl`` when it ends)."""
+        self._rows.extend(rows)
+
+    @property
+    def round_rows(self) -> tuple[MetricRow, ...]:
+        """This round's rows so far (read-only; ``record``/``revise_rows`` change them)."""
+        return tuple(self._rows)
+
+    def revise_rows(self, change: Callable[[MetricRow], MetricRow]) -> None:
+        """Replace every row of this round by ``change(row)`` (e.g. to add payload bytes)."""
+        self._rows = [change(row) for row in self._rows]
+
+    def take_rows(self) -> list[MetricRow]:
+        """This round's rows, leaving none: for strategies that run their own round loop."""
+        rows, self._rows = self._rows, []
+        return rows
+
     # ------------------------------------------------------------ sampling
 
     def sample(self, fraction: float, server_round: int, purpose: int) -> list[NodeInfo]:
@@ -143,7 +163,7 @@ class FedMatchStrategy(FedAvg):
         rng = random.Random(derive_seed(self.cfg.seed, server_round, purpose))
         return sorted(rng.sample(self.nodes, count), key=lambda n: n.partition_id)
 
-    def _messages(
+    def build_messages(
         self, arrays: ArrayRecord, config: ConfigRecord, nodes: list[NodeInfo], kind: str
     ) -> list[Message]:
         keys = set(self.outgoing_keys(arrays))
@@ -163,7 +183,7 @@ class FedMatchStrategy(FedAvg):
             )
             if is_train:
                 row_round = int(config["server-round"])
-                self._round_rows.append(
+                self._rows.append(
                     MetricRow(row_round, node.partition_id, node.domain, "bytes-down", down)
                 )
         return messages
@@ -171,7 +191,7 @@ class FedMatchStrategy(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._current = arrays
+        self.current_arrays = arrays
         config = ConfigRecord({**dict(config), **self.train_config(server_round)})
         config["server-round"] = server_round
         config["run-dir"] = self.run_dir
@@ -179,7 +199,7 @@ class FedMatchStrategy(FedAvg):
         log.debug(
             "round %d: training on partitions %s", server_round, [n.partition_id for n in nodes]
         )
-        return self._messages(arrays, config, nodes, self.train_message_type)
+        return self.build_messages(arrays, config, nodes, self.train_message_type)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -190,7 +210,7 @@ class FedMatchStrategy(FedAvg):
         config["server-round"] = server_round
         config["run-dir"] = self.run_dir
         nodes = self.sample(self.fraction_evaluate, server_round, purpose=1)
-        return self._messages(arrays, config, nodes, MessageType.EVALUATE)
+        return self.build_messages(arrays, config, nodes, MessageType.EVALUATE)
 
     # ------------------------------------------------------------ messaging
 
@@ -207,10 +227,10 @@ class FedMatchStrategy(FedAvg):
         """
         collected = send_and_collect(grid, messages, timeout)
         for node_id, reason in sorted(collected.failed.items()):
-            node = self._by_node.get(node_id)
+            node = self.nodes_by_id.get(node_id)
             log.warning("round %d: node %s failed: %s", server_round, node_id, reason)
             if node is not None:
-                self._round_rows.append(
+                self._rows.append(
                     MetricRow(server_round, node.partition_id, node.domain, "failed", 1.0)
                 )
         for node_id, reason in sorted(collected.gone.items()):
@@ -226,7 +246,7 @@ class FedMatchStrategy(FedAvg):
         return collected.replies
 
     def _drop(self, server_round: int, node_id: int, reason: str) -> None:
-        node = self._by_node.get(node_id)
+        node = self.nodes_by_id.get(node_id)
         if node is None or node not in self.nodes:
             return
         self.nodes.remove(node)
@@ -240,9 +260,7 @@ class FedMatchStrategy(FedAvg):
             reason,
             len(self.nodes),
         )
-        self._round_rows.append(
-            MetricRow(server_round, node.partition_id, node.domain, "dropped", 1.0)
-        )
+        self._rows.append(MetricRow(server_round, node.partition_id, node.domain, "dropped", 1.0))
 
     # ------------------------------------------------------------ aggregation
 
@@ -255,18 +273,18 @@ class FedMatchStrategy(FedAvg):
         partition order, the model this round sent (x) and the models that came back
         (y_i), as state dicts; None when no client returned a model.
         """
-        valid = self._ordered_valid(server_round, replies)
+        valid = self.valid_replies(server_round, replies)
         for reply in valid:
-            self._record_reply(server_round, reply, with_bytes=True)
-        if not valid or self._current is None:
+            self.record_reply(server_round, reply, with_bytes=True)
+        if not valid or self.current_arrays is None:
             return None
         models = [arrays_to_state(reply.content["arrays"]) for reply in valid]
-        return valid, arrays_to_state(self._current), models
+        return valid, arrays_to_state(self.current_arrays), models
 
-    def _ordered_valid(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+    def valid_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         valid = []
         for reply in replies:
-            node = self._by_node.get(reply.metadata.src_node_id)
+            node = self.nodes_by_id.get(reply.metadata.src_node_id)
             if reply.has_error():
                 log.warning(
                     "round %d: node %s (partition %s) failed: %s",
@@ -276,44 +294,44 @@ class FedMatchStrategy(FedAvg):
                     reply.error.reason,
                 )
                 if node:
-                    self._round_rows.append(
+                    self._rows.append(
                         MetricRow(server_round, node.partition_id, node.domain, "failed", 1.0)
                     )
                 continue
             valid.append(reply)
-        return sorted(valid, key=lambda r: self._by_node[r.metadata.src_node_id].partition_id)
+        return sorted(valid, key=lambda r: self.nodes_by_id[r.metadata.src_node_id].partition_id)
 
-    def _record_reply(self, server_round: int, reply: Message, with_bytes: bool) -> None:
-        node = self._by_node[reply.metadata.src_node_id]
+    def record_reply(self, server_round: int, reply: Message, with_bytes: bool) -> None:
+        node = self.nodes_by_id[reply.metadata.src_node_id]
         for name, value in reply.content["metrics"].items():
             if name in ("partition-id",) or not isinstance(value, int | float):
                 continue
-            self._round_rows.append(
+            self._rows.append(
                 MetricRow(server_round, node.partition_id, node.domain, name, float(value))
             )
         if with_bytes:
             up = sum(arrays_nbytes(r) for r in reply.content.array_records.values())
-            self._round_rows.append(
+            self._rows.append(
                 MetricRow(server_round, node.partition_id, node.domain, "bytes-up", up)
             )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid = self._ordered_valid(server_round, replies)
+        valid = self.valid_replies(server_round, replies)
         for reply in valid:
-            self._record_reply(server_round, reply, with_bytes=True)
+            self.record_reply(server_round, reply, with_bytes=True)
         aggregated, metrics = super().aggregate_train(server_round, valid)
-        if aggregated is None or self._current is None:
+        if aggregated is None or self.current_arrays is None:
             return aggregated, metrics
         # Arrays the clients did not send (FedBN's local layers) keep the server's copy.
-        merged = ArrayRecord({k: aggregated.get(k, v) for k, v in self._current.items()})
+        merged = ArrayRecord({k: aggregated.get(k, v) for k, v in self.current_arrays.items()})
         return merged, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
-        valid = self._ordered_valid(server_round, replies)
+        valid = self.valid_replies(server_round, replies)
         for reply in valid:
-            self._record_reply(server_round, reply, with_bytes=False)
+            self.record_reply(server_round, reply, with_bytes=False)
         return super().aggregate_evaluate(server_round, valid)
 
     # ------------------------------------------------------------ the round loop
@@ -339,7 +357,7 @@ class FedMatchStrategy(FedAvg):
             recorder.append(server_evaluate(0, arrays))
         for server_round in range(first_round, last_round + 1):
             start = time.perf_counter()
-            self._round_rows = []
+            self._rows = []
             try:
                 replies = self.exchange(
                     grid,
@@ -363,10 +381,10 @@ class FedMatchStrategy(FedAvg):
             except NotEnoughNodesError:
                 # The round is incomplete (a resume truncates it), but which nodes
                 # dropped out is worth keeping in the metrics.
-                recorder.append([r for r in self._round_rows if r.metric == "dropped"])
+                recorder.append([r for r in self._rows if r.metric == "dropped"])
                 raise
             self.aggregate_evaluate(server_round, replies)
-            rows = self._round_rows
+            rows = self._rows
             if server_evaluate is not None:
                 rows.extend(server_evaluate(server_round, arrays))
             seconds = time.perf_counter() - start

@@ -56,7 +56,7 @@ class FedDMStrategy(FedMatchStrategy):
     ) -> Iterable[Message]:
         if server_round != DISTILL_ROUND:
             return super().configure_train(server_round, arrays, config, grid)
-        self._current = arrays
+        self.current_arrays = arrays
         config = ConfigRecord(
             {
                 **dict(config),
@@ -76,9 +76,7 @@ class FedDMStrategy(FedMatchStrategy):
                     dst_node_id=node.node_id,
                 )
             )
-            self._round_rows.append(
-                MetricRow(server_round, node.partition_id, node.domain, "bytes-down", 0)
-            )
+            self.record([MetricRow(server_round, node.partition_id, node.domain, "bytes-down", 0)])
         return messages
 
     def aggregate_train(
@@ -87,34 +85,40 @@ class FedDMStrategy(FedMatchStrategy):
         if server_round != DISTILL_ROUND:
             return super().aggregate_train(server_round, replies)
         images, labels = [], []
-        for reply in self._ordered_valid(server_round, replies):
-            node = self._by_node[reply.metadata.src_node_id]
-            self._record_reply(server_round, reply, with_bytes=False)
+        for reply in self.valid_replies(server_round, replies):
+            node = self.nodes_by_id[reply.metadata.src_node_id]
+            self.record_reply(server_round, reply, with_bytes=False)
             record = reply.content.array_records.get(SYNTHETIC_KEY)
             if record is None:
                 raise RuntimeError(
                     f"round {server_round}: client {node.partition_id} replied to "
                     f"{MESSAGE_TYPE} without its synthetic set (record {SYNTHETIC_KEY!r})"
                 )
-            self._round_rows.append(
-                MetricRow(
-                    server_round, node.partition_id, node.domain, "bytes-up", arrays_nbytes(record)
-                )
+            self.record(
+                [
+                    MetricRow(
+                        server_round,
+                        node.partition_id,
+                        node.domain,
+                        "bytes-up",
+                        arrays_nbytes(record),
+                    )
+                ]
             )
             x, y = synthetic_from_record(record)
             _check_synthetic(x, y, node.partition_id)
             images.append(x.float())
             labels.append(y.long())
-        if not images or self._current is None:
+        if not images or self.current_arrays is None:
             return None, None
         return self._train_on_union(server_round, torch.cat(images), torch.cat(labels))
 
     def _train_on_union(
         self, server_round: int, images: torch.Tensor, labels: torch.Tensor
     ) -> tuple[ArrayRecord, MetricRecord]:
-        assert self._current is not None
+        assert self.current_arrays is not None
         model = model_from_config(self.cfg)
-        model.load_state_dict(arrays_to_state(self._current))
+        model.load_state_dict(arrays_to_state(self.current_arrays))
         protocol = eval_protocol(self.cfg)
         seed = derive_seed(self.cfg.seed, server_round, _SERVER_TRAIN_TAG)
         start = time.perf_counter()
@@ -137,9 +141,9 @@ class FedDMStrategy(FedMatchStrategy):
             ("server-train-seconds", seconds),
             ("server-train-loss", loss),
         ):
-            self._round_rows.append(MetricRow(server_round, SERVER, "all", metric, value))
+            self.record([MetricRow(server_round, SERVER, "all", metric, value)])
         state = {k: v.cpu() for k, v in model.state_dict().items()}
-        arrays = state_to_arrays(state, self._current.keys())
+        arrays = state_to_arrays(state, self.current_arrays.keys())
         return arrays, MetricRecord({"server-train-images": len(labels)})
 
 

@@ -35,6 +35,8 @@ class FedDynParams(ParamsTable):
     table: ClassVar[str] = "feddyn"
 
     alpha: float = Field(0.01, gt=0, le=1e4)  # regularisation strength alpha of Alg. 1
+    """FedDyn regularisation strength α (linear + (α/2)‖θ − θᵗ⁻¹‖² penalty, server θ = mean −
+    h/α)"""
 
 
 class FedDynStrategy(FedMatchStrategy):
@@ -74,7 +76,7 @@ class FedDynStrategy(FedMatchStrategy):
         buffers = [k for k in ys[0] if k not in new_params]
         averaged = weighted_mean([{k: y[k] for k in buffers} for y in ys], [1.0] * len(ys))
         merged = {k: new_params.get(k, averaged.get(k, v)) for k, v in x.items()}
-        self._round_rows.append(
-            MetricRow(server_round, SERVER, "all", "feddyn-h-norm", squared_norm(self.h) ** 0.5)
+        self.record(
+            [MetricRow(server_round, SERVER, "all", "feddyn-h-norm", squared_norm(self.h) ** 0.5)]
         )
         return state_to_arrays(merged), MetricRecord({"num-clients": len(valid)})

@@ -45,14 +45,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from pydantic import Field, field_validator, model_validator
 
-from fedmatch.align import (
-    federated_vote,
+from fedmatch.align.fedka import (
     finetune_on_pseudo_labels,
     group_effect,
-    parse_multipliers,
     predict_logits,
     schedule_weight,
 )
+from fedmatch.align.mmd import parse_multipliers
+from fedmatch.align.voting import federated_vote
 from fedmatch.atomic import atomic_torch_save
 from fedmatch.config import ConfigError, RunConfig
 from fedmatch.data.loaders import load_target_domain, to_images
@@ -80,25 +80,46 @@ class FedKAParams(ParamsTable):
 
     # What clients get of the target: features from the server, or the images themselves.
     target_access: Literal["features", "raw"] = "features"
+    """FedKA: send clients target *features* (raw target images stay on the server) or let clients
+    read target images"""
     target_samples: int = Field(256, ge=2)
+    """FedKA: target images per round whose features clients align to"""
     target_batch_size: int = Field(32, ge=2)
+    """FedKA: target features per local step in the MMD"""
     mmd_weight: float = Field(1.0, ge=0, le=1e4)
+    """FedKA: maximum weight α of the MK-MMD term (0 = no alignment)"""
     mmd_bandwidth_base: Literal["mean", "median"] = "mean"
+    """FedKA: bandwidth base h = mean or median pairwise squared distance of the pooled batch"""
     mmd_bandwidth_multipliers: str = "0.25,0.5,1,2,4"
+    """FedKA: one Gaussian kernel per multiplier c, bandwidth c·h"""
     mmd_estimator: Literal["biased", "unbiased"] = "biased"
+    """FedKA: MMD² V-statistic (≥ 0) or U-statistic"""
     align_schedule: Literal["dann", "constant"] = "dann"
+    """FedKA: weights ramp as 2/(1+exp(−γp))−1 over training progress p, or stay at their maximum"""
     align_gamma: float = Field(10.0, gt=0, le=1e3)
+    """FedKA: γ of the ramp (DANN 10; the official FedKA code 5)"""
     # 1: pseudo-label only where every client agrees (docs: why not plurality).
     vote_threshold: float = Field(1.0, ge=0, le=1)
+    """FedKA: keep a pseudo-label only if at least this share of clients voted for it (1: all
+    agree; 0: plurality, as the official code)"""
     finetune_steps: int = Field(32, ge=0)
+    """FedKA: server SGD steps on pseudo-labels per round (0 = no voting/fine-tuning)"""
     finetune_lr: float = Field(0.01, gt=0, le=100)
+    """FedKA: server fine-tuning learning rate (momentum and weight decay as local)"""
     finetune_weight: float = Field(1.0, ge=0, le=1e4)
+    """FedKA: maximum weight of the pseudo-label loss (ramped like the MMD)"""
     finetune_balance: bool = True
+    """FedKA: draw fine-tuning batches class-balanced (each pseudo-class equally often), so self-
+    training cannot starve the classes the model under-predicts"""
     # Which weights go to the clients next round: the FedAvg ones (the official code) or the
     # fine-tuned ones (the pseudo-label adaptation then carries over rounds).
     broadcast: Literal["averaged", "finetuned"] = "finetuned"
+    """FedKA: weights sent to the clients next round: the fine-tuned ones, so the adaptation
+    carries over rounds, or the FedAvg ones (official code)"""
     domain_head: bool = False
+    """FedKA: also train a DANN domain head behind gradient reversal (`model='fedka-cnn'` only)"""
     domain_weight: float = Field(1.0, ge=0, le=1e4)
+    """FedKA: maximum gradient-reversal coefficient of the domain head"""
 
     @field_validator("mmd_bandwidth_multipliers")
     @classmethod
@@ -208,12 +229,13 @@ class FedKAStrategy(FedMatchStrategy):
         for message in messages:
             # ``_messages`` built one RecordDict per message, so this adds to each alone.
             message.content[key] = payload
-        self._round_rows = [
-            dataclasses.replace(row, value=row.value + extra)
-            if row.metric == "bytes-down" and row.round == server_round and row.client != SERVER
-            else row
-            for row in self._round_rows
-        ]
+        self.revise_rows(
+            lambda row: (
+                dataclasses.replace(row, value=row.value + extra)
+                if row.metric == "bytes-down" and row.round == server_round and row.client != SERVER
+                else row
+            )
+        )
         return messages
 
     # ------------------------------------------------------------ aggregation
@@ -227,18 +249,16 @@ class FedKAStrategy(FedMatchStrategy):
             return averaged, metrics
         valid = sorted(
             (reply for reply in replies if not reply.has_error()),
-            key=lambda reply: self._by_node[reply.metadata.src_node_id].partition_id,
+            key=lambda reply: self.nodes_by_id[reply.metadata.src_node_id].partition_id,
         )
         # Converted once: the client states, the kept copy and the fine-tuning all start here.
         averaged_state = arrays_to_state(averaged)
         client_states = [
             {**averaged_state, **arrays_to_state(reply.content["arrays"])} for reply in valid
         ]
-        partition_ids = [self._by_node[r.metadata.src_node_id].partition_id for r in valid]
+        partition_ids = [self.nodes_by_id[r.metadata.src_node_id].partition_id for r in valid]
         self.averaged = {k: v.detach().cpu().clone() for k, v in averaged_state.items()}
-        self._round_rows.extend(
-            self.adapt(server_round, averaged_state, client_states, partition_ids)
-        )
+        self.record(self.adapt(server_round, averaged_state, client_states, partition_ids))
         if self.cfg.params(FedKAParams).broadcast == "finetuned" and self.finetuned is not None:
             return state_to_arrays(self.finetuned), metrics
         return averaged, metrics

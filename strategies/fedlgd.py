@@ -80,17 +80,34 @@ class FedLGDParams(ParamsTable):
     table: ClassVar[str] = "fedlgd"
 
     refresh_every: int = Field(5, ge=1)  # local virtual data refreshed every this many rounds
+    """FedLGD: refresh period; round r is a refresh round when (r − 1) % every = 0 and r − 1 ≤
+    `fedlgd-refresh-until`"""
     refresh_until: int = Field(10, ge=0)  # ... up to this round
+    """FedLGD: last refresh round (as r − 1; the paper's 50 of 100 rounds)"""
     local_steps: int = Field(50, ge=0)  # DM steps of a refresh
+    """FedLGD: DM steps of a client's local refresh in the global model's features (paper 100)"""
     server_steps: int = Field(100, ge=0)  # gradient-matching steps of the server per round
+    """FedLGD: server gradient-matching steps per refresh round (paper 500)"""
     server_ipc: int = Field(10, ge=1)  # global virtual images per class
+    """FedLGD: global virtual images per class"""
     image_lr: float = Field(1.0, gt=0, le=1e4)
+    """FedLGD: SGD learning rate (momentum 0.5) of the server's gradient matching on pixels"""
     regulariser: Literal["supcon", "mmd", "none"] = "supcon"
+    """FedLGD: L_reg of non-refresh rounds: SupCon against the global virtual features, MK-MMD, or
+    none (the ablation)"""
     lambda_: float = Field(10.0, ge=0, le=1e4)  # weight of the regulariser (Eq. 8)
+    """FedLGD: weight λ of L_reg (the official DIGITS command; code default 1)"""
     temperature: float = Field(0.07, gt=0, le=1e3)
+    """FedLGD: SupCon temperature τ"""
     gm_target: Literal["pseudo-gradient", "client-gradients"] = "pseudo-gradient"
+    """FedLGD: match (θ_old − θ_new)/lr of the aggregated model (TMLR code; nothing extra uploaded)
+    or the mean per-class gradients of the clients' local virtual data at θ_old (pre-release
+    code; one extra model-sized upload per class)"""
     gm_distance: Literal["ours", "mse", "cos"] = "ours"
+    """FedLGD: gradient distance (DC's layer-wise Σ(1 − cos), summed squares, one global cosine)"""
     save_images: bool = False
+    """FedLGD: write PNG grids (one row per class) of the global virtual images and every client's
+    local virtual images at initialisation and each refresh to `<run dir>/virtual-images/`"""
 
 
 class FedLGDStrategy(FedMatchStrategy):
@@ -153,8 +170,8 @@ class FedLGDStrategy(FedMatchStrategy):
         ]
         replies = self.exchange(grid, messages, server_round, self.cfg.round_timeout)
         parts = []
-        for reply in self._ordered_valid(server_round, replies):
-            node = self._by_node[reply.metadata.src_node_id]
+        for reply in self.valid_replies(server_round, replies):
+            node = self.nodes_by_id[reply.metadata.src_node_id]
             record = reply.content.array_records.get(STATS_KEY)
             if record is None:
                 raise RuntimeError(
@@ -201,7 +218,7 @@ class FedLGDStrategy(FedMatchStrategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        old = self._current
+        old = self.current_arrays
         # Flower's FedAvg averages replies that carry exactly one ArrayRecord: take the
         # per-class gradients out first (their bytes still count as uploaded).
         class_grads = self._take_class_grads(replies)
@@ -222,13 +239,17 @@ class FedLGDStrategy(FedMatchStrategy):
         return out
 
     def _count_upload(self, server_round: int, class_grads: dict[int, ArrayRecord]) -> None:
-        for node_id, record in class_grads.items():
-            partition = self._by_node[node_id].partition_id
-            for i, row in enumerate(self._round_rows):
-                if row.metric == "bytes-up" and row.client == partition:
-                    self._round_rows[i] = dataclasses.replace(
-                        row, value=row.value + arrays_nbytes(record)
-                    )
+        extra = {
+            self.nodes_by_id[node_id].partition_id: arrays_nbytes(record)
+            for node_id, record in class_grads.items()
+        }
+        self.revise_rows(
+            lambda row: (
+                dataclasses.replace(row, value=row.value + extra[row.client])
+                if row.metric == "bytes-up" and row.client in extra
+                else row
+            )
+        )
 
     def _match(
         self,
@@ -274,7 +295,7 @@ class FedLGDStrategy(FedMatchStrategy):
             ("fedlgd-gm-final-distance", history.final_loss),
             ("fedlgd-gm-seconds", seconds),
         ):
-            self._round_rows.append(MetricRow(server_round, SERVER, "all", metric, value))
+            self.record([MetricRow(server_round, SERVER, "all", metric, value)])
         self._save_images(server_round)
 
     def _mean_class_gradients(
@@ -288,7 +309,7 @@ class FedLGDStrategy(FedMatchStrategy):
             )
         sums: dict[int, list[torch.Tensor]] = {}
         counts: dict[int, int] = {}
-        for node_id in sorted(class_grads, key=lambda n: self._by_node[n].partition_id):
+        for node_id in sorted(class_grads, key=lambda n: self.nodes_by_id[n].partition_id):
             for c, grads in class_grads_from_record(class_grads[node_id]).items():
                 if c in sums:
                     sums[c] = [a + b for a, b in zip(sums[c], grads, strict=True)]

@@ -52,5 +52,5 @@ class FedNovaStrategy(FedMatchStrategy):
         buffers = [k for k in ys[0] if k not in new_params]
         averaged = weighted_mean([{k: y[k] for k in buffers} for y in ys], weights)
         merged = {k: new_params.get(k, averaged.get(k, v)) for k, v in x.items()}
-        self._round_rows.append(MetricRow(server_round, SERVER, "all", "fednova-tau-eff", tau_eff))
+        self.record([MetricRow(server_round, SERVER, "all", "fednova-tau-eff", tau_eff)])
         return state_to_arrays(merged), MetricRecord({"tau-eff": tau_eff})

@@ -20,6 +20,7 @@ class FedProxParams(ParamsTable):
     table: ClassVar[str] = "fedprox"
 
     proximal_mu: float = Field(0.01, ge=0, le=1e4)  # mu of Eq. 2
+    """FedProx μ (used by `fedprox` only)"""
 
 
 class FedProxStrategy(FedMatchStrategy):

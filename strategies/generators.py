@@ -27,18 +27,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from pydantic import Field, model_validator
 from torch import nn
 
 from fedmatch.config import RunConfig
-from fedmatch.data.types import DomainArrays
 from fedmatch.diffusion.disback import BacktrackController, record_degradation
 from fedmatch.diffusion.dmd2 import generate
 from fedmatch.diffusion.teacher import ddim_sample
@@ -48,88 +46,25 @@ from fedmatch.factories.diffusion import (
     TARGET_KEY,
     TEACHER_ACTION,
     GeneratorBundle,
-    load_teacher,
     save_teacher,
     teacher_cache_path,
-    unet_spec,
 )
-from fedmatch.factories.diffusion_eval import ALL, DiffusionEvaluator, Sampler
+from fedmatch.factories.diffusion_eval import ALL, Sampler
 from fedmatch.params import DiffusionParams, GeneratorParams, ParamsTable
 from fedmatch.records import arrays_to_state, state_to_arrays
 from fedmatch.results import SERVER, MetricRow, RunRecorder
 from fedmatch.seeding import derive_seed
 from fedmatch.train import resolve_device
-from strategies.base import FedMatchStrategy, NodeInfo, ServerEvaluate
+from strategies.base import NodeInfo, ServerEvaluate
+from strategies.diffusion import DiffusionStrategy
+from strategies.teacher import FederatedTeacher
 
 log = logging.getLogger("fedmatch.strategy")
 
 _DEGRADATION_TAG = 71
 
 
-class _DiffusionStrategy(FedMatchStrategy):
-    """What the three share: no client evaluation phase, FID-digits on the server."""
-
-    def __init__(self, cfg: RunConfig, nodes: list[NodeInfo]) -> None:
-        super().__init__(cfg, nodes)
-        self.spec = unet_spec(cfg)
-        self.num_clients = len(nodes)
-        self._last_fid: dict[str, float] = {}
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return []  # no client evaluation phase: the server scores the samples
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> None:
-        return None
-
-    def sampler(self, model: nn.Module) -> Sampler:
-        raise NotImplementedError
-
-    def extra_samplers(self, model: nn.Module) -> dict[str, Sampler]:
-        return {}
-
-    def make_server_evaluate(
-        self, domains: list[DomainArrays], model: nn.Module
-    ) -> ServerEvaluate | None:
-        evaluator = DiffusionEvaluator(self.cfg, domains)
-
-        def server_evaluate(server_round: int, arrays: ArrayRecord) -> list[MetricRow]:
-            model.load_state_dict(arrays_to_state(arrays), strict=True)
-            model.eval()
-            grid_path = None
-            if self.run_dir:
-                grid_path = sample_grid_path(self.run_dir, server_round)
-            rows = []
-            samplers = {"": self.sampler(model), **self.extra_samplers(model)}
-            for suffix, sampler in samplers.items():
-                score = evaluator.score(sampler, server_round, grid_path if not suffix else None)
-                for domain, value in score.fid.items():
-                    rows.append(MetricRow(server_round, SERVER, domain, f"fid{suffix}", value))
-                for metric, value in (
-                    ("precision", score.precision),
-                    ("recall", score.recall),
-                    ("seconds-per-image", score.seconds_per_image),
-                ):
-                    rows.append(
-                        MetricRow(server_round, SERVER, evaluator.all_key, metric + suffix, value)
-                    )
-                if not suffix:
-                    self._last_fid = dict(score.fid)
-            return rows
-
-        return server_evaluate
-
-    def summary_extra(self) -> dict:
-        return {"final_fid_per_domain": self._last_fid, "fid_kind": "FID-digits (not Inception)"}
-
-
-def sample_grid_path(run_dir: str, server_round: int) -> Path:
-    """Where a round's sample grid goes: ``<run-dir>/samples/round-NNN.png``."""
-    return Path(run_dir) / "samples" / f"round-{server_round:03d}.png"
-
-
-class DiffusionTeacherStrategy(_DiffusionStrategy):
+class DiffusionTeacherStrategy(DiffusionStrategy):
     """FedAvg of the diffusion teacher; caches it at the end for dmd2/disback runs."""
 
     name = "diffusion-teacher"
@@ -156,7 +91,7 @@ class DiffusionTeacherStrategy(_DiffusionStrategy):
         return arrays
 
 
-class DMD2Strategy(_DiffusionStrategy):
+class DMD2Strategy(DiffusionStrategy):
     """Federated DMD2: clients distil the teacher into the bundle; FedAvg of the bundle."""
 
     name = "dmd2"
@@ -212,7 +147,7 @@ class DMD2Strategy(_DiffusionStrategy):
     ) -> ArrayRecord:
         timeout = self.cfg.round_timeout if timeout is None else timeout
         self.run_dir = str(recorder.run_dir)
-        self.teacher = self._obtain_teacher(grid, recorder, timeout)
+        self.teacher = FederatedTeacher(self).obtain(grid, recorder, timeout)
         self.prepare(recorder)
         if first_round == 1:
             bundle = self.initial_model(derive_seed(self.cfg.seed, 0))
@@ -228,86 +163,6 @@ class DMD2Strategy(_DiffusionStrategy):
             timeout=timeout,
         )
 
-    def _obtain_teacher(self, grid: Grid, recorder: RunRecorder, timeout: float) -> nn.Module:
-        path = teacher_cache_path(
-            self.cfg, self.cfg.params(DiffusionParams).teacher_rounds, self.num_clients
-        )
-        if path.exists():
-            log.info("teacher: %s", path)
-            return load_teacher(path, self.spec)
-        if self.cfg.params(DiffusionParams).teacher_checkpoint:
-            raise FileNotFoundError(
-                "run-config key 'diffusion.teacher-checkpoint' = "
-                f"{self.cfg.params(DiffusionParams).teacher_checkpoint!r}: no such file "
-                "(leave it empty to use, or train, the cached teacher)"
-            )
-        log.info(
-            "no cached teacher (%s): training it first, %d federated rounds",
-            path.name,
-            self.cfg.params(DiffusionParams).teacher_rounds,
-        )
-        unet = build_unet(self.spec, derive_seed(self.cfg.seed, 0))
-        arrays = state_to_arrays(unet.state_dict())
-        start = time.perf_counter()
-        losses: list[float] = []
-        for teacher_round in range(1, self.cfg.params(DiffusionParams).teacher_rounds + 1):
-            arrays, losses = self._teacher_round(grid, arrays, teacher_round, timeout)
-            log.info(
-                "teacher round %d/%d: loss %.4f",
-                teacher_round,
-                self.cfg.params(DiffusionParams).teacher_rounds,
-                float(np.mean(losses)) if losses else float("nan"),
-            )
-        seconds = time.perf_counter() - start
-        unet.load_state_dict(arrays_to_state(arrays), strict=True)
-        save_teacher(path, unet, self.spec, {"run-dir": self.run_dir})
-        recorder.append(
-            [
-                MetricRow(
-                    0,
-                    SERVER,
-                    ALL,
-                    "teacher-rounds",
-                    float(self.cfg.params(DiffusionParams).teacher_rounds),
-                ),
-                MetricRow(0, SERVER, ALL, "teacher-seconds", seconds),
-                MetricRow(0, SERVER, ALL, "teacher-loss", float(np.mean(losses))),
-            ]
-        )
-        log.info("teacher cached at %s", path)
-        return unet.eval()
-
-    def _teacher_round(
-        self, grid: Grid, arrays: ArrayRecord, teacher_round: int, timeout: float
-    ) -> tuple[ArrayRecord, list[float]]:
-        config = ConfigRecord({"server-round": teacher_round, "run-dir": self.run_dir})
-        messages = [
-            Message(
-                RecordDict({"arrays": arrays, "config": config}),
-                message_type=TEACHER_ACTION,
-                dst_node_id=node.node_id,
-            )
-            # Sampled as the base round loop samples (so fraction-train means the same).
-            for node in self.sample(self.fraction_train, teacher_round, purpose=0)
-        ]
-        self._round_rows = []
-        replies = self._ordered_valid(
-            teacher_round, self.exchange(grid, messages, teacher_round, timeout)
-        )
-        if not replies:
-            raise RuntimeError(f"teacher round {teacher_round}: no client returned the teacher")
-        weights = [float(r.content["metrics"]["num-examples"]) for r in replies]
-        states = [arrays_to_state(r.content["arrays"]) for r in replies]
-        total = sum(weights)
-        averaged = {
-            k: sum(w * s[k].double() for w, s in zip(weights, states, strict=True)) / total
-            for k in states[0]
-        }
-        reference = arrays_to_state(arrays)
-        merged = {k: v.to(reference[k].dtype) for k, v in averaged.items()}
-        losses = [float(r.content["metrics"]["teacher-loss"]) for r in replies]
-        return state_to_arrays(merged), losses
-
 
 class DisBackParams(ParamsTable):
     """``[tool.flwr.app.config.disback]``; the generator keys are the ``generator`` table."""
@@ -315,9 +170,15 @@ class DisBackParams(ParamsTable):
     table: ClassVar[str] = "disback"
 
     nodes: int = Field(4, ge=1)  # teacher-path nodes kept by the degradation
+    """`disback`: snapshots N of the degradation path (targets N−1 … 0 = teacher)"""
     degradation_steps: int = Field(200, ge=1)
+    """`disback`: server-side degradation steps (teacher copy trained on the initial generator's
+    samples)"""
     # When the target moves back a node: Alg. 1's fixed schedule, or once converged.
     switch: Literal["schedule", "converged"] = "schedule"
+    """`disback`: move the target one node back every `num-server-rounds / disback-nodes` rounds
+    (Alg. 1), or once the round's mean DM-gradient norm stops improving by 1 % (forced when the
+    rounds left equal the nodes left, so the last round distils the teacher)"""
 
     @model_validator(mode="after")
     def _steps_per_node(self) -> DisBackParams:
@@ -383,7 +244,7 @@ class DisBackStrategy(DMD2Strategy):
         arrays, metrics = super().aggregate_train(server_round, replies)
         norms = [
             r.value
-            for r in self._round_rows
+            for r in self.round_rows
             if r.round == server_round and r.metric == "dm-grad-norm" and r.client != SERVER
         ]
         if norms:
@@ -393,9 +254,7 @@ class DisBackStrategy(DMD2Strategy):
     def target_state(self, server_round: int) -> dict[str, torch.Tensor]:
         assert self.path is not None
         index = self.target_index(server_round)
-        self._round_rows.append(
-            MetricRow(server_round, SERVER, ALL, "disback-target-node", float(index))
-        )
+        self.record([MetricRow(server_round, SERVER, ALL, "disback-target-node", float(index))])
         return self.path[index]
 
     def state_dict(self) -> dict:

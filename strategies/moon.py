@@ -21,7 +21,9 @@ class MoonParams(ParamsTable):
     table: ClassVar[str] = "moon"
 
     mu: float = Field(1.0, ge=0, le=1e4)  # weight of the contrastive loss (Eq. 3)
+    """MOON weight μ of the model-contrastive loss (0 = plain FedAvg training)"""
     temperature: float = Field(0.5, gt=0, le=1e3)  # tau
+    """MOON temperature τ of the model-contrastive loss"""
 
 
 class MoonStrategy(FedMatchStrategy):

@@ -36,7 +36,8 @@ from fedmatch.records import arrays_to_state, state_to_arrays
 from fedmatch.results import SERVER, MetricRow, RunRecorder
 from fedmatch.seeding import derive_seed
 from strategies.base import ServerEvaluate
-from strategies.generators import DMD2Strategy, sample_grid_path
+from strategies.diffusion import DiffusionStrategy, sample_grid_path
+from strategies.teacher import FederatedTeacher
 
 log = logging.getLogger("fedmatch.strategy")
 
@@ -49,14 +50,28 @@ class QuantParams(ParamsTable):
     table: ClassVar[str] = "quant"
 
     bits: str = "W8A8"  # W<weight bits>A<activation bits>, 2..8 each
+    """`diffusion-ptq`: weight / activation bit-widths (first and last conv stay 8-bit)"""
     method: Literal["naive", "edadm", "dgq"] = "naive"
+    """`diffusion-ptq`: min-max baseline; EDA-DM (TDAC sample selection + block reconstruction);
+    DGQ (outlier-aware activation groups)"""
     groups: int = Field(8, ge=1)  # DGQ: activation groups per layer (1 = per-tensor)
+    """`dgq`: activation groups per layer (k-means over channels or pixels; 1 = per-tensor)"""
     per_timestep: bool = True  # one activation range per sampling step
+    """`diffusion-ptq`: one activation range per sampling step (time-aware) instead of one for all
+    steps"""
     calibration_source: Literal["local", "trajectory"] = "local"
+    """`diffusion-ptq`: calibrate on the client's own images noised to the sampler's timesteps, or
+    on teacher DDIM trajectories for the client's labels"""
     calibration_samples: int = Field(256, ge=1)  # per client, over all timesteps
+    """`diffusion-ptq`: calibration inputs per client, spread over the `teacher-ddim-steps`
+    timesteps"""
     recon_iters: int = Field(100, ge=0)  # EDA-DM: FBR iterations per block (0 = off)
+    """`edadm`: block-reconstruction iterations per block on the server (0 = off)"""
     tdac_lambda: float = Field(1.2, ge=0, le=1e3)  # EDA-DM: TDAC diversity weight lambda
+    """`edadm`: TDAC diversity weight λ"""
     eval_personal: bool = False  # also score each client's own (personal) quantization
+    """`diffusion-ptq`: also score each client's personal quantization (its own statistics only) as
+    `fid-personal`"""
 
     @field_validator("bits")
     @classmethod
@@ -66,7 +81,7 @@ class QuantParams(ParamsTable):
         return value
 
 
-class DiffusionPTQStrategy(DMD2Strategy):
+class DiffusionPTQStrategy(DiffusionStrategy):
     """Federated calibration of the teacher's fake-quantized UNet (naive, EDA-DM, DGQ)."""
 
     name = "diffusion-ptq"
@@ -79,17 +94,11 @@ class DiffusionPTQStrategy(DMD2Strategy):
         steps = self.cfg.params(DiffusionParams).teacher_ddim_steps
         return lambda labels, rng: ddim_sample(model, labels, steps=steps, generator=rng)
 
-    def extra_samplers(self, model: nn.Module):
-        return {}
-
     def make_server_evaluate(
         self, domains: list[DomainArrays], model: nn.Module
     ) -> ServerEvaluate | None:
         self.evaluator = DiffusionEvaluator(self.cfg, domains)
         return None  # the rounds score the models themselves (run_rounds)
-
-    def train_payload(self, server_round: int) -> dict[str, ArrayRecord]:
-        return {}
 
     def _score(self, model: nn.Module, server_round: int, client: Any, domain: str, prefix: str):
         evaluator = getattr(self, "evaluator", None)
@@ -107,7 +116,7 @@ class DiffusionPTQStrategy(DMD2Strategy):
             ("seconds-per-image", score.seconds_per_image),
         ):
             rows.append(MetricRow(server_round, SERVER, evaluator.all_key, metric, value))
-        self._last_fid = dict(score.fid)
+        self.last_fid = dict(score.fid)
         return rows
 
     def run_rounds(
@@ -122,7 +131,7 @@ class DiffusionPTQStrategy(DMD2Strategy):
     ) -> ArrayRecord:
         timeout = self.cfg.round_timeout if timeout is None else timeout
         self.run_dir = str(recorder.run_dir)
-        teacher = self._obtain_teacher(grid, recorder, timeout).eval()
+        teacher = FederatedTeacher(self).obtain(grid, recorder, timeout).eval()
         arrays = state_to_arrays(teacher.state_dict())
         if first_round == 1:
             size = model_size_bytes(teacher)  # no quantized layers: every weight fp32
@@ -130,17 +139,17 @@ class DiffusionPTQStrategy(DMD2Strategy):
             rows.append(MetricRow(0, SERVER, ALL, "model-bytes", float(size["fp32"])))
             recorder.append(rows)
         for server_round in range(first_round, self.cfg.num_server_rounds + 1):
-            self._round_rows = []
+            self.take_rows()
             nodes = self.sample(self.fraction_train, server_round, purpose=0)
             config = ConfigRecord({"server-round": server_round, "run-dir": self.run_dir})
-            messages = self._messages(arrays, config, nodes, CALIBRATE_ACTION)
-            replies = self._ordered_valid(
+            messages = self.build_messages(arrays, config, nodes, CALIBRATE_ACTION)
+            replies = self.valid_replies(
                 server_round, self.exchange(grid, messages, server_round, timeout)
             )
             if not replies:
                 raise RuntimeError(f"round {server_round}: no client returned statistics")
             for reply in replies:
-                self._record_reply(server_round, reply, with_bytes=True)
+                self.record_reply(server_round, reply, with_bytes=True)
             stats = [arrays_to_state(r.content["arrays"]) for r in replies]
             weights = [float(r.content["metrics"]["num-examples"]) for r in replies]
             quantized, info = server_quantize(
@@ -150,7 +159,7 @@ class DiffusionPTQStrategy(DMD2Strategy):
                 weights,
                 derive_seed(self.cfg.seed, server_round, _SERVER_TAG),
             )
-            rows = self._round_rows
+            rows = self.take_rows()
             rows += [MetricRow(server_round, SERVER, ALL, k, v) for k, v in info.items()]
             size = model_size_bytes(quantized)
             rows.append(
@@ -171,7 +180,7 @@ class DiffusionPTQStrategy(DMD2Strategy):
             rows += self._score(quantized, server_round, SERVER, ALL, "")
             if self.cfg.params(QuantParams).eval_personal:
                 for reply, s in zip(replies, stats, strict=True):
-                    node = self._by_node[reply.metadata.src_node_id]
+                    node = self.nodes_by_id[reply.metadata.src_node_id]
                     personal, _ = server_quantize(
                         self.cfg.replace({"quant.recon-iters": 0}), teacher, [s], [1.0], 0
                     )
@@ -189,7 +198,7 @@ class DiffusionPTQStrategy(DMD2Strategy):
                 self.cfg.params(QuantParams).method,
                 self.cfg.params(QuantParams).bits,
                 len(replies),
-                {k: round(v, 2) for k, v in self._last_fid.items()},
+                {k: round(v, 2) for k, v in self.last_fid.items()},
             )
         return arrays
 

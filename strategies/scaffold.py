@@ -39,6 +39,7 @@ class ScaffoldParams(ParamsTable):
     table: ClassVar[str] = "scaffold"
 
     server_lr: float = Field(1.0, gt=0, le=1e3)  # global step size eta_g of Alg. 1
+    """SCAFFOLD global step size η_g: x ← x + η_g·mean(y_i − x)"""
 
 
 class ScaffoldStrategy(FedMatchStrategy):
@@ -76,7 +77,7 @@ class ScaffoldStrategy(FedMatchStrategy):
         for reply in valid:
             record = reply.content.array_records.get(scaffold.DELTA_CONTROL_RECORD)
             if record is None:
-                partition = self._by_node[reply.metadata.src_node_id].partition_id
+                partition = self.nodes_by_id[reply.metadata.src_node_id].partition_id
                 raise RuntimeError(
                     f"round {server_round}: client {partition} replied without its "
                     f"control-variate update (record {scaffold.DELTA_CONTROL_RECORD!r})"
@@ -93,13 +94,15 @@ class ScaffoldStrategy(FedMatchStrategy):
         buffers = [k for k in ys[0] if k not in new_params]
         averaged = weighted_mean([{k: y[k] for k in buffers} for y in ys], [1.0] * len(ys))
         merged = {k: new_params.get(k, averaged.get(k, v)) for k, v in x.items()}
-        self._round_rows.append(
-            MetricRow(
-                server_round,
-                SERVER,
-                "all",
-                "scaffold-control-norm",
-                squared_norm(self.control) ** 0.5,
-            )
+        self.record(
+            [
+                MetricRow(
+                    server_round,
+                    SERVER,
+                    "all",
+                    "scaffold-control-norm",
+                    squared_norm(self.control) ** 0.5,
+                )
+            ]
         )
         return state_to_arrays(merged), MetricRecord({"num-clients": len(valid)})

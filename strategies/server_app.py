@@ -33,6 +33,7 @@ from fedmatch.data.loaders import (
     to_tensors,
 )
 from fedmatch.logs import setup_logging
+from fedmatch.methods import methods, tables
 from fedmatch.records import arrays_to_state, numpy_to_arrays, state_to_arrays
 from fedmatch.results import SERVER, MetricRow, RunRecorder, format_domain_table
 from fedmatch.seeding import derive_seed
@@ -44,6 +45,13 @@ from strategies.exchange import send_and_collect
 log = logging.getLogger("fedmatch.server")
 
 app = ServerApp()
+
+# Every registered method's strategy and params, resolved while the app loads.  Imported
+# later, from the run's thread, they would race the ClientApp's own imports: in simulation
+# Flower loads both apps in one process at once, and diffusers' lazy modules (and package
+# imports in general) are not safe to import from two threads at the same time.
+STRATEGIES = {name: method.strategy_class() for name, method in methods().items()}
+tables()
 
 # Seconds to wait for the minimum number of SuperNodes to connect.
 NODE_WAIT_SECONDS = 300.0
@@ -112,7 +120,7 @@ def run(grid: Grid, run_config: dict[str, Scalar]) -> None:
     try:
         log.info("run directory: %s", recorder.run_dir)
         nodes = _describe_nodes(grid, node_ids)
-        strategy = cfg.method.strategy_class()(cfg, nodes)
+        strategy = STRATEGIES[cfg.strategy](cfg, nodes)
 
         model = strategy.initial_model(derive_seed(cfg.seed, 0))
         arrays = state_to_arrays(model.state_dict())

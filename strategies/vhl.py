@@ -23,7 +23,11 @@ class VHLParams(ParamsTable):
     table: ClassVar[str] = "vhl"
 
     weight: float = Field(1.0, ge=0, le=1e4)  # lambda of the feature alignment
+    """VHL weight λ of the class-conditional SupCon alignment of natural to virtual features (0 =
+    virtual data only)"""
     virtual_per_class: int = Field(100, ge=1)  # virtual images per class
+    """VHL virtual images per class, generated from the run seed by an untrained generator on every
+    client"""
 
 
 class VHLStrategy(FedMatchStrategy):

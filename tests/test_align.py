@@ -8,17 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from fedmatch.align import (
-    federated_vote,
-    finetune_on_pseudo_labels,
-    grad_reverse,
-    group_effect,
-    mk_mmd,
-    parse_multipliers,
-    ramp,
-    schedule_weight,
-)
-from fedmatch.models import FedKACNN, build_model
+from fedmatch.align.dann import grad_reverse
+from fedmatch.align.fedka import finetune_on_pseudo_labels, group_effect, ramp, schedule_weight
+from fedmatch.align.mmd import mk_mmd, parse_multipliers
+from fedmatch.align.voting import federated_vote
+from fedmatch.models.fedka_cnn import FedKACNN
+from fedmatch.models.registry import build_model
 from fedmatch.train import train_local
 
 # ----------------------------------------------------------------------------- MK-MMD

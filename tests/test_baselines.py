@@ -420,12 +420,12 @@ class _Federation:
 
         from clients.client_app import train
 
-        self.strategy._round_rows = []
+        self.strategy.take_rows()
         messages = list(self.strategy.configure_train(server_round, arrays, ConfigRecord(), None))
         replies = [train(m, self.contexts[m.metadata.dst_node_id]) for m in messages]
         aggregated, _ = self.strategy.aggregate_train(server_round, replies)
         assert aggregated is not None
-        return aggregated, self.strategy._round_rows, messages, replies
+        return aggregated, self.strategy.take_rows(), messages, replies
 
 
 def _rows(rows, metric: str) -> list[float]:

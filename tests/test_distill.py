@@ -8,28 +8,30 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from fedmatch.distill import (
+from fedmatch.distill.dm import distill_dm, dm_loss
+from fedmatch.distill.dsa import (
     DIGIT_STRATEGY,
+    TRANSFORM_GROUPS,
     DSAParams,
-    EvalProtocol,
-    FrequencySampler,
-    convnet_factory,
-    distill_dm,
-    distill_ncfm,
-    dm_loss,
-    evaluate_set,
-    gradient_distance,
-    minmax_step,
-    model_gradients,
-    ncfd,
-    ncfd_per_class,
     parse_strategy,
-    random_real_subset,
     sample_dsa,
 )
-from fedmatch.distill.dsa import TRANSFORM_GROUPS
+from fedmatch.distill.evaluate import (
+    EvalProtocol,
+    convnet_factory,
+    evaluate_set,
+    random_real_subset,
+)
 from fedmatch.distill.feature_nets import blend_states, pretrain_feature_nets
-from fedmatch.distill.ncfm import step_rows_in_turn
+from fedmatch.distill.gradient_matching import gradient_distance, model_gradients
+from fedmatch.distill.ncfm import (
+    FrequencySampler,
+    distill_ncfm,
+    minmax_step,
+    ncfd,
+    ncfd_per_class,
+    step_rows_in_turn,
+)
 from tests.flower_harness import make_config, with_values
 
 TINY_NET = {"width": 8, "depth": 2, "norm": "instancenorm"}

@@ -270,12 +270,12 @@ def test_one_round_through_the_strategy_and_client_app(
     )
     strategy = _strategy(cfg)
     strategy.run_dir = str(tmp_path)
-    strategy._round_rows = []
+    strategy.take_rows()
     arrays = state_to_arrays(model_from_config(cfg, init_seed=0).state_dict())
     messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid=None))
     key = "target" if access == "features" else "reference"
     assert all(key in m.content.array_records for m in messages)
-    down = [r.value for r in strategy._round_rows if r.metric == "bytes-down"]
+    down = [r.value for r in strategy.round_rows if r.metric == "bytes-down"]
     assert down == [arrays_nbytes(arrays) + arrays_nbytes(messages[0].content[key])] * 2
     if access == "features":
         assert messages[0].content["target"]["features"].shape == (48, 8 * 3 * 3)
@@ -298,11 +298,11 @@ def test_one_round_through_the_strategy_and_client_app(
     assert broadcast_arrays is not None and strategy.finetuned is not None
     # What goes out next round: the FedAvg weights, or (fedka-broadcast) the fine-tuned ones.
     sent = arrays_to_state(broadcast_arrays)
-    steps = [r.value for r in strategy._round_rows if r.metric == "finetune-steps"]
+    steps = [r.value for r in strategy.round_rows if r.metric == "finetune-steps"]
     assert steps == [4]
     is_finetuned = all(torch.equal(sent[k], strategy.finetuned[k]) for k in strategy.finetuned)
     assert is_finetuned == (broadcast == "finetuned")
-    metric_names = {r.metric for r in strategy._round_rows if r.client == "server"}
+    metric_names = {r.metric for r in strategy.round_rows if r.client == "server"}
     assert {"target-accuracy-averaged", "target-accuracy-finetuned", "group-effect"} <= metric_names
 
 

@@ -19,7 +19,7 @@ from fedmatch.distill.fedlgd import (
 )
 from fedmatch.distill.gradient_matching import gradient_distance, model_gradients
 from fedmatch.distill.stats import class_channel_stats, pool_class_stats, sample_from_stats
-from fedmatch.models import build_model
+from fedmatch.models.registry import build_model
 from tests.flower_harness import make_config, with_values
 
 
@@ -336,12 +336,12 @@ class _InProcess:
     def round(self, server_round: int, arrays):
         from flwr.app import ConfigRecord
 
-        self.strategy._round_rows = []
+        self.strategy.take_rows()
         messages = list(self.strategy.configure_train(server_round, arrays, ConfigRecord(), None))
         replies = self._exchange(None, messages, server_round, 0)
         aggregated, _ = self.strategy.aggregate_train(server_round, replies)
         assert aggregated is not None
-        return aggregated, messages, replies, self.strategy._round_rows
+        return aggregated, messages, replies, self.strategy.take_rows()
 
 
 def _initial_arrays(cfg):

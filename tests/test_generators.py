@@ -10,37 +10,38 @@ import pytest
 import torch
 from torch import nn
 
-from fedmatch.diffusion import (
+from fedmatch.diffusion.disback import backtrack_target, record_degradation
+from fedmatch.diffusion.dmd2 import (
     DMD2Settings,
-    FIDScorer,
     GanHead,
-    UNetSpec,
-    alphas_cumprod,
-    backtrack_target,
     backward_simulate,
     bottleneck,
-    build_unet,
-    ddim_sample,
-    denoising_loss,
     dm_gradient,
     dm_loss,
     fake_score_loss,
-    frechet_distance,
     gan_critic_loss,
     gan_generator_loss,
     gan_logits,
     generate,
-    pad_images,
-    precision_recall,
-    record_degradation,
+    generate_padded,
     student_timesteps,
-    train_denoiser,
     train_dmd2,
 )
-from fedmatch.diffusion.dmd2 import generate_padded
-from fedmatch.diffusion.fid import train_feature_net
-from fedmatch.diffusion.teacher import predict_x0
-from fedmatch.diffusion.unet import CrossAttentionUNet, parse_channels
+from fedmatch.diffusion.fid import FIDScorer, frechet_distance, precision_recall, train_feature_net
+from fedmatch.diffusion.teacher import (
+    alphas_cumprod,
+    ddim_sample,
+    denoising_loss,
+    predict_x0,
+    train_denoiser,
+)
+from fedmatch.diffusion.unet import (
+    CrossAttentionUNet,
+    UNetSpec,
+    build_unet,
+    pad_images,
+    parse_channels,
+)
 from tests.flower_harness import make_config
 
 TINY = UNetSpec(channels=(8, 16))

@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from fedmatch.models import (
+from fedmatch.models.convnet import ConvNet
+from fedmatch.models.registry import (
     MODEL_REGISTRY,
-    ConvNet,
-    ResNet18,
     build_model,
     norm_parameter_names,
     register_model,
 )
+from fedmatch.models.resnet import ResNet18
 
 BATCH = 4
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from fedmatch.distill import distill_dm, distill_ncfm
+from fedmatch.distill.dm import distill_dm
 from fedmatch.distill.multiformation import decode, decode_images, encode, init_stored
+from fedmatch.distill.ncfm import distill_ncfm
 from fedmatch.factories.distill import distill_from_config
 from tests.flower_harness import make_config
 from tests.test_distill import (

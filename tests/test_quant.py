@@ -7,34 +7,32 @@ import copy
 import pytest
 import torch
 
-from fedmatch.diffusion import UNetSpec, build_unet
-from fedmatch.quant import (
-    ActQuantizer,
+from fedmatch.diffusion.unet import UNetSpec, build_unet
+from fedmatch.quant.calibrate import (
     CalibBatch,
-    GroupActQuantizer,
-    LogQuantizer,
-    QuantSpec,
-    ReconSettings,
-    WeightQuantizer,
-    allocate,
-    block_error,
     calibrate,
     export_stats,
-    kmeans_groups,
     load_stats,
     merge_stats,
-    model_size_bytes,
-    parse_bits,
-    quantize_unet,
-    reconstruct_block,
-    select_samples,
-    set_quant_state,
-    tdac_weights,
     trajectory_batches,
 )
-from fedmatch.quant.qmodules import quant_layers
-from fedmatch.quant.quantizers import uniform_params
-from fedmatch.quant.reconstruct import reconstruction_blocks
+from fedmatch.quant.dgq import GroupActQuantizer, kmeans_groups
+from fedmatch.quant.edadm import allocate, select_samples, tdac_weights
+from fedmatch.quant.qmodules import (
+    QuantSpec,
+    model_size_bytes,
+    parse_bits,
+    quant_layers,
+    quantize_unet,
+    set_quant_state,
+)
+from fedmatch.quant.quantizers import ActQuantizer, LogQuantizer, WeightQuantizer, uniform_params
+from fedmatch.quant.reconstruct import (
+    ReconSettings,
+    block_error,
+    reconstruct_block,
+    reconstruction_blocks,
+)
 from tests.flower_harness import make_config
 
 TINY = UNetSpec(channels=(8, 16))

@@ -7,14 +7,8 @@ import copy
 import pytest
 import torch
 
-from fedmatch.diffusion import UNetSpec, build_unet
-from fedmatch.quant import (
-    QuantSpec,
-    calibrate,
-    quantize_unet,
-    set_quant_state,
-    trajectory_batches,
-)
+from fedmatch.diffusion.unet import UNetSpec, build_unet
+from fedmatch.quant.calibrate import calibrate, trajectory_batches
 from fedmatch.quant.int8 import (
     Int8DropIn,
     Int8Unsupported,
@@ -24,7 +18,7 @@ from fedmatch.quant.int8 import (
     quantize_input,
     to_int8_unet,
 )
-from fedmatch.quant.qmodules import quant_layers
+from fedmatch.quant.qmodules import QuantSpec, quant_layers, quantize_unet, set_quant_state
 
 TINY = UNetSpec(channels=(8, 16))
 

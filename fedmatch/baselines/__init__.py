@@ -11,8 +11,8 @@ One module per method, each citing the equations it implements:
 
 The strategies (``strategies/``) and the client workload (``clients/baselines.py``)
 only move tensors between these functions and the wire.
+
+Import from the submodules (``fedmatch.baselines.<module>``): this package imports nothing
+itself, so that two threads importing different submodules (Flower loads the ServerApp
+and the ClientApp concurrently) can never deadlock on a package import cycle.
 """
-
-from fedmatch.baselines.common import State, parameter_names, split_parameters, weighted_mean
-
-__all__ = ["State", "parameter_names", "split_parameters", "weighted_mean"]

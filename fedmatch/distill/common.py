@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fedmatch.distill.stats import class_channel_stats, sample_from_stats
-from fedmatch.models import build_model
+from fedmatch.models.registry import build_model
 
 log = logging.getLogger(__name__)
 

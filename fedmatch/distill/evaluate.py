@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedmatch.distill.common import DM_NET
 from fedmatch.distill.dsa import DIGIT_STRATEGY, parse_strategy, sample_dsa
-from fedmatch.models import build_model
+from fedmatch.models.registry import build_model
 from fedmatch.seeding import derive_seed
 from fedmatch.train import TrainResult, evaluate, train_local
 

@@ -23,7 +23,6 @@ from torch import nn
 
 from fedmatch.align.dann import grad_reverse
 from fedmatch.models.convnet import make_norm2d
-from fedmatch.models.registry import register_model
 
 __all__ = ["FedKACNN"]
 
@@ -49,7 +48,6 @@ def _head(norm: str, in_features: int, out_features: int) -> nn.Sequential:
     )
 
 
-@register_model("fedka-cnn")
 class FedKACNN(nn.Module):
     """FedKA's digit CNN with an optional DANN domain head behind gradient reversal."""
 

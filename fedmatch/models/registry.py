@@ -10,6 +10,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from fedmatch.models.convnet import ConvNet
+from fedmatch.models.fedka_cnn import FedKACNN
 from fedmatch.models.resnet import ResNet18
 
 __all__ = [
@@ -79,3 +80,4 @@ def norm_parameter_names(model: nn.Module) -> set[str]:
 # which keyword arguments a config may pass.
 register_model("convnet")(ConvNet)
 register_model("resnet18")(ResNet18)
+register_model("fedka-cnn")(FedKACNN)

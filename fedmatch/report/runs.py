@@ -95,6 +95,18 @@ class RunData:
         return self.accuracy.loc[self.final_round].dropna()
 
     @cached_property
+    def server_metrics(self) -> dict[str, float]:
+        """Each server-side, all-domain metric at the last round that recorded it.
+
+        These are a method's own numbers (``feddyn-h-norm``, ``fednova-tau-eff``, a plugin's
+        metrics): ``summary.csv`` gets one ``server.<metric>`` column each.
+        """
+        rows = self.metrics[(self.metrics["is_server"]) & (self.metrics["domain"] == "all")]
+        rows = rows[rows["round"] > 0]
+        last = rows.sort_values("round").groupby("metric")["value"].last()
+        return {str(metric): float(value) for metric, value in last.items()}
+
+    @cached_property
     def target_domain_accuracy(self) -> float:
         """Final-round accuracy on the held-out ``target-domain`` (NaN if none is set).
 

@@ -41,6 +41,8 @@ def run_table(groups: Sequence[Group]) -> pd.DataFrame:
             record["bytes_up_per_client_round"] = run.bytes_per_client_round("bytes-up")
             seconds = run.round_seconds
             record["seconds_per_round"] = float(seconds.mean()) if not seconds.empty else math.nan
+            for metric, value in sorted(run.server_metrics.items()):
+                record[f"server.{metric}"] = value
             for key, value in sorted(run.config.items()):
                 record[f"config.{key}"] = value
             records.append(record)

@@ -1,0 +1,84 @@
+"""The diffusion methods' shared server side: sample quality scored on the server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+from torch import nn
+
+from fedmatch.config import RunConfig
+from fedmatch.data.types import DomainArrays
+from fedmatch.factories.diffusion import unet_spec
+from fedmatch.factories.diffusion_eval import DiffusionEvaluator, Sampler
+from fedmatch.records import arrays_to_state
+from fedmatch.results import SERVER, MetricRow
+from strategies.base import FedMatchStrategy, NodeInfo, ServerEvaluate
+
+
+class DiffusionStrategy(FedMatchStrategy):
+    """What the diffusion methods share: no client evaluation phase, FID-digits on the server.
+
+    Subclasses give ``sampler`` (and optionally ``extra_samplers``).
+    """
+
+    def __init__(self, cfg: RunConfig, nodes: list[NodeInfo]) -> None:
+        super().__init__(cfg, nodes)
+        self.spec = unet_spec(cfg)
+        self.num_clients = len(nodes)
+        self.last_fid: dict[str, float] = {}
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return []  # no client evaluation phase: the server scores the samples
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> None:
+        return None
+
+    def sampler(self, model: nn.Module) -> Sampler:
+        raise NotImplementedError
+
+    def extra_samplers(self, model: nn.Module) -> dict[str, Sampler]:
+        return {}
+
+    def make_server_evaluate(
+        self, domains: list[DomainArrays], model: nn.Module
+    ) -> ServerEvaluate | None:
+        evaluator = DiffusionEvaluator(self.cfg, domains)
+
+        def server_evaluate(server_round: int, arrays: ArrayRecord) -> list[MetricRow]:
+            model.load_state_dict(arrays_to_state(arrays), strict=True)
+            model.eval()
+            grid_path = None
+            if self.run_dir:
+                grid_path = sample_grid_path(self.run_dir, server_round)
+            rows = []
+            samplers = {"": self.sampler(model), **self.extra_samplers(model)}
+            for suffix, sampler in samplers.items():
+                score = evaluator.score(sampler, server_round, grid_path if not suffix else None)
+                for domain, value in score.fid.items():
+                    rows.append(MetricRow(server_round, SERVER, domain, f"fid{suffix}", value))
+                for metric, value in (
+                    ("precision", score.precision),
+                    ("recall", score.recall),
+                    ("seconds-per-image", score.seconds_per_image),
+                ):
+                    rows.append(
+                        MetricRow(server_round, SERVER, evaluator.all_key, metric + suffix, value)
+                    )
+                if not suffix:
+                    self.last_fid = dict(score.fid)
+            return rows
+
+        return server_evaluate
+
+    def summary_extra(self) -> dict:
+        return {"final_fid_per_domain": self.last_fid, "fid_kind": "FID-digits (not Inception)"}
+
+
+def sample_grid_path(run_dir: str, server_round: int) -> Path:
+    """Where a round's sample grid goes: ``<run-dir>/samples/round-NNN.png``."""
+    return Path(run_dir) / "samples" / f"round-{server_round:03d}.png"
