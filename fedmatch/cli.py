@@ -19,6 +19,9 @@ def _show(args: argparse.Namespace) -> int:
         print(f"error: {summary_path} does not exist (the run did not finish?)", file=sys.stderr)
         return 1
     summary = json.loads(summary_path.read_text())
+    if summary.get("status") == "failed":
+        print(f"error: the run failed: {summary.get('error', '')}", file=sys.stderr)
+        return 1
     config = json.loads((run_dir / "config.json").read_text())["run_config"]
     print(f"run directory: {run_dir.resolve()}")
     print(

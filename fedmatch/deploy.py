@@ -500,8 +500,12 @@ def deploy_local(
                 out.write(line)
                 if match := _RUN_DIR_LINE.search(line):
                     run_dir = Path(match.group(1))
-    if run_dir is None or not (run_dir / "summary.json").exists():
+    summary_path = None if run_dir is None else run_dir / "summary.json"
+    if summary_path is None or not summary_path.exists():
         out.write(f"the run did not finish; see the log above and {workdir}/superlink.log\n")
+        return 1
+    if json.loads(summary_path.read_text()).get("status") == "failed":
+        out.write(f"the run failed (see {summary_path}); run directory: {run_dir}\n")
         return 1
     out.write(f"run directory: {run_dir}\n")
     return 0

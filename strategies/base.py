@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -51,6 +52,32 @@ ServerEvaluate = Callable[[int, ArrayRecord], list[MetricRow]]
 
 class NotEnoughNodesError(RuntimeError):
     """Fewer nodes remain than run-config key ``min-available-nodes`` asks for."""
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or the global model became inf/NaN: the run stops and is marked failed."""
+
+
+def check_finite(server_round: int, arrays: ArrayRecord, rows: Iterable[MetricRow]) -> None:
+    """Raise ``NonFiniteError`` naming what went inf/NaN this round (losses, then weights).
+
+    A diverged run would otherwise go on training NaNs and end with a normal-looking
+    summary; stopping at the first bad round keeps every earlier round's results.
+    """
+    bad_losses = sorted(
+        {
+            f"{row.metric} of client {row.client}"
+            for row in rows
+            if row.metric.endswith("loss") and not np.isfinite(row.value)
+        }
+    )
+    bad_arrays = [name for name, array in arrays.items() if not np.isfinite(array.numpy()).all()]
+    if bad_losses or bad_arrays:
+        what = ", ".join(bad_losses[:5] + [f"global weights {n!r}" for n in bad_arrays[:5]])
+        raise NonFiniteError(
+            f"round {server_round}: non-finite values ({what}); the run stops here. "
+            "Lower the learning rate (lr, or the method's own step sizes) or check the data."
+        )
 
 
 @dataclass(frozen=True)
@@ -371,6 +398,7 @@ class FedMatchStrategy(FedAvg):
                         f"round {server_round}: no client returned a model (all failed or "
                         "none sampled); see the warnings above"
                     )
+                check_finite(server_round, aggregated, self._rows)
                 arrays = aggregated
                 replies = self.exchange(
                     grid,
@@ -378,6 +406,9 @@ class FedMatchStrategy(FedAvg):
                     server_round,
                     timeout,
                 )
+            except NonFiniteError:
+                recorder.append(self._rows)  # the diverged round's losses, as evidence
+                raise
             except NotEnoughNodesError:
                 # The round is incomplete (a resume truncates it), but which nodes
                 # dropped out is worth keeping in the metrics.

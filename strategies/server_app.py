@@ -38,7 +38,7 @@ from fedmatch.records import arrays_to_state, numpy_to_arrays, state_to_arrays
 from fedmatch.results import SERVER, MetricRow, RunRecorder, format_domain_table
 from fedmatch.seeding import derive_seed
 from fedmatch.train import evaluate, resolve_device
-from strategies.base import NodeInfo, ServerEvaluate
+from strategies.base import NodeInfo, NonFiniteError, ServerEvaluate
 from strategies.cell_grid import CellGrid
 from strategies.exchange import send_and_collect
 
@@ -154,18 +154,26 @@ def run(grid: Grid, run_config: dict[str, Scalar]) -> None:
             first_round,
             cfg.num_server_rounds,
         )
-        arrays = strategy.run_rounds(
-            grid,
-            arrays,
-            first_round=first_round,
-            recorder=recorder,
-            server_evaluate=server_evaluate,
-        )
+        try:
+            arrays = strategy.run_rounds(
+                grid,
+                arrays,
+                first_round=first_round,
+                recorder=recorder,
+                server_evaluate=server_evaluate,
+            )
+        except NonFiniteError as err:
+            log.error("%s", err)
+            recorder.write_summary(
+                {"strategy": cfg.strategy, "status": "failed", "error": str(err)}
+            )
+            raise
         model.load_state_dict(arrays_to_state(arrays))
         model_path = recorder.save_model(model.state_dict())
         summary = recorder.write_summary(
             {
                 "strategy": cfg.strategy,
+                "status": "done",
                 "wall_seconds_this_session": time.perf_counter() - start,
                 **strategy.summary_extra(),
             }

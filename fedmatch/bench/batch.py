@@ -255,10 +255,15 @@ def _settle(
         timeline={**batch_marks, "cell-start": cell.started or 0.0, **cell.timeline},
     )
     summary_path = run_dir / "summary.json"
-    finished = summary_path.exists() and (
-        json.loads(summary_path.read_text()).get("final_round", 0) >= planned.cfg.num_server_rounds
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    finished = (
+        summary.get("status") != "failed"
+        and summary.get("final_round", 0) >= planned.cfg.num_server_rounds
     )
-    if status is not None and status.status == "failed":
+    if summary.get("status") == "failed":
+        outcome.status = "failed"
+        outcome.error = str(summary.get("error", "failed"))
+    elif status is not None and status.status == "failed":
         outcome.status = "failed"
         outcome.error = status.error or _error_from_output(cell.lines, None)
     elif not finished:

@@ -92,8 +92,9 @@ def plan(cells: list[Cell], runs_dir: Path) -> list[PlannedCell]:
             stale.append(f"  - {run_dir}: {details}")
             continue
         summary_path = run_dir / "summary.json"
-        if summary_path.exists():
-            final = json.loads(summary_path.read_text()).get("final_round", 0)
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+        if summary is not None and summary.get("status") != "failed":
+            final = summary.get("final_round", 0)
             if final >= cell.cfg.num_server_rounds:
                 planned.append(PlannedCell(cell, "skip", "finished"))
                 continue

@@ -154,6 +154,9 @@ def load_run(run_dir: Path) -> RunData:
         raise ReportError(f"{run_dir} is not a run directory (no config.json)")
     if not summary_path.exists():
         raise ReportError(f"{run_dir} did not finish (no summary.json)")
+    summary = json.loads(summary_path.read_text())
+    if summary.get("status") == "failed":
+        raise ReportError(f"{run_dir} failed: {summary.get('error', 'no error recorded')}")
     info = json.loads(config_path.read_text())
     config = with_new_keys(info.pop("run_config"))
     rows = read_metrics(run_dir)
@@ -168,7 +171,7 @@ def load_run(run_dir: Path) -> RunData:
         run_dir=run_dir,
         config=config,
         info=info,
-        summary=json.loads(summary_path.read_text()),
+        summary=summary,
         metrics=metrics,
         cell=cell,
         label=run_dir.name,
