@@ -135,6 +135,15 @@ class DistillParams(ParamsTable):
         parse_strategy(value)
         return value
 
+    @field_validator("factor")
+    @classmethod
+    def _factor_divides_the_images(cls, value: int) -> int:
+        from fedmatch.data.types import IMAGE_SHAPE
+        from fedmatch.distill.multiformation import check_factor
+
+        check_factor(value, IMAGE_SHAPE[1:])
+        return value
+
     @model_validator(mode="after")
     def _ncfm_checks(self) -> DistillParams:
         if self.method == "ncfm" and self.ncfm_psi_lr > 0 and self.ncfm_frequencies <= 16:

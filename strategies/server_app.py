@@ -116,13 +116,18 @@ def run(grid: Grid, run_config: dict[str, Scalar]) -> None:
             log.error("%s", err)
             raise ConfigError(str(err)) from None
 
+    nodes = _describe_nodes(grid, node_ids)
+    # Built before the run directory exists: a model the config cannot build (a GroupNorm
+    # width that does not divide, say) must not leave a config.json that blocks the name.
+    try:
+        strategy = STRATEGIES[cfg.strategy](cfg, nodes)
+        model = strategy.initial_model(derive_seed(cfg.seed, 0))
+    except ValueError as err:
+        log.error("%s", err)
+        raise ConfigError(f"invalid run config: {err}") from None
     recorder = RunRecorder.open(cfg, {"num_nodes": len(node_ids)})
     try:
         log.info("run directory: %s", recorder.run_dir)
-        nodes = _describe_nodes(grid, node_ids)
-        strategy = STRATEGIES[cfg.strategy](cfg, nodes)
-
-        model = strategy.initial_model(derive_seed(cfg.seed, 0))
         arrays = state_to_arrays(model.state_dict())
         first_round = 1
         checkpoint = recorder.load_checkpoint() if cfg.resume else None

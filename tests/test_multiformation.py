@@ -60,7 +60,10 @@ def test_factor_must_divide_the_image_size():
         distill_dm(images, labels, 1, 1, net=TINY_NET, factor=5, generator=torch.Generator())
     with pytest.raises(ValueError, match="at least 1"):
         init_stored(images, labels, [0], 1, "real", torch.Generator(), 0)
-    cfg = make_config(distill_factor=5, model_width=8, model_depth=2, distill_steps=1)
+    # The run config refuses it before anything runs (the embedded images are 28x28).
+    with pytest.raises(ValueError, match=r"run-config key 'distill\.factor' = 5.*28x28.*allowed"):
+        make_config(distill_factor=5, model_width=8, model_depth=2, distill_steps=1)
+    cfg = make_config(distill_factor=7, model_width=8, model_depth=2, distill_steps=1)
     with pytest.raises(ValueError, match=r"run-config key 'distill.factor'.*allowed"):
         distill_from_config(cfg, images, labels, seed=0, device=torch.device("cpu"))
     with pytest.raises(ValueError, match="fresh start"):

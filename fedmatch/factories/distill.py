@@ -60,7 +60,7 @@ def distill_from_config(
     try:
         check_factor(cfg.params(DistillParams).factor, (images.shape[2], images.shape[3]))
     except ValueError as err:
-        raise ValueError(f"run-config key 'distill-factor': {err}") from None
+        raise ValueError(f"run-config key 'distill.factor': {err}") from None
     generator = torch.Generator().manual_seed(seed)
     common: dict[str, Any] = {
         "num_classes": NUM_CLASSES,
