@@ -123,13 +123,25 @@ def test_bad_config_stops_the_run_before_any_client_starts(flower, tmp_path, dat
     output = result.stdout + result.stderr
     assert "run-config key 'strategy' = 'fedfoo'" in output
     # Every allowed strategy is listed (more are appended as methods are added).
-    assert "Input should be 'fedavg', 'fedprox', 'fedbn'" in output
+    assert "allowed: 'fedavg', 'fedprox', 'fedbn'" in output
     assert "run-config key 'num-server-rounds' = -1" in output
     assert "run-config key 'alpha' = 0" in output
     assert not (tmp_path / "bad").exists()
     assert "client 0:" not in output and "aggregate_train" not in output
     # A split the federation cannot serve (5 domains, 3 SuperNodes) is refused by the same
     # ServerApp check through `flwr run` in tests/test_cells_e2e.py and test_bench_e2e.py.
+
+    # A model the config cannot build is refused before the run directory exists, so the
+    # name stays free for the corrected run.
+    result = flower.run(
+        tiny(
+            tmp_path, data_cache, **{"model-norm": "groupnorm", "model-width": 6, "run-name": "gn"}
+        ),
+        timeout=200,
+    )
+    output = result.stdout + result.stderr
+    assert "groupnorm" in output and "divisible by 4" in output
+    assert not (tmp_path / "gn").exists()
 
 
 def _simulation_processes(flower: PrivateFlower) -> list[int]:
