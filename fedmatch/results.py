@@ -154,6 +154,7 @@ class RunRecorder:
             # Checked under the lock, so two runs cannot both find the name free.
             if cfg.resume:
                 _check_same_experiment(json.loads(config_path.read_text())["run_config"], cfg)
+                _check_rounds_ahead(run_dir, cfg)
             elif config_path.exists():
                 raise ConfigError(
                     f"run-config key 'run-name' = {cfg.run_name!r}: {run_dir} already holds a "
@@ -335,6 +336,24 @@ def changed_config_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) ->
         if saved.get(key) != current.get(key):
             changed.append(key)
     return sorted(changed)
+
+
+def _check_rounds_ahead(run_dir: Path, cfg: RunConfig) -> None:
+    """Resume continues a run to ``num-server-rounds``; it never cuts completed rounds off.
+
+    More rounds than before continue the run (its metrics and checkpoint go on); fewer than
+    it already completed would leave rows and a checkpoint beyond the config's end.
+    """
+    path = run_dir / CHECKPOINT
+    if not path.exists():
+        return
+    done = int(read_checkpoint(path)["round"])
+    if done > cfg.num_server_rounds:
+        raise ConfigError(
+            f"run-config key 'num-server-rounds' = {cfg.num_server_rounds}: {run_dir} already "
+            f"completed {done} rounds. Resume with num-server-rounds >= {done} (more rounds "
+            "continue the run), or start a new run-name"
+        )
 
 
 def _check_same_experiment(saved: Mapping[str, Any], cfg: RunConfig) -> None:

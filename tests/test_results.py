@@ -62,3 +62,18 @@ def test_metrics_checkpoint_truncate_and_summary(tmp_path):
     rec.truncate_after(1)
     assert {row.round for row in read_metrics(rec.run_dir)} == {1}
     assert RunRecorder(rec.run_dir, rec.cfg).rows == read_metrics(rec.run_dir)
+
+
+def test_resume_with_fewer_rounds_than_completed_is_refused_and_changes_nothing(tmp_path):
+    rec = RunRecorder.open(cfg(tmp_path, num_server_rounds=5))
+    for r in (1, 2, 3):
+        rec.append([MetricRow(r, 0, "mnist", "test-accuracy", 0.5)])
+        rec.save_checkpoint(r, {"w": np.zeros(2, dtype=np.float32)}, {})
+    rec.close()
+    config_before = (rec.run_dir / "config.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"'num-server-rounds' = 2: .* completed 3 rounds"):
+        RunRecorder.open(cfg(tmp_path, resume=True, num_server_rounds=2))
+    assert (rec.run_dir / "config.json").read_bytes() == config_before
+    # Exactly as many, or more, continue the run.
+    RunRecorder.open(cfg(tmp_path, resume=True, num_server_rounds=3)).close()
+    RunRecorder.open(cfg(tmp_path, resume=True, num_server_rounds=8)).close()
