@@ -30,11 +30,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from clients.classifier import _client_data, _model_with, local_training
+from clients.classifier import local_training, received_model
+from clients.job import ClientJob
 from clients.local_state import save_local_state
 from fedmatch.align.dann import domain_loss
 from fedmatch.align.fedka import schedule_weight
@@ -44,7 +45,7 @@ from fedmatch.data.loaders import load_target_domain, to_images
 from fedmatch.factories.models import model_from_config
 from fedmatch.records import arrays_to_state, state_to_arrays
 from fedmatch.seeding import derive_seed
-from fedmatch.train import TrainResult, resolve_device
+from fedmatch.train import TrainResult
 from strategies.fedka import FedKAParams
 
 log = logging.getLogger("fedmatch.client")
@@ -221,11 +222,10 @@ def _target_view(
 
 
 def handle_train(msg: Message, context: Context) -> Message:
-    cfg, data, partition_id = _client_data(context)
-    config = msg.content["config"]
-    server_round = int(config["server-round"])
-    device = resolve_device(cfg.device)
-    model, sent_keys, local_keys = _model_with(cfg, msg, context, partition_id, server_round - 1)
+    job = ClientJob.receive(msg, context)
+    cfg, data, partition_id, device = job.cfg, job.data, job.partition_id, job.device
+    server_round = job.server_round
+    model, sent_keys, local_keys = received_model(job, server_round - 1)
     target = _target_view(cfg, msg, server_round, partition_id, device)
     result, hook = train_aligned(
         cfg,
@@ -239,11 +239,7 @@ def handle_train(msg: Message, context: Context) -> Message:
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     if local_keys:
         save_local_state(
-            context,
-            str(config["run-dir"]),
-            partition_id,
-            server_round,
-            {k: state[k] for k in local_keys},
+            context, job.run_dir, partition_id, server_round, {k: state[k] for k in local_keys}
         )
     values: dict[str, int | float] = {
         "num-examples": len(data.train),
@@ -256,7 +252,4 @@ def handle_train(msg: Message, context: Context) -> Message:
         values["train-mmd"] = float(np.mean(hook.mmd_values))
     if hook is not None and hook.domain_values:
         values["train-domain-loss"] = float(np.mean(hook.domain_values))
-    content = RecordDict(
-        {"arrays": state_to_arrays(state, sent_keys), "metrics": MetricRecord(values)}
-    )
-    return Message(content, reply_to=msg)
+    return job.reply({"arrays": state_to_arrays(state, sent_keys), "metrics": MetricRecord(values)})

@@ -1,7 +1,8 @@
-"""The comparison baselines' client workload: SCAFFOLD, FedNova, FedDyn, MOON and VHL.
+"""The comparison baselines' client workloads: SCAFFOLD, FedNova, FedDyn, MOON and VHL.
 
-Each trains with the one local loop (``clients.classifier.local_training``) and adds what its
-method needs; the math is in ``fedmatch.baselines``:
+One handler per method (its registry entry names it), all on one skeleton (``_Round``): the
+received model, the one local loop (``clients.classifier.local_training``) with what the
+method adds, and the reply.  The math is in ``fedmatch.baselines``:
 
 - ``scaffold``: the gradient correction −c_i + c (``grad_hook``), then the option-II update
   of c_i; replies with the model and Δc_i (record ``scaffold-delta-control``);
@@ -22,17 +23,14 @@ model (MOON), as in each paper.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord
 
-from clients.classifier import (
-    _client_data,
-    _model_with,
-    local_training,
-    train_metrics,
-    training_set,
-)
+from clients.classifier import local_training, received_model, train_metrics, training_set
+from clients.job import ClientJob
 from clients.local_state import load_local_state, save_local_state
 from fedmatch.baselines import feddyn, moon, scaffold, vhl
 from fedmatch.baselines.common import State, zeros_like
@@ -40,7 +38,7 @@ from fedmatch.config import RunConfig
 from fedmatch.factories.models import model_from_config
 from fedmatch.records import arrays_to_state, state_to_arrays
 from fedmatch.seeding import derive_seed
-from fedmatch.train import resolve_device
+from fedmatch.train import TrainResult
 from strategies.feddyn import FedDynParams
 from strategies.moon import MoonParams
 from strategies.vhl import VHLParams
@@ -50,108 +48,137 @@ _VHL_DATA = 61
 _VHL_BATCHES = 62
 
 
-def handle_train(msg: Message, context: Context) -> Message:
-    cfg, data, partition_id = _client_data(context)
-    config = msg.content["config"]
-    server_round = int(config["server-round"])
-    run_dir = str(config["run-dir"])
-    device = resolve_device(cfg.device)
-    model, sent_keys, local_keys = _model_with(cfg, msg, context, partition_id, server_round - 1)
-    train_set = training_set(cfg, data, context, partition_id, device)
-    # x / θ^{t−1}: the model as received, before any local step.
-    received: State = {n: p.detach().clone() for n, p in model.named_parameters()}
-    extra_records: dict[str, ArrayRecord] = {}
-    extra_metrics: dict[str, int | float] = {}
+class _Round:
+    """One baseline client round: the received model, local state, training and the reply."""
 
-    def previous(slot: str) -> State | None:
-        return load_local_state(context, run_dir, partition_id, server_round - 1, slot=slot)
+    def __init__(self, msg: Message, context: Context) -> None:
+        self.job = job = ClientJob.receive(msg, context)
+        self.cfg = job.cfg
+        self.model, self.sent_keys, self.local_keys = received_model(job, job.server_round - 1)
+        self.train_set = training_set(job.cfg, job.data, context, job.partition_id, job.device)
+        # x / θ^{t−1}: the model as received, before any local step.
+        self.received: State = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        self.records: dict[str, ArrayRecord] = {}
+        self.metrics: dict[str, int | float] = {}
 
-    def keep(slot: str, state: State) -> None:
-        save_local_state(context, run_dir, partition_id, server_round, state, slot=slot)
+    def previous(self, slot: str) -> State | None:
+        job = self.job
+        return load_local_state(
+            job.context, job.run_dir, job.partition_id, job.server_round - 1, slot=slot
+        )
 
-    if cfg.strategy == "scaffold":
-        c_global = arrays_to_state(msg.content[scaffold.CONTROL_RECORD])
-        c_local = previous(scaffold.CLIENT_STATE_SLOT) or zeros_like(c_global)
-        result = local_training(
-            cfg,
-            train_set,
-            model,
-            server_round,
-            partition_id,
-            device,
-            grad_hook=scaffold.correction_hook(c_global, c_local, device),
-        )
-        trained = {n: p.detach().cpu() for n, p in model.named_parameters()}
-        c_new, delta = scaffold.client_control_update(
-            c_local,
-            c_global,
-            received,
-            trained,
-            steps=result.steps,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-        )
-        keep(scaffold.CLIENT_STATE_SLOT, c_new)
-        extra_records[scaffold.DELTA_CONTROL_RECORD] = state_to_arrays(delta)
-    elif cfg.strategy == "feddyn":
-        alpha = cfg.params(FedDynParams).alpha
-        gradient = previous(feddyn.CLIENT_STATE_SLOT) or zeros_like(received)
-        on_device = {n: t.to(device) for n, t in gradient.items()}
-        anchor = {n: t.to(device) for n, t in received.items()}
-        result = local_training(
-            cfg,
-            train_set,
-            model,
-            server_round,
-            partition_id,
-            device,
-            extra_loss=feddyn.dynamic_regulariser(on_device, anchor, alpha),
-        )
-        trained = {n: p.detach().cpu() for n, p in model.named_parameters()}
-        keep(
-            feddyn.CLIENT_STATE_SLOT,
-            feddyn.client_gradient_update(gradient, trained, received, alpha),
-        )
-    elif cfg.strategy == "moon":
-        hook = _moon_hook(cfg, model, previous(moon.CLIENT_STATE_SLOT), device)
-        result = local_training(
-            cfg, train_set, model, server_round, partition_id, device, feature_loss=hook
-        )
-        keep(moon.CLIENT_STATE_SLOT, {k: v.detach().cpu() for k, v in model.state_dict().items()})
-        if hook is not None and hook.values:
-            extra_metrics["moon-loss"] = float(np.mean(hook.values))
-    elif cfg.strategy == "vhl":
-        vhl_params = cfg.params(VHLParams)
-        images, labels = vhl.virtual_dataset(
-            vhl_params.virtual_per_class, derive_seed(cfg.seed, _VHL_DATA)
-        )
-        vhl_hook = vhl.VHLLoss(
-            images,
-            labels,
-            weight=vhl_params.weight,
-            seed=derive_seed(cfg.seed, server_round, partition_id, _VHL_BATCHES),
-        )
-        result = local_training(
-            cfg, train_set, model, server_round, partition_id, device, feature_loss=vhl_hook
-        )
-        extra_metrics["vhl-virtual-loss"] = float(np.mean(vhl_hook.virtual_ce))
-        if vhl_hook.align:
-            extra_metrics["vhl-align-loss"] = float(np.mean(vhl_hook.align))
-    elif cfg.strategy == "fednova":
-        result = local_training(cfg, train_set, model, server_round, partition_id, device)
-    else:
-        raise ValueError(f"clients.baselines cannot train strategy {cfg.strategy!r}")
-
-    state = {k: v.cpu() for k, v in model.state_dict().items()}
-    if local_keys:
+    def keep(self, slot: str, state: State) -> None:
+        job = self.job
         save_local_state(
-            context, run_dir, partition_id, server_round, {k: state[k] for k in local_keys}
+            job.context, job.run_dir, job.partition_id, job.server_round, state, slot=slot
         )
-    metrics = MetricRecord({**train_metrics(len(train_set), result, partition_id), **extra_metrics})
-    content = RecordDict(
-        {"arrays": state_to_arrays(state, sent_keys), "metrics": metrics, **extra_records}
+
+    def train(self, **hooks: Callable | None) -> TrainResult:
+        job = self.job
+        return local_training(
+            job.cfg,
+            self.train_set,
+            self.model,
+            job.server_round,
+            job.partition_id,
+            job.device,
+            **hooks,
+        )
+
+    def trained(self) -> State:
+        return {n: p.detach().cpu() for n, p in self.model.named_parameters()}
+
+    def reply(self, result: TrainResult) -> Message:
+        job = self.job
+        state = {k: v.cpu() for k, v in self.model.state_dict().items()}
+        if self.local_keys:
+            save_local_state(
+                job.context,
+                job.run_dir,
+                job.partition_id,
+                job.server_round,
+                {k: state[k] for k in self.local_keys},
+            )
+        metrics = {**train_metrics(len(self.train_set), result, job.partition_id), **self.metrics}
+        return job.reply(
+            {
+                "arrays": state_to_arrays(state, self.sent_keys),
+                "metrics": MetricRecord(metrics),
+                **self.records,
+            }
+        )
+
+
+def handle_scaffold(msg: Message, context: Context) -> Message:
+    """Gradients corrected by c − c_i; then the option-II update of c_i (Alg. 1, Eq. 4)."""
+    r = _Round(msg, context)
+    c_global = arrays_to_state(msg.content[scaffold.CONTROL_RECORD])
+    c_local = r.previous(scaffold.CLIENT_STATE_SLOT) or zeros_like(c_global)
+    result = r.train(grad_hook=scaffold.correction_hook(c_global, c_local, r.job.device))
+    c_new, delta = scaffold.client_control_update(
+        c_local,
+        c_global,
+        r.received,
+        r.trained(),
+        steps=result.steps,
+        lr=r.cfg.lr,
+        momentum=r.cfg.momentum,
     )
-    return Message(content, reply_to=msg)
+    r.keep(scaffold.CLIENT_STATE_SLOT, c_new)
+    r.records[scaffold.DELTA_CONTROL_RECORD] = state_to_arrays(delta)
+    return r.reply(result)
+
+
+def handle_fednova(msg: Message, context: Context) -> Message:
+    """Plain local SGD: the server normalises by the train-steps every reply carries."""
+    r = _Round(msg, context)
+    return r.reply(r.train())
+
+
+def handle_feddyn(msg: Message, context: Context) -> Message:
+    """The dynamic regulariser, then the update of the client's gradient state (Alg. 1)."""
+    r = _Round(msg, context)
+    alpha = r.cfg.params(FedDynParams).alpha
+    gradient = r.previous(feddyn.CLIENT_STATE_SLOT) or zeros_like(r.received)
+    device = r.job.device
+    on_device = {n: t.to(device) for n, t in gradient.items()}
+    anchor = {n: t.to(device) for n, t in r.received.items()}
+    result = r.train(extra_loss=feddyn.dynamic_regulariser(on_device, anchor, alpha))
+    r.keep(
+        feddyn.CLIENT_STATE_SLOT,
+        feddyn.client_gradient_update(gradient, r.trained(), r.received, alpha),
+    )
+    return r.reply(result)
+
+
+def handle_moon(msg: Message, context: Context) -> Message:
+    """The model-contrastive loss (Eq. 3) against the global and the previous local model."""
+    r = _Round(msg, context)
+    hook = _moon_hook(r.cfg, r.model, r.previous(moon.CLIENT_STATE_SLOT), r.job.device)
+    result = r.train(feature_loss=hook)
+    r.keep(moon.CLIENT_STATE_SLOT, {k: v.detach().cpu() for k, v in r.model.state_dict().items()})
+    if hook is not None and hook.values:
+        r.metrics["moon-loss"] = float(np.mean(hook.values))
+    return r.reply(result)
+
+
+def handle_vhl(msg: Message, context: Context) -> Message:
+    """CE on the run's virtual data plus the alignment of natural to virtual features."""
+    r = _Round(msg, context)
+    cfg, job = r.cfg, r.job
+    params = cfg.params(VHLParams)
+    images, labels = vhl.virtual_dataset(params.virtual_per_class, derive_seed(cfg.seed, _VHL_DATA))
+    hook = vhl.VHLLoss(
+        images,
+        labels,
+        weight=params.weight,
+        seed=derive_seed(cfg.seed, job.server_round, job.partition_id, _VHL_BATCHES),
+    )
+    result = r.train(feature_loss=hook)
+    r.metrics["vhl-virtual-loss"] = float(np.mean(hook.virtual_ce))
+    if hook.align:
+        r.metrics["vhl-align-loss"] = float(np.mean(hook.align))
+    return r.reply(result)
 
 
 def _moon_hook(

@@ -12,14 +12,14 @@ import logging
 from collections.abc import Callable
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord
 from torch.utils.data import TensorDataset
 
 from clients.distiller import local_virtual_set
+from clients.job import ClientJob
 from clients.local_state import load_local_state, save_local_state
-from clients.node import node_partition
 from fedmatch.config import RunConfig
-from fedmatch.data.loaders import ClientData, load_client_data, make_loader
+from fedmatch.data.loaders import ClientData, make_loader
 from fedmatch.factories.models import model_from_config
 from fedmatch.records import arrays_to_state, state_to_arrays
 from fedmatch.seeding import derive_seed
@@ -29,7 +29,6 @@ from fedmatch.train import (
     GradHook,
     TrainResult,
     evaluate,
-    resolve_device,
     train_local,
 )
 
@@ -38,24 +37,19 @@ log = logging.getLogger("fedmatch.client")
 EVAL_BATCH_SIZE = 256
 
 
-def _client_data(context: Context) -> tuple[RunConfig, ClientData, int]:
-    cfg = RunConfig.from_flower(context.run_config)
-    partition_id, num_partitions = node_partition(context)
-    return cfg, load_client_data(cfg, partition_id, num_partitions), partition_id
+def received_model(job: ClientJob, state_round: int):
+    """The global model as received, with the arrays the server did not send kept local.
 
-
-def _model_with(
-    cfg: RunConfig, msg: Message, context: Context, partition_id: int, state_round: int
-):
-    """The global model as received, with the arrays the server did not send kept local."""
-    received = arrays_to_state(msg.content["arrays"])
+    Returns the model, the names it received and the names it keeps locally (FedBN's norm
+    layers), restored from the client's local state of ``state_round``.
+    """
+    cfg = job.cfg
+    received = arrays_to_state(job.msg.content["arrays"])
     model = model_from_config(cfg)
     state = model.state_dict()
     missing = set(state) - set(received)
     if missing:
-        local = load_local_state(
-            context, str(msg.content["config"]["run-dir"]), partition_id, state_round
-        )
+        local = load_local_state(job.context, job.run_dir, job.partition_id, state_round)
         if local is None:
             # First round this client takes part in: its local layers start from the
             # model's deterministic initialisation, the same on every client.
@@ -67,17 +61,17 @@ def _model_with(
 
 
 def handle_describe(msg: Message, context: Context) -> Message:
-    cfg, data, partition_id = _client_data(context)
+    job = ClientJob.receive(msg, context)
     info = ConfigRecord(
         {
-            "partition-id": partition_id,
-            "domain": data.domain,
-            "num-train": len(data.train),
-            "num-test": len(data.test),
-            "device": str(resolve_device(cfg.device)),
+            "partition-id": job.partition_id,
+            "domain": job.data.domain,
+            "num-train": len(job.data.train),
+            "num-test": len(job.data.test),
+            "device": str(job.device),
         }
     )
-    return Message(RecordDict({"info": info}), reply_to=msg)
+    return job.reply({"info": info})
 
 
 # (run config, model as received, device) -> an extra loss term of local training, or None.
@@ -88,29 +82,22 @@ def handle_train(
     msg: Message, context: Context, make_extra_loss: MakeExtraLoss | None = None
 ) -> Message:
     """Local training of the received model; ``make_extra_loss`` adds a method's term."""
-    cfg, data, partition_id = _client_data(context)
-    config = msg.content["config"]
-    server_round = int(config["server-round"])
-    device = resolve_device(cfg.device)
-    model, sent_keys, local_keys = _model_with(cfg, msg, context, partition_id, server_round - 1)
+    job = ClientJob.receive(msg, context)
+    cfg, device, server_round = job.cfg, job.device, job.server_round
+    model, sent_keys, local_keys = received_model(job, server_round - 1)
     extra_loss = make_extra_loss(cfg, model, device) if make_extra_loss else None
 
-    train_set = training_set(cfg, data, context, partition_id, device)
+    train_set = training_set(cfg, job.data, context, job.partition_id, device)
     result = local_training(
-        cfg, train_set, model, server_round, partition_id, device, extra_loss=extra_loss
+        cfg, train_set, model, server_round, job.partition_id, device, extra_loss=extra_loss
     )
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     if local_keys:
         save_local_state(
-            context,
-            str(config["run-dir"]),
-            partition_id,
-            server_round,
-            {k: state[k] for k in local_keys},
+            context, job.run_dir, job.partition_id, server_round, {k: state[k] for k in local_keys}
         )
-    metrics = MetricRecord(train_metrics(len(train_set), result, partition_id))
-    content = RecordDict({"arrays": state_to_arrays(state, sent_keys), "metrics": metrics})
-    return Message(content, reply_to=msg)
+    metrics = MetricRecord(train_metrics(len(train_set), result, job.partition_id))
+    return job.reply({"arrays": state_to_arrays(state, sent_keys), "metrics": metrics})
 
 
 def training_set(
@@ -177,18 +164,15 @@ def train_metrics(
 
 
 def handle_evaluate(msg: Message, context: Context) -> Message:
-    cfg, data, partition_id = _client_data(context)
-    server_round = int(msg.content["config"]["server-round"])
-    model, _, _ = _model_with(cfg, msg, context, partition_id, server_round)
-    result = evaluate(
-        model, make_loader(data.test, EVAL_BATCH_SIZE, shuffle=False), resolve_device(cfg.device)
-    )
+    job = ClientJob.receive(msg, context)
+    model, _, _ = received_model(job, job.server_round)
+    result = evaluate(model, make_loader(job.data.test, EVAL_BATCH_SIZE, shuffle=False), job.device)
     metrics = MetricRecord(
         {
             "num-examples": result.examples,
             "test-loss": result.loss,
             "test-accuracy": result.accuracy,
-            "partition-id": partition_id,
+            "partition-id": job.partition_id,
         }
     )
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+    return job.reply({"metrics": metrics})

@@ -19,13 +19,14 @@ import logging
 from pathlib import Path
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord
 from torch.utils.data import TensorDataset
 
+from clients.job import ClientJob, Record
 from clients.node import node_partition
 from fedmatch.atomic import atomic_torch_save
 from fedmatch.config import RunConfig
-from fedmatch.data.loaders import ClientData, load_client_data
+from fedmatch.data.loaders import ClientData
 from fedmatch.distill.common import DistillHistory, InitMode
 from fedmatch.distill.wire import (
     DISTILL_ACTION,
@@ -37,7 +38,6 @@ from fedmatch.distill.wire import (
 from fedmatch.factories.distill import distill_from_config
 from fedmatch.params import DistillParams
 from fedmatch.seeding import derive_seed
-from fedmatch.train import resolve_device
 
 log = logging.getLogger("fedmatch.client")
 
@@ -194,12 +194,9 @@ def virtual_cache_file(
 
 
 def handle_distill(msg: Message, context: Context) -> Message:
-    cfg = RunConfig.from_flower(context.run_config)
-    partition_id, num_partitions = node_partition(context)
-    data = load_client_data(cfg, partition_id, num_partitions)
-    config = msg.content["config"]
-    server_round = int(config["server-round"])
-    device = resolve_device(cfg.device)
+    job = ClientJob.receive(msg, context)
+    cfg, data, partition_id, device = job.cfg, job.data, job.partition_id, job.device
+    config, server_round = job.config, job.server_round
     syn_images, syn_labels, history = _distill_and_keep(
         cfg, data, context, partition_id, server_round, device
     )
@@ -220,10 +217,10 @@ def handle_distill(msg: Message, context: Context) -> Message:
         "partition-id": partition_id,
     }
     metrics.update({f"distill-{k}": v for k, v in history.extra.items()})
-    content = RecordDict({"metrics": MetricRecord(metrics)})
+    content: dict[str, Record] = {"metrics": MetricRecord(metrics)}
     if bool(config.get(RETURN_FLAG, False)):
         content[SYNTHETIC_KEY] = synthetic_record(syn_images, syn_labels)
-    return Message(content, reply_to=msg)
+    return job.reply(content)
 
 
 __all__ = ["DISTILL_ACTION", "META_KEY", "STATE_KEY", "handle_distill", "stored_synthetic"]

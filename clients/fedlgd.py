@@ -23,15 +23,15 @@ import logging
 import time
 
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord
 from torch.utils.data import TensorDataset
 
 from clients.classifier import local_training, train_metrics
 from clients.distiller import local_virtual_set
+from clients.job import ClientJob, Record
 from clients.local_state import load_local_state, save_local_state
-from clients.node import node_partition
 from fedmatch.config import RunConfig
-from fedmatch.data.loaders import ClientData, load_client_data
+from fedmatch.data.loaders import ClientData
 from fedmatch.data.types import NUM_CLASSES
 from fedmatch.distill.dm import distill_dm
 from fedmatch.distill.fedlgd import VirtualRegulariser, class_gradients
@@ -54,7 +54,6 @@ from fedmatch.images import save_class_grid
 from fedmatch.params import DistillParams
 from fedmatch.records import arrays_to_state, state_to_arrays
 from fedmatch.seeding import derive_seed
-from fedmatch.train import resolve_device
 from strategies.fedlgd import FedLGDParams
 
 log = logging.getLogger("fedmatch.client")
@@ -64,18 +63,12 @@ SLOT = "fedlgd-virtual"
 _REFRESH_TAG = 53
 
 
-def _setup(context: Context) -> tuple[RunConfig, ClientData, int]:
-    cfg = RunConfig.from_flower(context.run_config)
-    partition_id, num_partitions = node_partition(context)
-    return cfg, load_client_data(cfg, partition_id, num_partitions), partition_id
-
-
 def handle_stats(msg: Message, context: Context) -> Message:
-    _, data, partition_id = _setup(context)
-    images, labels = data.train.tensors
+    job = ClientJob.receive(msg, context)
+    images, labels = job.data.train.tensors
     stats = class_channel_stats(images, labels, NUM_CLASSES)
-    metrics = MetricRecord({"num-examples": len(labels), "partition-id": partition_id})
-    return Message(RecordDict({STATS_KEY: stats_record(stats), "metrics": metrics}), reply_to=msg)
+    metrics = MetricRecord({"num-examples": len(labels), "partition-id": job.partition_id})
+    return job.reply({STATS_KEY: stats_record(stats), "metrics": metrics})
 
 
 def _local_virtual(
@@ -150,11 +143,10 @@ def _refresh(
 
 
 def handle_train(msg: Message, context: Context) -> Message:
-    cfg, data, partition_id = _setup(context)
-    config = msg.content["config"]
-    server_round = int(config["server-round"])
-    run_dir = str(config["run-dir"])
-    device = resolve_device(cfg.device)
+    job = ClientJob.receive(msg, context)
+    cfg, data, partition_id, device = job.cfg, job.data, job.partition_id, job.device
+    config, server_round, run_dir = job.config, job.server_round, job.run_dir
+    params = cfg.params(FedLGDParams)
     model = model_from_config(cfg)
     received = arrays_to_state(msg.content["arrays"])
     model.load_state_dict(received)
@@ -167,13 +159,13 @@ def handle_train(msg: Message, context: Context) -> Message:
     global_images, global_labels = synthetic_from_record(record)
     virtual = _local_virtual(cfg, data, context, partition_id, run_dir, server_round, device)
 
-    content = RecordDict()
+    content: dict[str, Record] = {}
     extra: dict[str, float] = {}
     if bool(config.get(CLASS_GRADS_FLAG, False)):
         # The pre-release code's target: per-class gradients of the local virtual data at θ_t.
         grads = class_gradients(model.to(device), virtual[0].to(device), virtual[1].to(device))
         content[CLASS_GRADS_KEY] = class_grads_record(grads)
-    if bool(config.get(REFRESH_FLAG, False)) and cfg.params(FedLGDParams).local_steps > 0:
+    if bool(config.get(REFRESH_FLAG, False)) and params.local_steps > 0:
         images, labels, refresh_metrics = _refresh(
             cfg, data, model, virtual, partition_id, server_round, device
         )
@@ -187,7 +179,7 @@ def handle_train(msg: Message, context: Context) -> Message:
             {"images": virtual[0], "labels": virtual[1]},
             slot=SLOT,
         )
-        if cfg.params(FedLGDParams).save_images and run_dir:
+        if params.save_images and run_dir:
             save_class_grid(
                 virtual[0],
                 virtual[1],
@@ -196,17 +188,13 @@ def handle_train(msg: Message, context: Context) -> Message:
 
     regulariser = None
     use_reg = bool(config.get(REGULARISE_FLAG, False))
-    if (
-        use_reg
-        and cfg.params(FedLGDParams).regulariser != "none"
-        and cfg.params(FedLGDParams).lambda_ > 0
-    ):
+    if use_reg and params.regulariser != "none" and params.lambda_ > 0:
         regulariser = VirtualRegulariser(
             global_images,
             global_labels,
-            kind=cfg.params(FedLGDParams).regulariser,
-            weight=cfg.params(FedLGDParams).lambda_,
-            temperature=cfg.params(FedLGDParams).temperature,
+            kind=params.regulariser,
+            weight=params.lambda_,
+            temperature=params.temperature,
         )
     train_set = TensorDataset(
         torch.cat([virtual[0], global_images.float()]), torch.cat([virtual[1], global_labels])
@@ -223,4 +211,4 @@ def handle_train(msg: Message, context: Context) -> Message:
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     content["arrays"] = state_to_arrays(state)
     content["metrics"] = MetricRecord(metrics)
-    return Message(content, reply_to=msg)
+    return job.reply(content)

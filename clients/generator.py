@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import logging
 
-import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord
 
-from clients.node import node_partition
+from clients.job import ClientJob
 from fedmatch.config import RunConfig
-from fedmatch.data.loaders import ClientData, load_client_data
+from fedmatch.data.loaders import ClientData
 from fedmatch.diffusion.dmd2 import DMD2History, train_dmd2
 from fedmatch.diffusion.teacher import train_denoiser
 from fedmatch.diffusion.unet import build_unet
@@ -33,7 +32,6 @@ from fedmatch.factories.diffusion import (
 from fedmatch.params import DiffusionParams, GeneratorParams
 from fedmatch.records import arrays_to_state, state_to_arrays
 from fedmatch.seeding import derive_seed
-from fedmatch.train import resolve_device
 
 log = logging.getLogger("fedmatch.client")
 
@@ -42,16 +40,14 @@ _TEACHER_TAG = 51
 _GENERATOR_TAG = 53
 
 
-def _setup(msg: Message, context: Context) -> tuple[RunConfig, ClientData, int, int, torch.device]:
-    cfg = RunConfig.from_flower(context.run_config)
-    partition_id, num_partitions = node_partition(context)
-    data = load_client_data(cfg, partition_id, num_partitions)
-    server_round = int(msg.content["config"]["server-round"])
-    return cfg, data, partition_id, server_round, resolve_device(cfg.device)
+def _setup(msg: Message, context: Context) -> tuple[ClientJob, RunConfig, ClientData, int, int]:
+    job = ClientJob.receive(msg, context)
+    return job, job.cfg, job.data, job.partition_id, job.server_round
 
 
 def handle_teacher(msg: Message, context: Context) -> Message:
-    cfg, data, partition_id, server_round, device = _setup(msg, context)
+    job, cfg, data, partition_id, server_round = _setup(msg, context)
+    device = job.device
     unet = build_unet(unet_spec(cfg), 0)
     unet.load_state_dict(arrays_to_state(msg.content["arrays"]), strict=True)
     images, labels = data.train.tensors
@@ -84,11 +80,12 @@ def handle_teacher(msg: Message, context: Context) -> Message:
             "partition-id": partition_id,
         }
     )
-    return Message(RecordDict({"arrays": state_to_arrays(state), "metrics": metrics}), reply_to=msg)
+    return job.reply({"arrays": state_to_arrays(state), "metrics": metrics})
 
 
 def handle_generator(msg: Message, context: Context) -> Message:
-    cfg, data, partition_id, server_round, device = _setup(msg, context)
+    job, cfg, data, partition_id, server_round = _setup(msg, context)
+    device = job.device
     spec = unet_spec(cfg)
     bundle = GeneratorBundle(spec, 0)
     bundle.load_state_dict(arrays_to_state(msg.content["arrays"]), strict=True)
@@ -137,7 +134,4 @@ def handle_generator(msg: Message, context: Context) -> Message:
         metrics["gan-generator-loss"] = DMD2History.mean(history.gan_generator_losses)
     if history.gan_critic_losses:
         metrics["gan-critic-loss"] = DMD2History.mean(history.gan_critic_losses)
-    return Message(
-        RecordDict({"arrays": state_to_arrays(state), "metrics": MetricRecord(metrics)}),
-        reply_to=msg,
-    )
+    return job.reply({"arrays": state_to_arrays(state), "metrics": MetricRecord(metrics)})

@@ -13,11 +13,9 @@ from __future__ import annotations
 import logging
 import time
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord
 
-from clients.node import node_partition
-from fedmatch.config import RunConfig
-from fedmatch.data.loaders import load_client_data
+from clients.job import ClientJob
 from fedmatch.diffusion.unet import build_unet
 from fedmatch.factories.diffusion import unet_spec
 from fedmatch.factories.quant import client_calibration
@@ -31,10 +29,8 @@ _CALIBRATE_TAG = 81
 
 
 def handle_calibrate(msg: Message, context: Context) -> Message:
-    cfg = RunConfig.from_flower(context.run_config)
-    partition_id, num_partitions = node_partition(context)
-    data = load_client_data(cfg, partition_id, num_partitions)
-    server_round = int(msg.content["config"]["server-round"])
+    job = ClientJob.receive(msg, context)
+    cfg, data, partition_id, server_round = job.cfg, job.data, job.partition_id, job.server_round
     teacher = build_unet(unet_spec(cfg), 0)
     teacher.load_state_dict(arrays_to_state(msg.content["arrays"]), strict=True)
     images, labels = data.train.tensors
@@ -65,4 +61,4 @@ def handle_calibrate(msg: Message, context: Context) -> Message:
             "partition-id": partition_id,
         }
     )
-    return Message(RecordDict({"arrays": state_to_arrays(stats), "metrics": record}), reply_to=msg)
+    return job.reply({"arrays": state_to_arrays(stats), "metrics": record})

@@ -108,12 +108,11 @@ def test_resume_refuses_a_checkpoint_that_needs_unpickling(tmp_path: Path, write
     else:  # what fedmatch wrote before: numpy arrays pickled inside strategy_state
         torch.save({"round": 1, "arrays": {}, "strategy_state": {"p": np.zeros(2)}}, path)
         global_name = "numpy.ndarray"
-    rec = RunRecorder.open(_cfg(tmp_path, resume=True))
-    try:
-        with pytest.raises(CheckpointError) as info:
-            rec.load_checkpoint()
-    finally:
-        rec.close()
+    config_before = (tmp_path / "r1" / "config.json").read_bytes()
+    # Refused when the run is reopened, before anything in the directory is rewritten.
+    with pytest.raises(CheckpointError) as info:
+        RunRecorder.open(_cfg(tmp_path, resume=True))
+    assert (tmp_path / "r1" / "config.json").read_bytes() == config_before
     message = str(info.value)
     assert str(path) in message and "refusing" in message and global_name in message
     assert not marker.exists()
