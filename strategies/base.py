@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -43,6 +42,7 @@ from fedmatch.records import arrays_nbytes, arrays_to_numpy, arrays_to_state
 from fedmatch.results import SERVER, MetricRow, RunRecorder
 from fedmatch.seeding import derive_seed
 from strategies.exchange import send_and_collect
+from strategies.rounds import NonFiniteError, check_finite, progress_line
 
 log = logging.getLogger("fedmatch.strategy")
 
@@ -52,32 +52,6 @@ ServerEvaluate = Callable[[int, ArrayRecord], list[MetricRow]]
 
 class NotEnoughNodesError(RuntimeError):
     """Fewer nodes remain than run-config key ``min-available-nodes`` asks for."""
-
-
-class NonFiniteError(RuntimeError):
-    """A loss or the global model became inf/NaN: the run stops and is marked failed."""
-
-
-def check_finite(server_round: int, arrays: ArrayRecord, rows: Iterable[MetricRow]) -> None:
-    """Raise ``NonFiniteError`` naming what went inf/NaN this round (losses, then weights).
-
-    A diverged run would otherwise go on training NaNs and end with a normal-looking
-    summary; stopping at the first bad round keeps every earlier round's results.
-    """
-    bad_losses = sorted(
-        {
-            f"{row.metric} of client {row.client}"
-            for row in rows
-            if row.metric.endswith("loss") and not np.isfinite(row.value)
-        }
-    )
-    bad_arrays = [name for name, array in arrays.items() if not np.isfinite(array.numpy()).all()]
-    if bad_losses or bad_arrays:
-        what = ", ".join(bad_losses[:5] + [f"global weights {n!r}" for n in bad_arrays[:5]])
-        raise NonFiniteError(
-            f"round {server_round}: non-finite values ({what}); the run stops here. "
-            "Lower the learning rate (lr, or the method's own step sizes) or check the data."
-        )
 
 
 @dataclass(frozen=True)
@@ -422,37 +396,5 @@ class FedMatchStrategy(FedAvg):
             rows.append(MetricRow(server_round, SERVER, "all", "round-seconds", seconds))
             recorder.append(rows)
             recorder.save_checkpoint(server_round, arrays_to_numpy(arrays), self.state_dict())
-            log.info(_progress_line(server_round, last_round, rows, seconds))
+            log.info(progress_line(server_round, last_round, rows, seconds))
         return arrays
-
-
-def _progress_line(
-    server_round: int, last_round: int, rows: list[MetricRow], seconds: float
-) -> str:
-    def values(metric: str, server: bool) -> dict[str, list[float]]:
-        out: dict[str, list[float]] = {}
-        for row in rows:
-            if row.metric == metric and (row.client == SERVER) == server:
-                out.setdefault(row.domain, []).append(row.value)
-        return out
-
-    def mean(xs: list[float]) -> float:
-        return sum(xs) / len(xs)
-
-    parts = [f"round {server_round}/{last_round}"]
-    losses = [v for vs in values("train-loss", False).values() for v in vs]
-    if losses:
-        parts.append(f"train loss {mean(losses):.3f}")
-    for label, server in (("client acc", False), ("server acc", True)):
-        per_domain = {d: mean(v) for d, v in values("test-accuracy", server).items()}
-        if per_domain:
-            worst = min(per_domain, key=per_domain.get)
-            parts.append(
-                f"{label} {mean(list(per_domain.values())):.3f} "
-                f"(worst {worst} {per_domain[worst]:.3f})"
-            )
-    down = sum(r.value for r in rows if r.metric == "bytes-down")
-    up = sum(r.value for r in rows if r.metric == "bytes-up")
-    parts.append(f"down {down / 1e6:.2f} MB up {up / 1e6:.2f} MB")
-    parts.append(f"{seconds:.1f} s")
-    return " | ".join(parts)

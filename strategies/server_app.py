@@ -38,9 +38,10 @@ from fedmatch.records import arrays_to_state, numpy_to_arrays, state_to_arrays
 from fedmatch.results import SERVER, MetricRow, RunRecorder, format_domain_table
 from fedmatch.seeding import derive_seed
 from fedmatch.train import evaluate, resolve_device
-from strategies.base import NodeInfo, NonFiniteError, ServerEvaluate
+from strategies.base import NodeInfo, ServerEvaluate
 from strategies.cell_grid import CellGrid
 from strategies.exchange import send_and_collect
+from strategies.rounds import NonFiniteError
 
 log = logging.getLogger("fedmatch.server")
 

@@ -11,7 +11,7 @@ from flwr.app import Array, ArrayRecord
 
 from fedmatch.report import ReportError, load_run
 from fedmatch.results import SERVER, MetricRow
-from strategies.base import NonFiniteError, check_finite
+from strategies.rounds import NonFiniteError, check_finite
 
 
 def _arrays(value: float) -> ArrayRecord:
