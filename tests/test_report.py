@@ -304,3 +304,22 @@ def test_leave_one_domain_out_runs_get_a_target_domain_column(tmp_path: Path):
     assert "| fedka | 2 (0,1) | 0.830 ± 0.042 |" in report
     table = pd.read_csv(out / "summary.csv").set_index("run")
     assert table.loc["fedka-1", "target_domain_accuracy"] == pytest.approx(0.86)
+
+
+def test_a_run_saved_with_the_flat_keys_of_before_the_tables_still_reports(tmp_path: Path):
+    """Run directories written before the namespaced tables spell keys flat (mmd-weight);
+    the report translates them, so old and new runs of one experiment group together."""
+    from fedmatch.legacy_keys import LEGACY_KEYS
+
+    runs = [write_run(tmp_path / "runs", "fedavg", seed) for seed in (0, 1)]
+    config_path = runs[0] / "config.json"
+    saved = json.loads(config_path.read_text())
+    new_to_old = {new: old for old, new in LEGACY_KEYS.items()}
+    saved["run_config"] = {new_to_old.get(k, k): v for k, v in saved["run_config"].items()}
+    assert "proximal-mu" in saved["run_config"] and "ipc" in saved["run_config"]
+    config_path.write_text(json.dumps(saved))
+    report = build_report(runs, tmp_path / "report", plots=False)
+    assert list(report.tables[0].index) == ["fedavg"]
+    assert list(report.tables[0]["runs"]) == [2]
+    loaded = load_run(runs[0])
+    assert loaded.config["fedprox.proximal-mu"] == 0.01 and "proximal-mu" not in loaded.config
