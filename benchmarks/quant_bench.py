@@ -114,15 +114,18 @@ def main(argv: list[str] | None = None) -> None:
     pooled_y = torch.cat([y for _, _, y in clients])
     for bits in args.bits.split(","):
         for method in args.methods.split(","):
-            cfg = RunConfig(
-                unet_channels=bargs.channels,
-                teacher_ddim_steps=steps,
-                quant_bits=bits,
-                quant_method=method,
-                quant_groups=args.groups,
-                quant_calibration_source=args.calibration_source,
-                quant_calibration_samples=args.calibration_samples,
-                quant_recon_iters=args.recon_iters,
+            cfg = RunConfig.from_flower(
+                {
+                    "strategy": "diffusion-ptq",
+                    "diffusion.unet-channels": bargs.channels,
+                    "diffusion.teacher-ddim-steps": steps,
+                    "quant.bits": bits,
+                    "quant.method": method,
+                    "quant.groups": args.groups,
+                    "quant.calibration-source": args.calibration_source,
+                    "quant.calibration-samples": args.calibration_samples,
+                    "quant.recon-iters": args.recon_iters,
+                }
             )
             weights = [float(len(y)) for _, _, y in clients]
             calibrations = args.calibrations.split(",")
@@ -150,10 +153,8 @@ def main(argv: list[str] | None = None) -> None:
                     i = [name for name, _, _ in clients].index(calibration.split(":", 1)[1])
                     stats, stats_weights = [client_stats[i]], [weights[i]]
                 else:
-                    pooled_cfg = cfg.model_copy(
-                        update={
-                            "quant_calibration_samples": args.calibration_samples * len(clients)
-                        }
+                    pooled_cfg = cfg.replace(
+                        {"quant.calibration-samples": args.calibration_samples * len(clients)}
                     )
                     stats = [
                         client_calibration(

@@ -159,7 +159,7 @@ def test_federated_calibration_through_flwr_run(
             cfg = RunConfig.from_flower(
                 json.loads((runs / name / "config.json").read_text())["run_config"]
             )
-            cfg = cfg.model_copy(update={"quant_recon_iters": 0})
+            cfg = cfg.replace({"quant.recon-iters": 0})
             teacher = load_teacher(teacher_cache_path(cfg, cfg.teacher_rounds, 2), unet_spec(cfg))
             stats = torch.load(runs / name / "calibration-stats-round-001.pt", weights_only=True)
             batches, _ = trajectory_batches(
@@ -170,7 +170,7 @@ def test_federated_calibration_through_flwr_run(
             )
 
             def error(bits, some_stats, cfg=cfg, teacher=teacher, batches=batches):
-                c = cfg.model_copy(update={"quant_bits": bits})
+                c = cfg.replace({"quant.bits": bits})
                 model, _ = server_quantize(c, teacher, some_stats, [1.0] * len(some_stats), 0)
                 return _relative_error(model, teacher, batches)
 
