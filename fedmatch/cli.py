@@ -146,6 +146,36 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    """Validate a run config as `flwr run --run-config` would pass it, without Flower."""
+    import tomllib
+
+    from flwr.common.config import flatten_dict, parse_config_args
+
+    from fedmatch.config import ConfigError, RunConfig
+    from fedmatch.data.loaders import available_domains
+
+    pyproject = Path(args.app) / "pyproject.toml"
+    try:
+        table = tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError) as err:
+        print(f"error: {pyproject}: no [tool.flwr.app.config] table ({err})", file=sys.stderr)
+        return 2
+    try:
+        overrides = parse_config_args([args.run_config] if args.run_config else None)
+    except Exception as err:  # Flower's parser raises click/TOML errors of several kinds
+        print(f"error: --run-config {args.run_config!r}: {err}", file=sys.stderr)
+        return 2
+    try:
+        cfg = RunConfig.from_flower({**flatten_dict(table), **overrides})
+        cfg.source_domains(available_domains(cfg.dataset))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"ok: strategy {cfg.strategy!r}, {len(cfg.to_flower())} keys valid")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedmatch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -214,6 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     config.add_argument("what", choices=("list", "pyproject", "docs"))
     config.add_argument("method", nargs="?", default=None, help="list: one method's keys")
     config.set_defaults(func=_config)
+    check = sub.add_parser(
+        "check",
+        help="validate a run config (as `flwr run --run-config` takes it) without starting "
+        "Flower; exits 2 naming every bad key",
+    )
+    check.add_argument("--run-config", default="", help='"key=value ..." or a .toml file')
+    check.add_argument("--app", default=".", help="the app directory (its pyproject.toml)")
+    check.set_defaults(func=_check)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

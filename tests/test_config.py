@@ -137,3 +137,19 @@ def test_unknown_domain_names_the_allowed_ones():
     assert "'usps'" in str(err.value) and "optdigits" in str(err.value)
     assert RunConfig().domain_names(("a", "b")) == ("a", "b")
     assert RunConfig(domains=" b , a").domain_names(("a", "b")) == ("b", "a")
+
+
+def test_fedmatch_check_validates_without_flower(capsys):
+    from fedmatch.cli import main
+
+    assert main(["check", "--app", str(REPO), "--run-config", "strategy='fedprox'"]) == 0
+    assert "ok: strategy 'fedprox'" in capsys.readouterr().out
+    bad = "strategy='fedka' fedka.mmd-wieght=2 lr=nan"
+    assert main(["check", "--app", str(REPO), "--run-config", bad]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'fedka.mmd-weight'" in err and "'lr' = nan" in err
+    # FedKA without a held-out domain: a cross-table rule, reported the same way.
+    assert main(["check", "--app", str(REPO), "--run-config", "strategy='fedka'"]) == 2
+    assert "needs target-domain" in capsys.readouterr().err
+    preset = str(REPO / "presets" / "fedlgd-paper.toml")
+    assert main(["check", "--app", str(REPO), "--run-config", preset]) == 0
