@@ -35,6 +35,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
+	$(BIN)/fedmatch check --run-config "strategy='$(STRATEGY)' num-server-rounds=$(ROUNDS) runs-dir='$(RUNS_DIR)' run-name='$(RUN_NAME)' $(RUN_CONFIG)"
 	$(BIN)/fedmatch stop-superlink --if-stale
 	$(BIN)/flwr run . --stream \
 	  --run-config "strategy='$(STRATEGY)' num-server-rounds=$(ROUNDS) runs-dir='$(RUNS_DIR)' run-name='$(RUN_NAME)' $(RUN_CONFIG)" \
