@@ -323,3 +323,28 @@ def test_a_run_saved_with_the_flat_keys_of_before_the_tables_still_reports(tmp_p
     assert list(report.tables[0]["runs"]) == [2]
     loaded = load_run(runs[0])
     assert loaded.config["fedprox.proximal-mu"] == 0.01 and "proximal-mu" not in loaded.config
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        (lambda d: (d / "summary.json").write_text("{not json"), "summary.json: unreadable"),
+        (lambda d: (d / "config.json").write_text("[1, 2]"), "config.json: expected a JSON object"),
+        (lambda d: (d / "config.json").write_text('{"run_config": 3}'), "no 'run_config' object"),
+        (lambda d: (d / "summary.json").write_bytes(b"\xff\xfe"), "summary.json: unreadable"),
+        (
+            lambda d: (d / "metrics.jsonl").write_text('{"round": 1}\ngarbage\n{"round": 2}\n'),
+            "metrics.jsonl",
+        ),
+    ],
+)
+def test_a_damaged_run_is_skipped_with_its_reason_and_the_rest_reported(
+    tmp_path: Path, damage, fragment: str
+):
+    good = [write_run(tmp_path / "runs", "fedavg", seed) for seed in (0, 1)]
+    bad = write_run(tmp_path / "runs", "fedbn", 0)
+    damage(bad)
+    report = build_report([*good, bad], tmp_path / "report", plots=False)
+    assert list(report.tables[0]["runs"]) == [2]
+    text = report.markdown.read_text()
+    assert str(bad) in text and fragment in text

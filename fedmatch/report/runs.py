@@ -154,19 +154,24 @@ def load_run(run_dir: Path) -> RunData:
         raise ReportError(f"{run_dir} is not a run directory (no config.json)")
     if not summary_path.exists():
         raise ReportError(f"{run_dir} did not finish (no summary.json)")
-    summary = json.loads(summary_path.read_text())
+    summary = _json_object(summary_path)
     if summary.get("status") == "failed":
         raise ReportError(f"{run_dir} failed: {summary.get('error', 'no error recorded')}")
-    info = json.loads(config_path.read_text())
-    config = with_new_keys(info.pop("run_config"))
-    rows = read_metrics(run_dir)
+    info = _json_object(config_path)
+    if not isinstance(info.get("run_config"), dict):
+        raise ReportError(f"{config_path}: no 'run_config' object (not written by fedmatch?)")
+    try:
+        config = with_new_keys(info.pop("run_config"))
+        rows = read_metrics(run_dir)
+    except (ValueError, TypeError) as err:  # MetricsError names the file and line
+        raise ReportError(f"{run_dir}: {err}") from None
     metrics = pd.DataFrame(
         [(r.round, str(r.client), r.domain, r.metric, r.value) for r in rows],
         columns=["round", "client", "domain", "metric", "value"],
     )
     metrics["is_server"] = metrics["client"] == SERVER
     cell_path = run_dir / BENCH_CELL_FILE
-    cell = json.loads(cell_path.read_text()) if cell_path.exists() else None
+    cell = _json_object(cell_path) if cell_path.exists() else None
     return RunData(
         run_dir=run_dir,
         config=config,
@@ -176,6 +181,17 @@ def load_run(run_dir: Path) -> RunData:
         cell=cell,
         label=run_dir.name,
     )
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """A JSON object file of a run directory, or a ReportError naming the file and why."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ReportError(f"{path}: unreadable ({err})") from None
+    if not isinstance(value, dict):
+        raise ReportError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def find_run_dirs(path: Path) -> list[Path]:
