@@ -262,8 +262,32 @@ def _write_wrong_dtype(path: Path) -> None:
         np.savez(handle, name=np.array(domain.name), **arrays)
 
 
+def _write_other_key(path: Path) -> None:
+    # A well-formed cache file of another key, copied in under this one's name.
+    cached_domain(path.parent, "other", CountingBuilder(seed=1))
+    path.write_bytes((path.parent / "other.npz").read_bytes())
+
+
+def _write_edited(path: Path) -> None:
+    # The right key and a valid file, but one label changed after the digest was taken.
+    cached_domain(path.parent, path.stem, CountingBuilder(seed=0))
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: np.array(data[name]) for name in data.files}
+    arrays["y_train"][0] = (arrays["y_train"][0] + 1) % 10
+    with path.open("wb") as handle:
+        np.savez(handle, **arrays)
+
+
 @pytest.mark.parametrize(
-    "damage", [_write_garbage, _write_truncated, _write_incomplete, _write_wrong_dtype]
+    "damage",
+    [
+        _write_garbage,
+        _write_truncated,
+        _write_incomplete,
+        _write_wrong_dtype,
+        _write_other_key,
+        _write_edited,
+    ],
 )
 def test_corrupt_cache_file_is_rebuilt(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, damage

@@ -5,11 +5,15 @@ the same domains at about the same moment. The cache therefore has three jobs: b
 most once across processes (a file lock plus a re-check once the lock is held), never let a
 reader see a half-written file (write to a temporary file, then ``os.replace``), and survive a
 damaged file left behind by a killed process (log a warning and rebuild instead of crashing).
+
+Each file also stores the key it was built for and a SHA-256 of its arrays: a file copied in
+under another name, edited, or truncated in a way ``np.load`` does not notice is rebuilt too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import tempfile
@@ -50,7 +54,7 @@ def cached_domain(
     # reading it while another process holds the lock is safe.
     if path.exists():
         try:
-            return _load(path)
+            return _load(path, key)
         except _CorruptCacheError:
             pass  # decided (and reported) under the lock, where nobody else is rewriting it
 
@@ -58,7 +62,7 @@ def cached_domain(
         # Another process may have built it while we waited for the lock.
         if path.exists():
             try:
-                domain = _load(path)
+                domain = _load(path, key)
             except _CorruptCacheError as err:
                 logger.warning("cache file %s is unreadable (%s); rebuilding it", path, err)
             else:
@@ -71,19 +75,33 @@ def cached_domain(
                 f"build() for cache key {key!r} must return DomainArrays, "
                 f"got {type(domain).__name__}"
             )
-        _save_atomically(path, domain)
+        _save_atomically(path, domain, key)
         return domain
 
 
-def _load(path: Path) -> DomainArrays:
+def _digest(key: str, arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256(key.encode())
+    for name in _ARRAY_FIELDS:
+        array = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
+def _load(path: Path, key: str) -> DomainArrays:
     """Read a cache file, turning every way it can be damaged into ``_CorruptCacheError``."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            missing = [name for name in ("name", *_ARRAY_FIELDS) if name not in data.files]
+            fields = ("name", "key", "digest", *_ARRAY_FIELDS)
+            missing = [name for name in fields if name not in data.files]
             if missing:
                 raise _CorruptCacheError(f"missing arrays {missing}")
             arrays = {name: np.array(data[name]) for name in _ARRAY_FIELDS}
             name = str(data["name"])
+            if str(data["key"]) != key:
+                raise _CorruptCacheError(f"built for key {str(data['key'])!r}, not {key!r}")
+            if str(data["digest"]) != _digest(key, arrays):
+                raise _CorruptCacheError("its arrays do not match their stored SHA-256")
         # DomainArrays validates dtypes and shapes, which catches a file from a foreign writer.
         return DomainArrays(name=name, **arrays)
     except _CorruptCacheError:
@@ -92,7 +110,7 @@ def _load(path: Path) -> DomainArrays:
         raise _CorruptCacheError(f"{type(err).__name__}: {err}") from err
 
 
-def _save_atomically(path: Path, domain: DomainArrays) -> None:
+def _save_atomically(path: Path, domain: DomainArrays, key: str) -> None:
     """Write ``domain`` next to ``path`` under a temporary name, then rename it into place."""
     # The temporary file lives in the same directory so that os.replace is a same-filesystem
     # rename, which is atomic: readers see the old state or the complete new file, never a part.
@@ -100,10 +118,13 @@ def _save_atomically(path: Path, domain: DomainArrays) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             # Uncompressed: loading is what happens most (once per worker), and it is faster so.
+            arrays = {field: getattr(domain, field) for field in _ARRAY_FIELDS}
             np.savez(
                 handle,
                 name=np.array(domain.name),
-                **{field: getattr(domain, field) for field in _ARRAY_FIELDS},
+                key=np.array(key),
+                digest=np.array(_digest(key, arrays)),
+                **arrays,
             )
             handle.flush()
             os.fsync(handle.fileno())
