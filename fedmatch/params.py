@@ -16,12 +16,9 @@ method reads which table.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-if TYPE_CHECKING:
-    from fedmatch.config import RunConfig
 
 
 def to_key(field_name: str) -> str:
@@ -45,10 +42,12 @@ class ParamsTable(BaseModel):
 
     table: ClassVar[str]
 
-    def check_run(self, run: RunConfig) -> None:
+    def check_run(self, run: Any) -> None:
         """Rules that need keys outside this table; raise ``ValueError`` naming them.
 
-        Called only when the run's method reads this table.
+        ``run`` is the ``fedmatch.config.RunConfig`` being validated (typed ``Any`` because the
+        run config is built from the tables, not the other way round).  Called only when the
+        run's method reads this table.
         """
 
 
