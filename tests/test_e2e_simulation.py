@@ -105,7 +105,7 @@ def test_fedbn_keeps_norm_layers_local_and_fedprox_runs(flower, tmp_path, data_c
     summary = finished(result, tmp_path / "px")
     assert summary["mean_accuracy"] > 0.3
     saved = json.loads((tmp_path / "px" / "config.json").read_text())["run_config"]
-    assert saved["proximal-mu"] == 0.1
+    assert saved["fedprox.proximal-mu"] == 0.1
 
 
 def test_bad_config_stops_the_run_before_any_client_starts(flower, tmp_path, data_cache):

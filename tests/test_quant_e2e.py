@@ -160,12 +160,14 @@ def test_federated_calibration_through_flwr_run(
                 json.loads((runs / name / "config.json").read_text())["run_config"]
             )
             cfg = cfg.replace({"quant.recon-iters": 0})
-            teacher = load_teacher(teacher_cache_path(cfg, cfg.teacher_rounds, 2), unet_spec(cfg))
+            teacher = load_teacher(
+                teacher_cache_path(cfg, cfg.table("diffusion").teacher_rounds, 2), unet_spec(cfg)
+            )
             stats = torch.load(runs / name / "calibration-stats-round-001.pt", weights_only=True)
             batches, _ = trajectory_batches(
                 teacher,
                 torch.arange(10),
-                steps=cfg.teacher_ddim_steps,
+                steps=cfg.table("diffusion").teacher_ddim_steps,
                 generator=torch.Generator().manual_seed(0),
             )
 
@@ -174,11 +176,11 @@ def test_federated_calibration_through_flwr_run(
                 model, _ = server_quantize(c, teacher, some_stats, [1.0] * len(some_stats), 0)
                 return _relative_error(model, teacher, batches)
 
-            errors[name] = {"merged": error(cfg.quant_bits, stats)}
+            errors[name] = {"merged": error(cfg.table("quant").bits, stats)}
             if name == "edadm":
                 errors[name]["W8A8"] = error("W8A8", stats)
             else:
-                errors[name]["single"] = [error(cfg.quant_bits, [s]) for s in stats]
+                errors[name]["single"] = [error(cfg.table("quant").bits, [s]) for s in stats]
     finally:
         torch.set_num_threads(threads)
     assert errors["edadm"]["W8A8"] < 5e-3, errors
