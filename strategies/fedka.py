@@ -24,7 +24,7 @@ on the target's test split.  Per round:
    each client model's target accuracy.  Target labels are read **only** in
    ``_target_metrics``; nothing that trains sees them.
 
-Deviations from the official notebook (see README, FedKA): SGD with the run's ``lr`` and a
+Deviations from the official notebook (see docs/methods/fedka.md): SGD with the run's ``lr`` and a
 fresh optimiser per round instead of persistent Adam; MMD in every local step (the
 notebook's ``=+`` typo kept 1 of 8 terms); evaluation in eval mode on the target's *test*
 split, not in train mode on its training split; deterministic tie-breaking; by default the

@@ -19,7 +19,7 @@ Schedule, with t = server round − 1 (the official code's 0-based round):
 - in the other rounds local training adds λ · L_reg (``fedlgd-regulariser``: SupCon, MMD or
   nothing) against the global virtual images' features.
 
-Departures from the official code (README "FedLGD"): sampled clients always start from the
+Departures from the official code (docs/methods/fedlgd.md): sampled clients always start from the
 current global model (the code lets unsampled clients keep stale models and train from them
 later); aggregation weighs clients by their training-set size (equal whenever every client
 holds every class, as in the paper's setting); the server's initial statistics are the pooled
