@@ -212,7 +212,8 @@ def handle_distill(msg: Message, context: Context) -> Message:
         "distill-initial-loss": history.initial_loss,
         "distill-final-loss": history.final_loss,
         "distill-peak-memory-mb": history.peak_memory_bytes / 2**20,
-        # 1: CUDA bytes allocated; 0: the process's peak resident memory (see docs/methods/distillation.md).
+        # 1: CUDA bytes allocated; 0: the process's peak resident memory
+        # (docs/methods/distillation.md).
         "distill-peak-memory-gpu": int(history.peak_memory_kind == "cuda-allocated"),
         "partition-id": partition_id,
     }
