@@ -17,11 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from fedmatch import methods as registry
 from fedmatch.legacy_keys import LEGACY_KEYS
-from fedmatch.params import ParamsTable, to_key
+from fedmatch.params import RUN_CONFIG_MODEL, ParamsTable, to_key
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Run names become directory names; 128 leaves room under the usual 255-byte file-name
@@ -46,14 +46,7 @@ class RunConfig(BaseModel):
     documents every key.  Read a method's table with ``cfg.params(FedKAParams)``.
     """
 
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        alias_generator=to_key,
-        populate_by_name=True,
-        allow_inf_nan=False,
-        use_attribute_docstrings=True,
-    )
+    model_config = RUN_CONFIG_MODEL
 
     # What to run: a registered method (fedmatch/methods.py).
     strategy: str = "fedavg"

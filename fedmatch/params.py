@@ -26,19 +26,23 @@ def to_key(field_name: str) -> str:
     return field_name.rstrip("_").replace("_", "-")
 
 
+# How every run-config model validates (the tables here and RunConfig's common keys).
+RUN_CONFIG_MODEL = ConfigDict(
+    extra="forbid",
+    frozen=True,
+    alias_generator=to_key,
+    populate_by_name=True,
+    # inf/nan pass every range check and then train to NaN: refuse them outright.
+    allow_inf_nan=False,
+    # The docstring under each field is its documentation (docs/config.md).
+    use_attribute_docstrings=True,
+)
+
+
 class ParamsTable(BaseModel):
     """One run-config table; subclasses set ``table`` and declare their keys as fields."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        alias_generator=to_key,
-        populate_by_name=True,
-        # inf/nan pass every range check and then train to NaN: refuse them outright.
-        allow_inf_nan=False,
-        # The docstring under each field is its documentation (docs/config.md).
-        use_attribute_docstrings=True,
-    )
+    model_config = RUN_CONFIG_MODEL
 
     table: ClassVar[str]
 
