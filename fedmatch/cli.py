@@ -71,7 +71,7 @@ def _stop_superlink(args: argparse.Namespace) -> int:
 def _deploy_local(args: argparse.Namespace) -> int:
     import tempfile
 
-    from fedmatch.deploy import deploy_local
+    from fedmatch.deploy_local import deploy_local
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fedmatch-deploy-")).resolve()
     return deploy_local(args.nodes, args.run_config, workdir, insecure=args.insecure)

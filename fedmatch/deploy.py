@@ -8,8 +8,8 @@ deployment runs (plain, TLS, SuperNode authentication, a node killed mid-run)
 and ``fedmatch deploy-local`` (``make deploy-local``) for a multi-process run
 without Docker.  The command lines are the ones docs/deployment.md gives;
 ``docker/generate-certs.sh`` and ``docker/generate-auth-keys.sh`` make the TLS
-certificates and SuperNode keys.  ``fedmatch deploy-local`` uses TLS and SuperNode
-authentication unless told ``--insecure``.
+certificates and SuperNode keys (``fedmatch.deploy_certs``).  ``fedmatch deploy-local``
+(``fedmatch.deploy_local``) uses TLS and SuperNode authentication unless told ``--insecure``.
 
 Every process starts in a new session and ``stop`` (also on ``with`` exit)
 ends each one with its children, SuperNodes first.  Linux only (``/proc``).
@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import ssl
 import subprocess
@@ -32,72 +31,28 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import Literal
 
+from fedmatch.deploy_certs import (
+    SCRIPTS,
+    DeploymentError,
+    TlsFiles,
+    generate_auth_keys,
+    generate_certs,
+)
 from fedmatch.localrun import REPO, free_port, process_tree, stop_tree, toml_value
 
+# Re-exported: callers (tests, benchmarks) import the whole deployment API from here.
+__all__ = [
+    "SCRIPTS",
+    "DeploymentError",
+    "LocalDeployment",
+    "TlsFiles",
+    "generate_auth_keys",
+    "generate_certs",
+]
+
 log = logging.getLogger("fedmatch.deploy")
-
-SCRIPTS = REPO / "docker"
-
-
-class DeploymentError(RuntimeError):
-    """A deployment process failed to start or to become ready; the message has its log tail."""
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """A CA certificate, the SuperLink's certificate/key it signed (PEM), and beside them
-    each SuperNode's Runtime API certificate/key (``supernode-<i>-runtime.pem``/``.key``)."""
-
-    ca_cert: Path
-    server_cert: Path
-    server_key: Path
-
-    def runtime_cert(self, index: int) -> tuple[Path, Path]:
-        """Certificate and key of SuperNode ``index`` (1-based, as the script numbers them)."""
-        folder = self.server_cert.parent
-        cert = folder / f"supernode-{index}-runtime.pem"
-        key = folder / f"supernode-{index}-runtime.key"
-        if not (cert.exists() and key.exists()):
-            raise DeploymentError(
-                f"no Runtime API certificate for SuperNode {index} in {folder} (expected "
-                f"{cert.name} and {key.name}); make it with SUPERNODES={index} or more "
-                "docker/generate-certs.sh"
-            )
-        return cert, key
-
-
-def generate_certs(out_dir: Path, extra_sans: Sequence[str] = (), supernodes: int = 5) -> TlsFiles:
-    """Run ``docker/generate-certs.sh``: a CA, the SuperLink's certificate and ``supernodes``
-    SuperNode Runtime API certificates, all valid for 127.0.0.1/localhost.
-
-    ``extra_sans`` are further subjectAltName entries of the SuperLink's certificate
-    (``DNS:host``, ``IP:addr``); the script refuses malformed ones.
-    """
-    _run_script("generate-certs.sh", str(out_dir), *extra_sans, SUPERNODES=str(supernodes))
-    return TlsFiles(out_dir / "ca.crt", out_dir / "server.pem", out_dir / "server.key")
-
-
-def generate_auth_keys(out_dir: Path, count: int) -> list[Path]:
-    """Run ``docker/generate-auth-keys.sh``: ``count`` SuperNode key pairs (ECDSA P-384).
-
-    Returns the private keys; each public key is beside it with ``.pub`` appended.
-    """
-    _run_script("generate-auth-keys.sh", str(out_dir), str(count))
-    return [out_dir / f"supernode-{i}" for i in range(1, count + 1)]
-
-
-def _run_script(name: str, *args: str, **env: str) -> None:
-    result = subprocess.run(
-        ["bash", str(SCRIPTS / name), *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, **env},
-    )
-    if result.returncode != 0:
-        raise DeploymentError(f"{name} failed ({result.returncode}):\n{result.stderr[-3000:]}")
 
 
 @dataclass
@@ -432,80 +387,3 @@ class LocalDeployment:
             stderr=subprocess.STDOUT,
             text=True,
         )
-
-
-# ---------------------------------------------------------------- fedmatch deploy-local
-
-_RUN_DIR_LINE = re.compile(r"run directory: (\S+)")
-
-
-def deploy_local(
-    num_nodes: int,
-    run_config: str,
-    workdir: Path,
-    *,
-    insecure: bool = False,
-    out: TextIO | None = None,
-) -> int:
-    """Run the app once on a fresh local deployment of ``num_nodes`` SuperNodes.
-
-    By default over TLS with SuperNode authentication (certificates and keys made in
-    ``workdir``, every key registered); ``insecure`` runs plain HTTP with no authentication.
-    SuperNode ``i`` serves partition ``i``; ``min-available-nodes`` is set to
-    ``num_nodes`` before ``run_config`` (a ``--run-config`` string) is applied.
-    The run's log streams to ``out`` (default: stdout).  Returns 0 when the
-    ServerApp wrote its ``summary.json``, else 1.  Every process is stopped
-    before returning.
-    """
-    out = sys.stdout if out is None else out
-    if num_nodes < 1:
-        raise ValueError(f"--nodes = {num_nodes}: need at least one SuperNode")
-    workdir.mkdir(parents=True, exist_ok=True)
-    if insecure:
-        log.warning(
-            "--insecure: no TLS and no SuperNode authentication; any local user can reach "
-            "this deployment's ports, submit runs and join as a SuperNode"
-        )
-    certs = None if insecure else generate_certs(workdir / "certs", supernodes=num_nodes)
-    threads = max(1, (os.cpu_count() or 1) // num_nodes)
-    with LocalDeployment(
-        workdir, tls=certs, supernode_auth=not insecure, threads_per_node=threads
-    ) as deployment:
-        deployment.start_superlink()
-        keys = None
-        if not insecure:
-            keys = generate_auth_keys(workdir / "keys", num_nodes)
-            for key in keys:
-                deployment.register_supernode(key.with_name(key.name + ".pub"))
-        deployment.start_supernodes(num_nodes, auth_keys=keys)
-        out.write(
-            f"deployment in {workdir}: SuperLink {deployment.superlink_address}"
-            f"{' (INSECURE)' if insecure else ' (TLS, SuperNode authentication)'}, "
-            f"{num_nodes} SuperNodes; logs: {workdir}/*.log\n"
-        )
-        command = deployment.run_command({"min-available-nodes": num_nodes})
-        if run_config.strip():
-            command += ["--run-config", run_config]
-        run_dir = None
-        with subprocess.Popen(
-            command,
-            cwd=REPO,
-            env=deployment.env(deployment.cli_home),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        ) as process:
-            assert process.stdout is not None
-            for line in process.stdout:
-                out.write(line)
-                if match := _RUN_DIR_LINE.search(line):
-                    run_dir = Path(match.group(1))
-    summary_path = None if run_dir is None else run_dir / "summary.json"
-    if summary_path is None or not summary_path.exists():
-        out.write(f"the run did not finish; see the log above and {workdir}/superlink.log\n")
-        return 1
-    if json.loads(summary_path.read_text()).get("status") == "failed":
-        out.write(f"the run failed (see {summary_path}); run directory: {run_dir}\n")
-        return 1
-    out.write(f"run directory: {run_dir}\n")
-    return 0
