@@ -33,24 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from fedmatch.deploy_certs import (
-    SCRIPTS,
-    DeploymentError,
-    TlsFiles,
-    generate_auth_keys,
-    generate_certs,
-)
+# SCRIPTS and the generate_* wrappers are re-exported (redundant aliases): tests and
+# benchmarks import the whole deployment API from here.
+from fedmatch.deploy_certs import SCRIPTS as SCRIPTS
+from fedmatch.deploy_certs import DeploymentError, TlsFiles
+from fedmatch.deploy_certs import generate_auth_keys as generate_auth_keys
+from fedmatch.deploy_certs import generate_certs as generate_certs
 from fedmatch.localrun import REPO, free_port, process_tree, stop_tree, toml_value
-
-# Re-exported: callers (tests, benchmarks) import the whole deployment API from here.
-__all__ = [
-    "SCRIPTS",
-    "DeploymentError",
-    "LocalDeployment",
-    "TlsFiles",
-    "generate_auth_keys",
-    "generate_certs",
-]
 
 log = logging.getLogger("fedmatch.deploy")
 
@@ -137,14 +126,7 @@ class LocalDeployment:
         if self.tls is None:
             command.append("--insecure")
         else:
-            command += [
-                "--ssl-certfile",
-                str(self.tls.server_cert),
-                "--ssl-keyfile",
-                str(self.tls.server_key),
-                "--ssl-ca-certfile",
-                str(self.tls.ca_cert),
-            ]
+            command += self.tls.serve_flags()
         if self.supernode_auth:
             command.append("--enable-supernode-auth")
         command += ["--isolation", self.isolation]
@@ -170,12 +152,20 @@ class LocalDeployment:
         auth_key: Path | None = None,
         node_config: Mapping[str, object] | None = None,
         wait: bool = True,
+        trust: Path | Literal["deployment", "public"] = "deployment",
+        superexec: bool = True,
     ) -> str:
         """Start the SuperNode of one partition; returns its name ``supernode-<partition>``.
 
         Its ClientApps read ``partition-id``/``num-partitions`` (and anything in
         ``node_config``) from ``--node-config``.  ``wait`` polls its ``/health``.
+        ``trust`` is the CA it verifies the SuperLink with (TLS only): ``"deployment"``
+        this deployment's, ``"public"`` no ``--root-certificates`` (Flower then trusts the
+        public CAs of certifi's bundle), or another CA certificate.  ``superexec=False``
+        starts no SuperExec for it (process isolation), for a node expected to be refused.
         """
+        if self.tls is None and trust != "deployment":
+            raise ValueError(f"trust={trust!r} needs a TLS deployment")
         name = f"supernode-{partition_id}"
         port = free_port()
         self.runtime_ports[name] = port
@@ -195,18 +185,11 @@ class LocalDeployment:
         if self.tls is None:
             command.append("--insecure")
         else:
-            command += ["--root-certificates", str(self.tls.ca_cert)]
-            # Its own Runtime API (ClientApp processes <-> SuperNode) over TLS too, with a
-            # certificate of its own: a SuperNode never holds the SuperLink's key.
-            runtime_cert, runtime_key = self.tls.runtime_cert(partition_id + 1)
-            command += [
-                "--ssl-certfile",
-                str(runtime_cert),
-                "--ssl-keyfile",
-                str(runtime_key),
-                "--ssl-ca-certfile",
-                str(self.tls.ca_cert),
-            ]
+            if trust != "public":
+                ca = self.tls.ca_cert if trust == "deployment" else trust
+                command += ["--root-certificates", str(ca)]
+            # Its own Runtime API (ClientApp processes <-> SuperNode) over TLS too.
+            command += self.tls.serve_flags(supernode=partition_id + 1)
         if auth_key is not None:
             command += ["--auth-supernode-private-key", str(auth_key)]
         command += ["--isolation", self.isolation]
@@ -214,7 +197,7 @@ class LocalDeployment:
         if self.threads_per_node is not None:
             extra["OMP_NUM_THREADS"] = str(self.threads_per_node)
         self._start(name, command, **extra)
-        if self.isolation == "process":
+        if self.isolation == "process" and superexec:
             self._start_superexec(f"superexec-{partition_id}", f"127.0.0.1:{port}", **extra)
         if wait:
             self.wait_healthy(name, port, timeout=60.0)
@@ -292,22 +275,33 @@ class LocalDeployment:
         return self.root / "cli"
 
     def write_cli_config(self) -> Path:
-        """``cli/config.toml``: the Flower connection ``connection`` to this SuperLink."""
-        lines = [
-            "[superlink]",
-            f'default = "{self.connection}"',
-            "",
-            f"[superlink.{self.connection}]",
-            f'address = "{self.superlink_address}"',
-        ]
-        if self.tls is None:
-            lines.append("insecure = true")
-        else:
-            lines.append(f'root-certificates = "{self.tls.ca_cert}"')
+        """``cli/config.toml``: the Flower connection ``connection`` to this SuperLink, with
+        this deployment's CA (TLS) or ``insecure = true``; it is the CLI's default."""
         self.cli_home.mkdir(parents=True, exist_ok=True)
         path = self.cli_home / "config.toml"
-        path.write_text("\n".join(lines) + "\n")
+        path.write_text(f'[superlink]\ndefault = "{self.connection}"\n')
+        if self.tls is None:
+            self.add_connection(self.connection, insecure=True)
+        else:
+            self.add_connection(self.connection, root_certificates=self.tls.ca_cert)
         return path
+
+    def add_connection(
+        self, name: str, *, root_certificates: Path | None = None, insecure: bool = False
+    ) -> None:
+        """Add connection ``name`` to this SuperLink to ``cli/config.toml``.
+
+        ``root_certificates`` is the CA the ``flwr`` CLI verifies the SuperLink with; without
+        it (and not ``insecure``) the CLI uses HTTPS trusting public CAs only (certifi's
+        bundle).  The tests use connections that lack the CA to see what is turned away.
+        """
+        lines = ["", f"[superlink.{name}]", f'address = "{self.superlink_address}"']
+        if insecure:
+            lines.append("insecure = true")
+        if root_certificates is not None:
+            lines.append(f'root-certificates = "{root_certificates}"')
+        with (self.cli_home / "config.toml").open("a") as config:
+            config.write("\n".join(lines) + "\n")
 
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         """Run a ``flwr`` CLI command against this deployment."""
@@ -329,8 +323,9 @@ class LocalDeployment:
                 f"flwr supernode register {public_key} failed:\n{result.stdout}{result.stderr}"
             )
 
-    def online_nodes(self) -> int:
-        """How many SuperNodes the SuperLink reports online."""
+    def node_statuses(self) -> dict[int, str]:
+        """Each SuperNode the SuperLink knows, by node ID: ``registered`` (never connected),
+        ``online``, ``offline`` or ``unregistered``, from ``flwr supernode list``."""
         result = self.flwr("supernode", "list", self.connection, "--format", "json")
         try:
             nodes = json.loads(result.stdout)["nodes"]
@@ -338,7 +333,11 @@ class LocalDeployment:
             raise DeploymentError(
                 f"flwr supernode list failed:\n{result.stdout}{result.stderr}"
             ) from None
-        return sum(1 for node in nodes if node["status"] == "online")
+        return {int(node["node-id"]): node["status"] for node in nodes}
+
+    def online_nodes(self) -> int:
+        """How many SuperNodes the SuperLink reports online."""
+        return sum(1 for status in self.node_statuses().values() if status == "online")
 
     def wait_for_nodes(self, count: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

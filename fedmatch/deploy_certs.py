@@ -44,6 +44,17 @@ class TlsFiles:
             )
         return cert, key
 
+    def serve_flags(self, supernode: int | None = None) -> list[str]:
+        """``--ssl-*`` flags to serve HTTPS: the SuperLink's certificate, or with ``supernode``
+        that SuperNode's Runtime API certificate (a SuperNode never holds the SuperLink's key).
+        """
+        if supernode is None:
+            cert, key = self.server_cert, self.server_key
+        else:
+            cert, key = self.runtime_cert(supernode)
+        flags = {"--ssl-certfile": cert, "--ssl-keyfile": key, "--ssl-ca-certfile": self.ca_cert}
+        return [arg for flag, path in flags.items() for arg in (flag, str(path))]
+
 
 def generate_certs(out_dir: Path, extra_sans: Sequence[str] = (), supernodes: int = 5) -> TlsFiles:
     """Run ``docker/generate-certs.sh``: a CA, the SuperLink's certificate and ``supernodes``
