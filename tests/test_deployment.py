@@ -4,7 +4,9 @@ No Docker engine exists here, so the compose files are checked statically
 (``test_compose_*``) and the same topology runs as local processes: ``fedmatch
 deploy-local`` (TLS and SuperNode authentication by default), and TLS with SuperNode
 authentication and separate SuperExecs (as docker-compose.yml runs it) with a SuperNode
-killed mid-run.  Every test stops every process it started, also on failure.
+killed mid-run, and in the same deployment who it turns away (SuperNodes and ``flwr``
+users without the CA, an unregistered SuperNode).  Every test stops every process it
+started, also on failure.
 """
 
 from __future__ import annotations
@@ -20,11 +22,19 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
+from click.testing import Result
 from cryptography import x509
+from flwr.cli.app import app as flwr_app
+from flwr.proto.control_pb2 import ListRunsRequest
+from flwr.supercore.control.control_http_client import ControlHttpClient
+from typer.testing import CliRunner
 
 from fedmatch import cli
 from fedmatch.data.loaders import available_domains
@@ -147,19 +157,79 @@ def test_loopback_deployment_runs_fedavg_on_three_supernodes(
         print(f"\nloopback deployment test: {seconds:.1f} s")
 
 
+# What the flwr CLI prints for any transport failure: it hides the TLS error behind it.
+UNAVAILABLE = "Connection to the SuperLink is unavailable"
+
+
+def flwr_in_process(deployment: LocalDeployment, *args: str) -> Result:
+    """``flwr <args>`` with the deployment's CLI home, run in this process: the code of the
+    ``flwr`` console script without its start-up, which costs seconds per command on two
+    cores.  Human-readable output only (``--format json`` writes past the capture)."""
+    env = {"FLWR_HOME": str(deployment.cli_home), "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    return CliRunner().invoke(flwr_app, list(args), env=env)
+
+
+def check_refused_commands(deployment: LocalDeployment, stranger_key: Path) -> None:
+    """The ``flwr`` commands of someone without the CA: each is refused."""
+    deployment.add_connection("no-ca")  # HTTPS trusting public CAs only
+    deployment.add_connection("plain", insecure=True)  # HTTP
+    attempts = {
+        "run without the CA": ("run", str(REPO), "no-ca"),
+        "run with insecure = true": ("run", str(REPO), "plain"),
+        "register without the CA": ("supernode", "register", f"{stranger_key}.pub", "no-ca"),
+        "ls without the CA": ("ls", "no-ca"),
+    }
+    for name, args in attempts.items():
+        result = flwr_in_process(deployment, *args)
+        assert result.exit_code == 1 and UNAVAILABLE in result.output, (name, result.output)
+
+
+def check_control_api_tls(deployment: LocalDeployment, ca_cert: Path) -> None:
+    """Why the CLI said "unavailable", with the CLI's own client and the same settings: the
+    CA is what lets a client trust the SuperLink, not a credential the SuperLink checks."""
+    address = deployment.superlink_address
+
+    def list_runs(insecure: bool, root_certificates: bytes | None) -> dict:
+        client = ControlHttpClient.from_server_address(
+            address, insecure, root_certificates, interceptors=[]
+        )
+        return dict(client.ListRuns(ListRunsRequest()).run_dict)
+
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        list_runs(insecure=False, root_certificates=None)  # public CAs only
+    # Plain HTTP on the TLS port: the handshake never starts, the SuperLink hangs up.
+    with pytest.raises(httpx.RemoteProtocolError, match="disconnected without sending"):
+        list_runs(insecure=True, root_certificates=None)
+    assert list_runs(insecure=False, root_certificates=ca_cert.read_bytes()) == {}  # no run yet
+    # Flower 1.42 OSS has no Control API login and asks for no client certificate: a client
+    # that skips verification is served.  Only the network keeps strangers out (docs).
+    unverified = ControlHttpClient(f"https://{address}", verify=False)
+    assert dict(unverified.ListRuns(ListRunsRequest()).run_dict) == {}
+
+
 @pytest.mark.e2e
 @pytest.mark.deployment
+# The refused `flwr run`s run in this process; Flower reads .gitignore with pathspec's
+# deprecated pattern class (one warning per line).
+@pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
 def test_tls_deployment_with_auth_survives_a_killed_supernode(tmp_path: Path, data_cache: Path):
     """TLS, SuperNode authentication and separate SuperExecs (as docker-compose.yml runs
     them), and the machine of partition 1 lost after round 1.
 
-    One deployment covers both because each deployment costs a minute or more of process
-    start-ups on two cores; the checks of each part are independent of the other.
+    Who is turned away: a SuperNode whose key is not registered; SuperNodes with a
+    registered key but without our CA (public CAs only, or another CA); ``flwr`` commands
+    whose connection lacks the CA or says ``insecure = true``.  None of them leaves a trace
+    in the SuperLink's state: one run, the registered nodes only.
+
+    One deployment covers all of it because each deployment costs a minute or more of process
+    start-ups on two cores; the checks of each part are independent of the others.
     """
     root = tmp_path / "deploy"
     run_dir = tmp_path / "runs" / "tls-kill"
-    certs = generate_certs(root / "certs")  # the shipped docker/generate-certs.sh
-    keys = generate_auth_keys(root / "keys", 4)  # the shipped docker/generate-auth-keys.sh
+    certs = generate_certs(root / "certs", supernodes=6)  # the shipped docker/generate-certs.sh
+    other_ca = generate_certs(root / "other-certs", supernodes=1).ca_cert  # someone else's CA
+    keys = generate_auth_keys(root / "keys", 6)  # the shipped docker/generate-auth-keys.sh
+    # keys[:3]: the three SuperNodes; keys[3]: never registered; keys[4:]: registered, no CA.
     deployment = LocalDeployment(
         root, tls=certs, supernode_auth=True, threads_per_node=1, isolation="process"
     )
@@ -177,11 +247,21 @@ def test_tls_deployment_with_auth_survives_a_killed_supernode(tmp_path: Path, da
     run: subprocess.Popen[str] | None = None
     try:
         deployment.start_superlink()
-        for key in keys[:3]:
-            deployment.register_supernode(key.with_name(key.name + ".pub"))
+        check_refused_commands(deployment, keys[3])
+        check_control_api_tls(deployment, certs.ca_cert)
+        for key in (*keys[:3], *keys[4:]):
+            registered = flwr_in_process(
+                deployment, "supernode", "register", f"{key}.pub", deployment.connection
+            )
+            assert registered.exit_code == 0, registered.output
+        # Turned away, so they need no SuperExec: the unregistered key, and two registered
+        # keys whose SuperNodes trust public CAs only, or another CA.
+        deployment.start_supernode(3, 6, auth_key=keys[3], wait=False, superexec=False)
+        for partition, trust in ((4, "public"), (5, other_ca)):
+            deployment.start_supernode(
+                partition, 6, auth_key=keys[partition], wait=False, trust=trust, superexec=False
+            )
         deployment.start_supernodes(3, auth_keys=keys[:3])
-        # A SuperNode whose key was never registered is turned away.
-        deployment.start_supernode(3, 4, auth_key=keys[3], wait=False)
         # The SuperLink speaks TLS only: plain HTTP fails, HTTPS with the CA works.
         with pytest.raises((urllib.error.URLError, ConnectionError)):
             urllib.request.urlopen(f"http://{deployment.superlink_address}/health", timeout=5)
@@ -203,7 +283,16 @@ def test_tls_deployment_with_auth_survives_a_killed_supernode(tmp_path: Path, da
 
         intruder = deployment.processes["supernode-3"]
         assert intruder.wait(timeout=60) != 0
-        assert "Failed to initialize the connection" in deployment.log_tail("supernode-3")
+        assert "[code: 2004] Failed to activate SuperNode" in deployment.log_tail("supernode-3")
+        for name in ("supernode-4", "supernode-5"):
+            assert deployment.processes[name].wait(timeout=60) != 0, name
+            log = deployment.log_tail(name)
+            assert "Failed to initialize the connection to the SuperLink" in log, log
+            assert "[SSL: CERTIFICATE_VERIFY_FAILED]" in log, log
+        with ThreadPoolExecutor(2) as pool:
+            statuses = pool.submit(deployment.node_statuses)
+            listed = pool.submit(deployment.flwr, "ls", deployment.connection, "--format", "json")
+            statuses, listed = statuses.result(), listed.result()
     finally:
         if run is not None and run.poll() is None:
             stop_tree(run.pid)
@@ -216,6 +305,18 @@ def test_tls_deployment_with_auth_survives_a_killed_supernode(tmp_path: Path, da
         (2, 1, "optdigits")
     ]
     assert "dropping client 1 (optdigits" in output
+
+    # The five registered keys only (the refused `register` added none).  The three that
+    # trained came online (the killed one is offline now); the two without our CA are still
+    # "registered": never online.
+    assert Counter(statuses.values()) == {"online": 2, "offline": 1, "registered": 2}, statuses
+    # Exactly the one real run; the refused `flwr run`s created none.
+    runs = json.loads(listed.stdout)["runs"]
+    assert [r["status"] for r in runs] == ["finished:completed"], listed.stdout
+    # Server side: the refused commands never reached the Control API (its access log).
+    link_log = (root / "superlink.log").read_text()
+    assert link_log.count('"POST /v1/control/start-run HTTP/1.1"') == 1
+    assert link_log.count('"POST /v1/control/register-node HTTP/1.1"') == 5
 
 
 # ---------------------------------------------------------------- compose files (static)
