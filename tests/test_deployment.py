@@ -11,6 +11,7 @@ started, also on failure.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import json
@@ -193,7 +194,8 @@ def check_control_api_tls(deployment: LocalDeployment, ca_cert: Path) -> None:
         client = ControlHttpClient.from_server_address(
             address, insecure, root_certificates, interceptors=[]
         )
-        return dict(client.ListRuns(ListRunsRequest()).run_dict)
+        with contextlib.closing(client):
+            return dict(client.ListRuns(ListRunsRequest()).run_dict)
 
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         list_runs(insecure=False, root_certificates=None)  # public CAs only
@@ -203,8 +205,8 @@ def check_control_api_tls(deployment: LocalDeployment, ca_cert: Path) -> None:
     assert list_runs(insecure=False, root_certificates=ca_cert.read_bytes()) == {}  # no run yet
     # Flower 1.42 OSS has no Control API login and asks for no client certificate: a client
     # that skips verification is served.  Only the network keeps strangers out (docs).
-    unverified = ControlHttpClient(f"https://{address}", verify=False)
-    assert dict(unverified.ListRuns(ListRunsRequest()).run_dict) == {}
+    with contextlib.closing(ControlHttpClient(f"https://{address}", verify=False)) as unverified:
+        assert dict(unverified.ListRuns(ListRunsRequest()).run_dict) == {}
 
 
 @pytest.mark.e2e
