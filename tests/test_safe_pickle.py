@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedmatch.data.real import _unpickle_pair
+from fedmatch.data.digit_five import _unpickle_pair
 from fedmatch.data.safe_pickle import UnsafePickleError
 
 pytestmark = pytest.mark.hostile("digit-five")
