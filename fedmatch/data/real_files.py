@@ -101,9 +101,9 @@ def as_labels(labels: Any, n: int, source: Path) -> np.ndarray:
             raise ValueError(f"{source}: labels must be whole numbers, got dtype {arr.dtype}")
     elif not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"{source}: labels must be integers, got dtype {arr.dtype}")
-    out = arr.astype(np.int64)
-    check_label_range(out, source)
-    return out
+    # Checked before the cast: int64 would wrap a huge uint64 label into a misleading -1.
+    check_label_range(arr, source)
+    return arr.astype(np.int64)
 
 
 def check_label_range(labels: np.ndarray, source: Path) -> None:
