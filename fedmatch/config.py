@@ -17,11 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from fedmatch import methods as registry
 from fedmatch.legacy_keys import LEGACY_KEYS
-from fedmatch.params import RUN_CONFIG_MODEL, ParamsTable, to_key
+from fedmatch.params import RUN_CONFIG_MODEL, ParamsTable, RunConfigModel, to_key
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Run names become directory names; 128 leaves room under the usual 255-byte file-name
@@ -39,7 +39,7 @@ def _default_tables() -> dict[str, ParamsTable]:
     return {name: cls() for name, cls in registry.tables().items()}
 
 
-class RunConfig(BaseModel):
+class RunConfig(RunConfigModel):
     """The validated run config: the common keys as fields, every table in ``tables``.
 
     Field names are the dashed run-config keys with ``_`` for ``-``; ``docs/config.md``
