@@ -65,8 +65,7 @@ class RunConfigModel(BaseModel):
             raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
         if kind is int and isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
             raise ValueError(
-                f"must lie in {_INT64_MIN}..{_INT64_MAX} (Flower's run-config integers are "
-                "64-bit)"
+                f"must lie in {_INT64_MIN}..{_INT64_MAX} (Flower's run-config integers are 64-bit)"
             )
         # A NUL byte ends a path at the operating system: every file call would fail later.
         if isinstance(value, str) and "\x00" in value:

@@ -45,7 +45,6 @@ _SCALAR = np.float32(0).__reduce__()[0]
 _FROMBUFFER = np.empty(1).__reduce_ex__(5)[0]
 
 
-
 class _NdarrayClass:
     """Stands for ``numpy.ndarray`` in a pickle.
 
