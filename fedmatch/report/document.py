@@ -8,6 +8,22 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from fedmatch.atomic import atomic_write_bytes
+from fedmatch.report.runs import ReportError
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write one report file atomically, or a ReportError naming it.
+
+    The output folder may sit inside a copied, hostile runs folder: replacing the file (not
+    writing through it) means a symbolic link planted there as ``report.md`` is replaced, never
+    followed to overwrite what it points to.
+    """
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as err:
+        raise ReportError(f"{path}: cannot write the report file ({err.strerror or err})") from None
+
 
 class Document:
     """The same content as Markdown and as HTML."""
@@ -70,13 +86,14 @@ class Document:
 
     def write(self, title: str) -> tuple[Path, Path]:
         md_path, html_path = self.out_dir / "report.md", self.out_dir / "report.html"
-        md_path.write_text("\n".join(self.md))
-        html_path.write_text(
+        write_file(md_path, "\n".join(self.md).encode())
+        page = (
             "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
             + "\n".join(self.html)
             + "\n</body></html>\n"
         )
+        write_file(html_path, page.encode())
         return md_path, html_path
 
 
