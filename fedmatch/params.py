@@ -46,6 +46,16 @@ RUN_CONFIG_MODEL = ConfigDict(
 )
 
 
+def expand_home(value: str) -> Path:
+    """``Path(value).expanduser()``, or a ValueError (a run-config error) for ``~name`` of a
+    user this machine does not know, where pathlib raises RuntimeError."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        user = value.split("/", 1)[0]
+        raise ValueError(f"{user!r} names no user's home folder on this machine") from None
+
+
 # Flower carries run-config integers as 64-bit signed integers (protobuf sint64).
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -248,7 +258,7 @@ class DiffusionParams(ParamsTable):
     @field_validator("teacher_checkpoint")
     @classmethod
     def _checkpoint_absolute(cls, value: str) -> str:
-        if value and not Path(value).expanduser().is_absolute():
+        if value and not expand_home(value).is_absolute():
             raise ValueError("must be an absolute path (or empty for the cached teacher)")
         return value
 
