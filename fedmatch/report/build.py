@@ -14,7 +14,7 @@ import pandas as pd
 
 from fedmatch import __version__
 from fedmatch.report.command import reproduce_command
-from fedmatch.report.document import Document, write_file
+from fedmatch.report.document import Document, md_text, write_file
 from fedmatch.report.plots import (
     plot_accuracy,
     plot_accuracy_vs_bytes,
@@ -113,7 +113,7 @@ def build_report(
         heading = f"Group {index}: {group.describe()}" if len(groups) > 1 else "Results"
         doc.heading(2, heading)
         if len(groups) == 1:
-            doc.para(f"Setting: {group.describe()}.")
+            doc.para(f"Setting: {md_text(group.describe())}.")
         rows = table_runs[table_runs["group"] == index]
         domains = _domains(group)
         table = variant_table(rows, domains)
@@ -131,7 +131,7 @@ def build_report(
         target_domain = str(group.key.get("target-domain") or "")
         if target_domain:
             doc.para(
-                f"Leave-one-domain-out: {target_domain} is held out of the clients. Its "
+                f"Leave-one-domain-out: {md_text(target_domain)} is held out of the clients. Its "
                 "column is the global model's accuracy on its test split in the final round "
                 "(FedKA: the model fine-tuned on voted pseudo-labels); the other domain "
                 "columns are the source clients'."

@@ -25,6 +25,13 @@ def write_file(path: Path, data: bytes) -> None:
         raise ReportError(f"{path}: cannot write the report file ({err.strerror or err})") from None
 
 
+def md_text(text: str) -> str:
+    """``text`` from a run directory as Markdown that shows it as written: no raw HTML, no
+    link, and no line break that would end a table row or start a heading."""
+    escaped = html.escape(str(text), quote=False).replace("[", "\\[").replace("]", "\\]")
+    return re.sub(r"[\r\n]+", " ", escaped)
+
+
 class Document:
     """The same content as Markdown and as HTML."""
 
@@ -34,7 +41,7 @@ class Document:
         self.html: list[str] = []
 
     def heading(self, level: int, text: str) -> None:
-        self.md.append(f"{'#' * level} {text}\n")
+        self.md.append(f"{'#' * level} {md_text(text)}\n")
         self.html.append(f"<h{level}>{_inline(text)}</h{level}>")
 
     def para(self, text: str) -> None:
@@ -42,12 +49,12 @@ class Document:
         self.html.append(f"<p>{_inline(text)}</p>")
 
     def bullets(self, items: Sequence[str]) -> None:
-        self.md.append("".join(f"- {item}\n" for item in items))
+        self.md.append("".join(f"- {md_text(item)}\n" for item in items))
         self.html.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>")
 
     def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         def md_cell(text: str) -> str:
-            return str(text).replace("|", "\\|")
+            return md_text(text).replace("|", "\\|")
 
         lines = ["| " + " | ".join(md_cell(h) for h in header) + " |"]
         lines.append("|" + "|".join("---" for _ in header) + "|")
