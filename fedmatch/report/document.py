@@ -84,7 +84,9 @@ class Document:
 
     def details(self, summary: str, blocks: Sequence[tuple[str, str]]) -> None:
         """A collapsible section (HTML) of (language, text) code blocks."""
-        self.md.append(f"<details><summary>{html.escape(summary)}</summary>\n")
+        # Raw HTML in Markdown: escaped, on one line (a blank line would end the HTML block).
+        one_line = re.sub(r"[\r\n]+", " ", html.escape(summary))
+        self.md.append(f"<details><summary>{one_line}</summary>\n")
         self.html.append(f"<details><summary>{_inline(summary)}</summary>")
         for language, text in blocks:
             self.code(text, language)
