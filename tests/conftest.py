@@ -99,7 +99,7 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     terminalreporter.section("hostile-input census")
     for name in HOSTILE_CLASSES:
         xfail = census[f"{name} (xfail)"]
-        note = f"  ({xfail} xfail: known bugs outside this class's files)" if xfail else ""
+        note = f"  ({xfail} of them xfail: known bugs)" if xfail else ""
         terminalreporter.write_line(f"{name:<14}{census[name]:>5}{note}")
     total = sum(census[name] for name in HOSTILE_CLASSES)
     terminalreporter.write_line(f"{'total':<14}{total:>5}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,11 +86,20 @@ DAMAGE = {
 }
 
 
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], Path]:
+    """Two good runs (read, never changed, by every case) and a run to copy and damage."""
+    runs = tmp_path_factory.mktemp("runs")
+    return [write_run(runs, "fedavg", seed) for seed in (0, 1)], write_run(runs, "fedbn", 0)
+
+
 @pytest.mark.parametrize("case", DAMAGE)
-def test_one_damaged_run_is_left_out_with_its_reason(tmp_path: Path, case: str) -> None:
+def test_one_damaged_run_is_left_out_with_its_reason(
+    tmp_path: Path, finished: tuple[list[Path], Path], case: str
+) -> None:
     damage, fragment = DAMAGE[case]
-    good = [write_run(tmp_path / "runs", "fedavg", seed) for seed in (0, 1)]
-    bad = write_run(tmp_path / "runs", "fedbn", 0)
+    good, template = finished
+    bad = Path(shutil.copytree(template, tmp_path / "runs" / template.name))
     damage(bad)
     report = build_report([*good, bad], tmp_path / "report", plots=False)
     assert list(report.tables[0]["runs"]) == [2] and len(report.skipped) == 1
