@@ -15,8 +15,8 @@
 #   supernode-<i>-runtime.pem, supernode-<i>-runtime.key
 #                              SuperNode <i> only: its Runtime API, which its ClientApp
 #                              SuperExec reaches (names supernode-<i>, localhost, 127.0.0.1, ::1)
-# Keys are ECDSA P-256. CERT_DAYS (default 365) sets the validity, SUPERNODES (default 5, one
-# per embedded digit domain) how many SuperNode certificates.
+# Keys are ECDSA P-256. CERT_DAYS (1..36500, default 365) sets the validity in days,
+# SUPERNODES (0..1000, default 5, one per embedded digit domain) how many SuperNode certificates.
 #
 # Only a folder this script creates is made private (700). An existing OUT_DIR keeps its
 # mode; the key files stay readable (644) because the containers' non-root user (uid 49999)
@@ -24,19 +24,33 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-out=${1:-$here/certs}
+# An explicit empty OUT_DIR (an unset variable, say) is refused, not taken as the default.
+out=${1-$here/certs}
 if [ "$#" -gt 0 ]; then shift; fi
 days=${CERT_DAYS:-365}
 supernodes=${SUPERNODES:-5}
 
 die() { echo "error: $*" >&2; exit 2; }
 
-case "$days" in
-  ''|*[!0-9]*|0) die "CERT_DAYS must be a positive integer, got '$days'" ;;
-esac
-case "$supernodes" in
-  ''|*[!0-9]*) die "SUPERNODES must be a non-negative integer, got '$supernodes'" ;;
-esac
+# in_range NAME VALUE MIN MAX: VALUE is a decimal integer in MIN..MAX (leading zeros allowed;
+# the length check comes first because bash arithmetic silently wraps past 2^63).
+in_range() {
+  case "$2" in ''|*[!0-9]*) die "$1 must be an integer in $3..$4, got '$2'" ;; esac
+  if [ "${#2}" -gt 9 ] || [ $((10#$2)) -lt "$3" ] || [ $((10#$2)) -gt "$4" ]; then
+    die "$1 must be an integer in $3..$4, got '$2'"
+  fi
+}
+in_range CERT_DAYS "$days" 1 36500
+in_range SUPERNODES "$supernodes" 0 1000
+days=$((10#$days))
+supernodes=$((10#$supernodes))
+
+[ -n "$out" ] || die "OUT_DIR is empty: omit it for $here/certs, or name a folder"
+if { [ -e "$out" ] || [ -L "$out" ]; } && [ ! -d "$out" ]; then
+  die "OUT_DIR '$out' exists and is not a folder"
+fi
+# mkdir and cd would read a leading '-' as an option.
+case "$out" in -*) out=./$out ;; esac
 
 # Every SAN is checked before anything is written: the entries go into an openssl config
 # file, where a ',' or a newline would add names or directives the user did not ask for.
@@ -53,7 +67,11 @@ for extra in "$@"; do
       name=${extra#DNS:}
       if [[ ${#name} -gt 253 || ! $name =~ ^${dns_label}(\.${dns_label})*$ ]]; then
         die "SAN '$extra': a DNS name has labels of letters, digits and '-' separated by '.'"
-      fi ;;
+      fi
+      IFS=. read -ra labels <<< "$name"
+      for label in "${labels[@]}"; do
+        [ "${#label}" -le 63 ] || die "SAN '$extra': a DNS label has at most 63 characters"
+      done ;;
     IP:*)
       valid_ip "${extra#IP:}" || die "SAN '$extra': not an IPv4 or IPv6 address" ;;
     *) die "SAN '$extra' must look like DNS:<name> or IP:<address>" ;;

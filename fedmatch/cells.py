@@ -21,10 +21,13 @@ to ``<cells-file>.status.jsonl``: ``{"cell", "status": "done" | "failed", "error
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 Scalar = str | int | float | bool
 
@@ -76,8 +79,9 @@ def read_cells(path: str | Path) -> list[CellSpec]:
         data = json.loads(Path(path).expanduser().read_text())
     except FileNotFoundError:
         raise CellsFileError(f"{where}: no such file") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise CellsFileError(f"{where}: cannot be read as JSON ({err})") from None
+    except (OSError, ValueError, RecursionError) as err:
+        # ValueError: not JSON, not UTF-8, or a NUL in the path; RecursionError: nesting.
+        raise CellsFileError(f"{where}: cannot be read as JSON ({err!r})") from None
     cells = data.get("cells") if isinstance(data, Mapping) else None
     if not isinstance(cells, list) or not cells:
         raise CellsFileError(f'{where}: expected {{"cells": [...]}} with at least one cell')
@@ -121,12 +125,18 @@ def read_status(cells_file: str | Path) -> dict[str, CellStatus]:
     found: dict[str, CellStatus] = {}
     if not path.exists():
         return found
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
         try:
             item = json.loads(line)
-        except json.JSONDecodeError:
+            status = CellStatus(
+                str(item["cell"]),
+                str(item["status"]),
+                str(item.get("error", "")),
+                float(item.get("seconds", 0)),
+            )
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as err:
+            # A torn line of a killed run, or damage: that cell counts as not finished.
+            log.warning("%s:%d: skipping a malformed status line (%r)", path, number, err)
             continue
-        found[item["cell"]] = CellStatus(
-            item["cell"], item["status"], item.get("error", ""), float(item.get("seconds", 0))
-        )
+        found[status.cell] = status
     return found

@@ -72,22 +72,65 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         ) from None
     except Exception as error:
         raise CheckpointError(f"{path}: not a readable checkpoint ({error!r})") from error
-    if (
-        not isinstance(checkpoint, dict)
-        or not isinstance(checkpoint.get("round"), int)
-        or not isinstance(checkpoint.get("arrays"), dict)
-        or not isinstance(checkpoint.get("strategy_state"), dict)
-        or not all(isinstance(t, torch.Tensor) for t in checkpoint["arrays"].values())
+    try:
+        return _validated(checkpoint)
+    except _BadEntry as error:
+        raise CheckpointError(f"{path}: not a fedmatch checkpoint: {error}") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: not a fedmatch checkpoint: nested too deeply") from None
+
+
+class _BadEntry(ValueError):
+    """One entry of a loaded checkpoint is not what write_checkpoint writes."""
+
+
+def _validated(checkpoint: Any) -> dict[str, Any]:
+    if not isinstance(checkpoint, dict) or not {"round", "arrays", "strategy_state"} <= set(
+        checkpoint
     ):
-        raise CheckpointError(
-            f"{path}: not a fedmatch checkpoint: expected a dict with an int 'round', a dict of "
-            "tensors 'arrays' and a dict 'strategy_state'"
+        raise _BadEntry(
+            "expected a dict with an int 'round', a dict of tensors 'arrays' and a dict "
+            f"'strategy_state', got {_describe(checkpoint)}"
         )
+    server_round, arrays = checkpoint["round"], checkpoint["arrays"]
+    # bool is an int to Python, and a negative round would make the run redo rounds.
+    if isinstance(server_round, bool) or not isinstance(server_round, int) or server_round < 0:
+        raise _BadEntry(f"'round' must be an int >= 0, got {server_round!r}")
+    if not isinstance(arrays, dict):
+        raise _BadEntry(f"'arrays' must be a dict of tensors, got {_describe(arrays)}")
+    if not isinstance(checkpoint["strategy_state"], dict):
+        raise _BadEntry(
+            f"'strategy_state' must be a dict, got {_describe(checkpoint['strategy_state'])}"
+        )
+    out = {}
+    for name, tensor in arrays.items():
+        if not isinstance(name, str):
+            raise _BadEntry(f"'arrays' keys must be parameter names (str), got {name!r}")
+        out[name] = _tensor_to_numpy(tensor, f"arrays[{name!r}]")
     return {
-        "round": checkpoint["round"],
-        "arrays": {name: t.numpy() for name, t in checkpoint["arrays"].items()},
-        "strategy_state": _decode(checkpoint["strategy_state"]),
+        "round": server_round,
+        "arrays": out,
+        "strategy_state": _decode(checkpoint["strategy_state"], "strategy_state"),
     }
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return f"a dict with keys {sorted(map(str, value))[:10]}"
+    return f"a {type(value).__module__}.{type(value).__qualname__}"
+
+
+def _tensor_to_numpy(value: Any, where: str) -> np.ndarray:
+    if not isinstance(value, torch.Tensor):
+        raise _BadEntry(f"{where} must be a tensor, got {_describe(value)}")
+    try:
+        # detach: torch.load may rebuild a Parameter that requires grad.
+        return value.detach().numpy()
+    except (TypeError, RuntimeError) as error:
+        raise _BadEntry(
+            f"{where}: a {value.dtype} {value.layout} tensor on {value.device} cannot be read as "
+            f"a numpy array ({error})"
+        ) from None
 
 
 def _unsafe_globals(path: Path) -> list[str]:
@@ -134,14 +177,17 @@ def _encode(value: Any, where: str) -> Any:
     )
 
 
-def _decode(value: Any) -> Any:
+def _decode(value: Any, where: str) -> Any:
     if isinstance(value, dict):
         if len(value) == 1 and _NDARRAY_TAG in value:
-            return value[_NDARRAY_TAG].numpy()
+            return _tensor_to_numpy(value[_NDARRAY_TAG], where)
         if len(value) == 1 and _NPSCALAR_TAG in value:
-            return value[_NPSCALAR_TAG].numpy()[()]
-        return {k: _decode(v) for k, v in value.items()}
+            array = _tensor_to_numpy(value[_NPSCALAR_TAG], where)
+            if array.ndim != 0:
+                raise _BadEntry(f"{where}: a numpy scalar must be 0-d, got shape {array.shape}")
+            return array[()]
+        return {k: _decode(v, f"{where}[{k!r}]") for k, v in value.items()}
     if isinstance(value, list | tuple):
-        decoded = [_decode(v) for v in value]
+        decoded = [_decode(v, f"{where}[{i}]") for i, v in enumerate(value)]
         return decoded if isinstance(value, list) else tuple(decoded)
     return value

@@ -17,11 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from fedmatch import methods as registry
 from fedmatch.legacy_keys import LEGACY_KEYS
-from fedmatch.params import RUN_CONFIG_MODEL, ParamsTable, to_key
+from fedmatch.params import RUN_CONFIG_MODEL, ParamsTable, RunConfigModel, expand_home, to_key
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Run names become directory names; 128 leaves room under the usual 255-byte file-name
@@ -39,7 +39,7 @@ def _default_tables() -> dict[str, ParamsTable]:
     return {name: cls() for name, cls in registry.tables().items()}
 
 
-class RunConfig(BaseModel):
+class RunConfig(RunConfigModel):
     """The validated run config: the common keys as fields, every table in ``tables``.
 
     Field names are the dashed run-config keys with ``_`` for ``-``; ``docs/config.md``
@@ -153,15 +153,18 @@ class RunConfig(BaseModel):
             )
         return value
 
-    @field_validator("runs_dir", "cache_dir")
+    @field_validator("runs_dir", "cache_dir", "data_root", "cells_file")
     @classmethod
-    def _absolute_path(cls, value: str) -> str:
+    def _path(cls, value: str, info: ValidationInfo) -> str:
+        path = expand_home(value)
+        if info.field_name not in ("runs_dir", "cache_dir"):
+            return value
         # The ServerApp runs in the working directory of whichever `flwr run` first
         # started the background SuperLink, so a relative path would land somewhere
         # the user did not choose.
         if not value:
             raise ValueError("must not be empty")
-        if not Path(value).expanduser().is_absolute():
+        if not path.is_absolute():
             raise ValueError(
                 "must be an absolute path or start with '~' (relative paths would resolve "
                 "against the background SuperLink's working directory)"

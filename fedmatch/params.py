@@ -18,7 +18,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 def to_key(field_name: str) -> str:
@@ -39,10 +46,45 @@ RUN_CONFIG_MODEL = ConfigDict(
 )
 
 
-class ParamsTable(BaseModel):
-    """One run-config table; subclasses set ``table`` and declare their keys as fields."""
+def expand_home(value: str) -> Path:
+    """``Path(value).expanduser()``, or a ValueError (a run-config error) for ``~name`` of a
+    user this machine does not know, where pathlib raises RuntimeError."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        user = value.split("/", 1)[0]
+        raise ValueError(f"{user!r} names no user's home folder on this machine") from None
+
+
+# Flower carries run-config integers as 64-bit signed integers (protobuf sint64).
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+class RunConfigModel(BaseModel):
+    """Base of every run-config model (RunConfig and each table): refuses, for every key,
+    values that pydantic's coercion would otherwise let through."""
 
     model_config = RUN_CONFIG_MODEL
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_value(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = cls.model_fields[info.field_name].annotation
+        # pydantic reads true as 1: `num-server-rounds = true` is a typo, not one round.
+        if kind in (int, float) and isinstance(value, bool):
+            raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+        if kind is int and isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
+            raise ValueError(
+                f"must lie in {_INT64_MIN}..{_INT64_MAX} (Flower's run-config integers are 64-bit)"
+            )
+        # A NUL byte ends a path at the operating system: every file call would fail later.
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("contains a NUL character (\\x00), which no value may hold")
+        return value
+
+
+class ParamsTable(RunConfigModel):
+    """One run-config table; subclasses set ``table`` and declare their keys as fields."""
 
     table: ClassVar[str]
 
@@ -216,7 +258,7 @@ class DiffusionParams(ParamsTable):
     @field_validator("teacher_checkpoint")
     @classmethod
     def _checkpoint_absolute(cls, value: str) -> str:
-        if value and not Path(value).expanduser().is_absolute():
+        if value and not expand_home(value).is_absolute():
             raise ValueError("must be an absolute path (or empty for the cached teacher)")
         return value
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from fedmatch.bench.launch import snapshot_app
@@ -48,3 +50,56 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------ hostile-input census
+# Every test that feeds fedmatch a hostile or malformed input is marked
+# ``@pytest.mark.hostile("<class>")`` so that issue 26's suite can be counted per class:
+#     python -m pytest -m hostile --collect-only -q --hostile-census
+HOSTILE_CLASSES = ("run-config", "run-files", "digit-five", "cert-scripts", "report")
+_CENSUS = pytest.StashKey[Counter]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--hostile-census",
+        action="store_true",
+        help="print how many collected hostile-input cases each class has (see docs/security.md)",
+    )
+
+
+def _hostile_class(item: pytest.Item) -> str | None:
+    classes = {tuple(mark.args) for mark in item.iter_markers("hostile")}
+    if not classes:
+        return None
+    # A typo or a second, different class would silently miscount: refuse both.
+    if len(classes) != 1 or len(cls := next(iter(classes))) != 1 or cls[0] not in HOSTILE_CLASSES:
+        raise pytest.UsageError(
+            f"{item.nodeid}: mark it hostile(<class>) once, with one of {HOSTILE_CLASSES}; "
+            f"got {sorted(classes)}"
+        )
+    return cls[0]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    census: Counter = Counter()
+    for item in session.items:
+        name = _hostile_class(item)
+        if name is not None:
+            census[name] += 1
+            if item.get_closest_marker("xfail") is not None:
+                census[f"{name} (xfail)"] += 1
+    session.config.stash[_CENSUS] = census
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    if not config.getoption("--hostile-census"):
+        return
+    census = config.stash.get(_CENSUS, Counter())
+    terminalreporter.section("hostile-input census")
+    for name in HOSTILE_CLASSES:
+        xfail = census[f"{name} (xfail)"]
+        note = f"  ({xfail} of them xfail: known bugs)" if xfail else ""
+        terminalreporter.write_line(f"{name:<14}{census[name]:>5}{note}")
+    total = sum(census[name] for name in HOSTILE_CLASSES)
+    terminalreporter.write_line(f"{'total':<14}{total:>5}")

@@ -120,18 +120,21 @@ def test_cell_names_are_valid_run_names_and_distinct():
         ({k: v for k, v in TINY.items() if k != "federation"}, "'federation' is missing"),
     ],
 )
+@pytest.mark.hostile("run-config")
 def test_bad_suites_are_refused_naming_the_key(data: dict, expected: str):
     with pytest.raises(SuiteError) as err:
         Suite.from_dict(data, "s.toml")
     assert expected in str(err.value)
 
 
+@pytest.mark.hostile("run-config")
 def test_a_base_mistake_is_reported_once_not_per_cell():
     with pytest.raises(SuiteError) as err:
         Suite.from_dict(with_change("base", "lr", -1.0))
     assert str(err.value).count("run-config key 'lr'") == 1
 
 
+@pytest.mark.hostile("run-config")
 def test_unreadable_suite_files(tmp_path: Path):
     with pytest.raises(SuiteError, match="does not exist"):
         Suite.load(tmp_path / "missing.toml")

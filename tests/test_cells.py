@@ -45,6 +45,7 @@ def test_cells_round_trip_and_a_new_file_forgets_old_statuses(tmp_path: Path):
         ('{"cells": [{"name": "a", "run-config": {"cells-file": "x"}}]}', "may not set"),
     ],
 )
+@pytest.mark.hostile("run-config")
 def test_bad_cells_files_are_refused_with_the_reason(tmp_path: Path, text, message):
     path = tmp_path / "cells.json"
     if text is not None:

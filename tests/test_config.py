@@ -54,6 +54,7 @@ def test_documented_example_is_accepted():
     assert nested.params(FedProxParams).proximal_mu == 0.02
 
 
+@pytest.mark.hostile("run-config")
 def test_unknown_keys_get_did_you_mean_and_old_names_their_new_one():
     with pytest.raises(ConfigError) as err:
         RunConfig.from_flower({"fedka.mmd-wieght": 1.0, "mmd-" + "weight": 2.0, "sead": 1})
@@ -77,6 +78,7 @@ def test_unknown_keys_get_did_you_mean_and_old_names_their_new_one():
         ("momentum", 1.0),
     ],
 )
+@pytest.mark.hostile("run-config")
 def test_non_finite_and_out_of_range_numbers_are_refused(key, value):
     with pytest.raises(ConfigError) as err:
         RunConfig.from_flower({key: value})
@@ -84,6 +86,7 @@ def test_non_finite_and_out_of_range_numbers_are_refused(key, value):
 
 
 @pytest.mark.parametrize("name", ["run\n", "a" * 129, "-x", "a/b", "..", "x y"])
+@pytest.mark.hostile("run-config")
 def test_bad_run_names_are_refused(name):
     with pytest.raises(ConfigError, match="'run-name'"):
         RunConfig.from_flower({"run-name": name})
@@ -110,6 +113,7 @@ def test_replace_validates():
         ({"domains": "mnist,,optdigits"}, ["'domains'"]),
     ],
 )
+@pytest.mark.hostile("run-config")
 def test_bad_values_name_key_value_and_what_is_allowed(overrides, fragments):
     with pytest.raises(ConfigError) as err:
         RunConfig.from_flower(overrides)
@@ -117,6 +121,7 @@ def test_bad_values_name_key_value_and_what_is_allowed(overrides, fragments):
         assert fragment in str(err.value)
 
 
+@pytest.mark.hostile("run-config")
 def test_every_bad_key_is_reported_at_once():
     with pytest.raises(ConfigError) as err:
         RunConfig.from_flower({"strategy": "fedfoo", "num-server-rounds": -1, "lr": 0})
@@ -124,12 +129,14 @@ def test_every_bad_key_is_reported_at_once():
     assert "'strategy'" in message and "'num-server-rounds'" in message and "'lr'" in message
 
 
+@pytest.mark.hostile("run-config")
 def test_unknown_key_lists_allowed_keys():
     with pytest.raises(ConfigError) as err:
         RunConfig.from_flower({"num-rounds": 3})
     assert "'num-rounds'" in str(err.value) and "num-server-rounds" in str(err.value)
 
 
+@pytest.mark.hostile("run-config")
 def test_unknown_domain_names_the_allowed_ones():
     cfg = RunConfig(domains="mnist,usps")
     with pytest.raises(ConfigError) as err:
@@ -139,6 +146,7 @@ def test_unknown_domain_names_the_allowed_ones():
     assert RunConfig(domains=" b , a").domain_names(("a", "b")) == ("b", "a")
 
 
+@pytest.mark.hostile("run-config")
 def test_fedmatch_check_validates_without_flower(capsys):
     from fedmatch.cli import main
 

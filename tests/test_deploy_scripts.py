@@ -95,6 +95,7 @@ def test_certs_make_a_new_folder_private(tmp_path: Path):
         "foo",
     ],
 )
+@pytest.mark.hostile("cert-scripts")
 def test_certs_refuse_a_bad_san_and_write_nothing(tmp_path: Path, san: str):
     existing = tmp_path / "existing"
     existing.mkdir()
@@ -125,6 +126,7 @@ def test_auth_keys_into_an_existing_folder_keep_its_mode(tmp_path: Path):
     assert fresh.stat().st_mode & 0o777 == 0o700
 
 
+@pytest.mark.hostile("cert-scripts")
 def test_auth_keys_refuse_a_bad_count(tmp_path: Path):
     result = run_script("generate-auth-keys.sh", str(tmp_path / "k"), "2; touch x", cwd=tmp_path)
     assert result.returncode != 0 and "COUNT must be a positive integer" in result.stderr

@@ -289,6 +289,7 @@ def _write_edited(path: Path) -> None:
         _write_edited,
     ],
 )
+@pytest.mark.hostile("run-files")
 def test_corrupt_cache_file_is_rebuilt(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, damage
 ) -> None:
@@ -305,6 +306,7 @@ def test_corrupt_cache_file_is_rebuilt(
     assert build.calls == 1
 
 
+@pytest.mark.hostile("run-files")
 def test_cache_rejects_bad_keys_and_bad_builders(tmp_path: Path) -> None:
     for key in ("", "..", "a/b", "../escape"):
         with pytest.raises(ValueError, match="plain file name"):

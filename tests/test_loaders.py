@@ -24,6 +24,7 @@ def test_real_digit_five_files_reach_the_clients(tmp_path):
     assert labels.dtype == torch.int64
 
 
+@pytest.mark.hostile("digit-five")
 def test_missing_real_data_names_the_paths(tmp_path):
     cfg = RunConfig(dataset="digit-five", data_root=str(tmp_path / "nowhere"), domains="USPS")
     with pytest.raises(FileNotFoundError) as err:
@@ -31,6 +32,7 @@ def test_missing_real_data_names_the_paths(tmp_path):
     assert "USPS/test.pkl" in str(err.value)
 
 
+@pytest.mark.hostile("run-config")
 def test_unknown_domain_for_the_dataset():
     with pytest.raises(ConfigError, match="'SVHN'"):
         load_domains(RunConfig(domains="mnist,SVHN"))

@@ -27,6 +27,7 @@ def test_check_finite_names_the_losses_and_the_weights():
         check_finite(2, _arrays(np.nan), ok)
 
 
+@pytest.mark.hostile("report")
 def test_a_failed_run_is_left_out_of_the_report_with_its_error(tmp_path: Path):
     run = tmp_path / "run"
     run.mkdir()

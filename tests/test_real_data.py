@@ -139,6 +139,7 @@ def test_digit_five_train_percent(digit_five_root: Path, percent: float, n_train
     np.testing.assert_array_equal(d.x_train[:, 0, 0, 0], expected_first)
 
 
+@pytest.mark.hostile("digit-five")
 def test_digit_five_percent_only_needs_its_parts(digit_five_root: Path) -> None:
     (digit_five_root / "USPS" / "partitions" / "train_part7.pkl").unlink()
     d = load_digit_five_domain(digit_five_root, "USPS", train_percent=0.5)
@@ -148,11 +149,13 @@ def test_digit_five_percent_only_needs_its_parts(digit_five_root: Path) -> None:
 
 
 @pytest.mark.parametrize("percent", [0.0, -0.1, 1.5])
+@pytest.mark.hostile("digit-five")
 def test_digit_five_bad_percent(digit_five_root: Path, percent: float) -> None:
     with pytest.raises(ValueError, match="train_percent"):
         load_digit_five_domain(digit_five_root, "MNIST", train_percent=percent)
 
 
+@pytest.mark.hostile("digit-five")
 def test_digit_five_missing_root_lists_every_path(tmp_path: Path) -> None:
     root = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError) as info:
@@ -166,6 +169,7 @@ def test_digit_five_missing_root_lists_every_path(tmp_path: Path) -> None:
     assert "FedBN" in msg  # where to get the data
 
 
+@pytest.mark.hostile("digit-five")
 def test_digit_five_missing_files_listed_all_at_once(digit_five_root: Path) -> None:
     missing = [
         digit_five_root / "MNIST_M" / "partitions" / "train_part3.pkl",
@@ -183,6 +187,7 @@ def test_digit_five_missing_files_listed_all_at_once(digit_five_root: Path) -> N
     assert "Missing 3 of 11" in msg
 
 
+@pytest.mark.hostile("digit-five")
 def test_digit_five_unpicklable_file_is_named(digit_five_root: Path) -> None:
     bad = digit_five_root / "SynthDigits" / "partitions" / "train_part2.pkl"
     bad.write_bytes(b"this is not a pickle")
@@ -200,6 +205,7 @@ def test_digit_five_unpicklable_file_is_named(digit_five_root: Path) -> None:
         (np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64), "no images"),
     ],
 )
+@pytest.mark.hostile("digit-five")
 def test_digit_five_malformed_contents_are_named(
     digit_five_root: Path, images: np.ndarray, labels: np.ndarray, problem: str
 ) -> None:
@@ -210,6 +216,7 @@ def test_digit_five_malformed_contents_are_named(
     assert str(bad) in str(info.value)
 
 
+@pytest.mark.hostile("digit-five")
 def test_digit_five_not_a_pair_is_named(digit_five_root: Path) -> None:
     bad = digit_five_root / "MNIST" / "test.pkl"
     with bad.open("wb") as fh:
@@ -233,6 +240,7 @@ def test_digit_five_resize_matches_pil_bilinear(tmp_path: Path) -> None:
     assert np.abs(d.x_train.astype(int) - pil.astype(int)).max() <= 1
 
 
+@pytest.mark.hostile("digit-five")
 def test_unknown_names_and_kinds(digit_five_root: Path) -> None:
     with pytest.raises(ValueError, match=r"'SynthDigitz'.*MNIST, SVHN, USPS, SynthDigits"):
         load_digit_five_domain(digit_five_root, "SynthDigitz")
@@ -297,6 +305,7 @@ def test_torchvision_mnist(tmp_path: Path, gz: bool) -> None:
         )
 
 
+@pytest.mark.hostile("digit-five")
 def test_torchvision_mnist_missing_lists_all(tmp_path: Path) -> None:
     _write_mnist(tmp_path)
     raw = tmp_path / "MNIST" / "raw"
@@ -312,6 +321,7 @@ def test_torchvision_mnist_missing_lists_all(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["magic", "truncate"])
+@pytest.mark.hostile("digit-five")
 def test_torchvision_mnist_malformed_is_named(tmp_path: Path, damage: str) -> None:
     _write_mnist(tmp_path)
     bad = tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
@@ -323,6 +333,7 @@ def test_torchvision_mnist_malformed_is_named(tmp_path: Path, damage: str) -> No
     assert str(bad) in str(info.value)
 
 
+@pytest.mark.hostile("digit-five")
 def test_torchvision_mnist_bad_label_is_named(tmp_path: Path) -> None:
     _write_mnist(tmp_path)
     bad = tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte"
@@ -352,6 +363,7 @@ def test_torchvision_svhn(tmp_path: Path) -> None:
             assert np.all(d.x_train[i, c] == expected)
 
 
+@pytest.mark.hostile("digit-five")
 def test_torchvision_svhn_missing_and_malformed(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as info:
         load_torchvision_domain(tmp_path / "empty", "SVHN")
@@ -391,6 +403,7 @@ def test_torchvision_usps(tmp_path: Path) -> None:
         assert np.all(d.x_train[i] == (0, 255, 127)[i % 3])
 
 
+@pytest.mark.hostile("digit-five")
 def test_torchvision_usps_missing_and_malformed(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as info:
         load_real_domain("torchvision", tmp_path, "USPS")

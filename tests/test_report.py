@@ -230,6 +230,7 @@ def test_other_differences_become_labelled_variants(tmp_path: Path):
     assert list(report.tables[0]["runs"]) == [2, 2]
 
 
+@pytest.mark.hostile("report")
 def test_a_run_saved_before_a_key_existed_groups_with_its_default(tmp_path: Path):
     """An older fedmatch did not save the keys added since; their defaults are what it ran."""
     runs = [write_run(tmp_path / "runs", "fedavg", seed) for seed in (0, 1)]
@@ -242,6 +243,7 @@ def test_a_run_saved_before_a_key_existed_groups_with_its_default(tmp_path: Path
     assert list(report.tables[0]["runs"]) == [2]
 
 
+@pytest.mark.hostile("report")
 def test_unfinished_runs_are_listed_and_left_out(runs: list[Path], tmp_path: Path):
     partial = write_run(tmp_path / "runs", "fedbn", 5, finish=False)
     report = build_report([*runs, partial], tmp_path / "report", plots=False)
@@ -306,6 +308,7 @@ def test_leave_one_domain_out_runs_get_a_target_domain_column(tmp_path: Path):
     assert table.loc["fedka-1", "target_domain_accuracy"] == pytest.approx(0.86)
 
 
+@pytest.mark.hostile("report")
 def test_a_run_saved_with_the_flat_keys_of_before_the_tables_still_reports(tmp_path: Path):
     """Run directories written before the namespaced tables spell keys flat (mmd-weight);
     the report translates them, so old and new runs of one experiment group together."""
@@ -338,6 +341,7 @@ def test_a_run_saved_with_the_flat_keys_of_before_the_tables_still_reports(tmp_p
         ),
     ],
 )
+@pytest.mark.hostile("report")
 def test_a_damaged_run_is_skipped_with_its_reason_and_the_rest_reported(
     tmp_path: Path, damage, fragment: str
 ):

@@ -18,6 +18,8 @@ from fedmatch.report import build_report, load_run
 from fedmatch.report.command import reproduce_argv, reproduce_command, toml_scalar
 from tests.test_report import write_run
 
+pytestmark = pytest.mark.hostile("report")
+
 # Each would run `touch MARKER` if pasted into a shell unquoted or inside "...".
 HOSTILE = (
     "x'; touch MARKER; echo '",

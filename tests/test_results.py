@@ -23,6 +23,7 @@ def test_open_writes_config_and_refuses_to_overwrite(tmp_path):
         RunRecorder.open(cfg(tmp_path))
 
 
+@pytest.mark.hostile("run-files")
 def test_resume_requires_an_existing_run_and_the_same_experiment(tmp_path):
     with pytest.raises(ConfigError, match="no run to resume"):
         RunRecorder.open(cfg(tmp_path, resume=True))
@@ -64,6 +65,7 @@ def test_metrics_checkpoint_truncate_and_summary(tmp_path):
     assert RunRecorder(rec.run_dir, rec.cfg).rows == read_metrics(rec.run_dir)
 
 
+@pytest.mark.hostile("run-files")
 def test_resume_with_fewer_rounds_than_completed_is_refused_and_changes_nothing(tmp_path):
     rec = RunRecorder.open(cfg(tmp_path, num_server_rounds=5))
     for r in (1, 2, 3):

@@ -87,6 +87,7 @@ def test_checkpoint_round_trips_tensors_numpy_values_and_rng_states(tmp_path: Pa
     )
 
 
+@pytest.mark.hostile("run-files")
 def test_checkpoint_refuses_to_save_an_object_it_could_not_load_safely(tmp_path: Path) -> None:
     rec = RunRecorder.open(_cfg(tmp_path))
     with rec, pytest.raises(TypeError, match=r"strategy_state\['model'\].*torch\.nn"):
@@ -95,6 +96,7 @@ def test_checkpoint_refuses_to_save_an_object_it_could_not_load_safely(tmp_path:
 
 @pytest.mark.parametrize("writer", ["pickle-2", "pickle-5", "torch.save", "old-numpy-state"])
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
+@pytest.mark.hostile("run-files")
 def test_resume_refuses_a_checkpoint_that_needs_unpickling(tmp_path: Path, writer: str) -> None:
     RunRecorder.open(_cfg(tmp_path)).close()
     path = tmp_path / "r1" / "checkpoint.pt"
@@ -125,6 +127,7 @@ def _rows(rnd: int) -> list[MetricRow]:
     return [MetricRow(rnd, 0, "mnist", "test-accuracy", 0.5), MetricRow(rnd, 1, "usps", "x", 1.0)]
 
 
+@pytest.mark.hostile("run-files")
 def test_a_torn_last_metrics_line_is_dropped_and_repaired(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -149,6 +152,7 @@ def test_a_torn_last_metrics_line_is_dropped_and_repaired(
     assert path.read_text().endswith("\n")
 
 
+@pytest.mark.hostile("run-files")
 def test_a_bad_metrics_line_before_the_last_is_an_error_naming_it(tmp_path: Path) -> None:
     with RunRecorder.open(_cfg(tmp_path)) as rec:
         rec.append(_rows(1))

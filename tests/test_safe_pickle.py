@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedmatch.data.real import _unpickle_pair
+from fedmatch.data.digit_five import _unpickle_pair
 from fedmatch.data.safe_pickle import UnsafePickleError
+
+pytestmark = pytest.mark.hostile("digit-five")
 
 IMAGES = np.arange(2 * 28 * 28 * 3, dtype=np.uint8).reshape(2, 28, 28, 3)
 LABELS = np.array([3, 7], dtype=np.int64)

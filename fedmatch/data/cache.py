@@ -47,7 +47,13 @@ def cached_domain(
     if not key or key in (".", "..") or "/" in key or "\\" in key or os.sep in key:
         raise ValueError(f"cache key must be a plain file name, got {key!r}")
     directory = Path(cache_dir).expanduser()
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise NotADirectoryError(
+            f"cache directory {directory} cannot be used ({err.strerror}: {err.filename}); "
+            "set run-config key 'cache-dir' to a directory"
+        ) from None
     path = directory / f"{key}.npz"
 
     # Fast path without the lock: a finished file is only ever replaced atomically, so
@@ -59,6 +65,12 @@ def cached_domain(
             pass  # decided (and reported) under the lock, where nobody else is rewriting it
 
     with FileLock(str(directory / f"{key}.lock")):
+        if path.is_dir():
+            # os.replace cannot put the rebuilt file there, and a folder is never removed here.
+            raise IsADirectoryError(
+                f"cache file {path} is a directory: remove it, or set run-config key "
+                "'cache-dir' to another directory"
+            )
         # Another process may have built it while we waited for the lock.
         if path.exists():
             try:
@@ -91,6 +103,13 @@ def _digest(key: str, arrays: dict[str, np.ndarray]) -> str:
 def _load(path: Path, key: str) -> DomainArrays:
     """Read a cache file, turning every way it can be damaged into ``_CorruptCacheError``."""
     try:
+        with zipfile.ZipFile(path) as archive:
+            packed = [
+                i.filename for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED
+            ]
+        if packed:
+            # Written uncompressed here; a compressed member may inflate to any size on load.
+            raise _CorruptCacheError(f"compressed members {packed} (a cache file is not)")
         with np.load(path, allow_pickle=False) as data:
             fields = ("name", "key", "digest", *_ARRAY_FIELDS)
             missing = [name for name in fields if name not in data.files]

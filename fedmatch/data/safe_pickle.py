@@ -5,6 +5,8 @@
 pickle to (under both the ``numpy.core`` spelling of numpy 1 and ``numpy._core`` of numpy 2,
 and the ``_codecs.encode`` / ``bytes`` helpers that Python 3 writes into protocol 0-2
 pickles) and refuses every other one, naming the file and the ``module.name`` it asked for.
+Those globals are only callable the way numpy and Python call them, so a file cannot make
+the reader allocate memory it does not hold (``ndarray(huge_shape)``, ``bytes(10**12)``).
 Tuples, lists, dicts, numbers and strings need no global, so ``(images, labels)`` pairs load.
 """
 
@@ -42,14 +44,53 @@ _RECONSTRUCT = np.empty(0).__reduce__()[0]
 _SCALAR = np.float32(0).__reduce__()[0]
 _FROMBUFFER = np.empty(1).__reduce_ex__(5)[0]
 
+
+class _NdarrayClass:
+    """Stands for ``numpy.ndarray`` in a pickle.
+
+    numpy's own pickles only pass the class to ``_reconstruct``; a file that calls it,
+    ``ndarray((10**6, 10**6))``, would make the reader allocate whatever the file asks for
+    without holding the data.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise UnsafePickleError(
+            f"refusing to call numpy.ndarray{args!r}: numpy's pickles never call it, and a "
+            "call allocates any size the file names"
+        )
+
+
+_NDARRAY = _NdarrayClass()
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    # numpy pickles every array as _reconstruct(ndarray, (0,), 'b') and then sets its state
+    # from data the file holds; any other shape would allocate memory the file never fills.
+    if subtype is not _NDARRAY or shape != (0,):
+        raise UnsafePickleError(
+            f"refusing numpy _reconstruct({subtype!r}, {shape!r}, ...): numpy's pickles only "
+            "ever rebuild an empty numpy.ndarray there"
+        )
+    return _RECONSTRUCT(np.ndarray, shape, dtype)
+
+
+def _empty_bytes(*args: Any) -> bytes:
+    # Python 3 pickles b"" (protocols 0-2) as bytes(); bytes(n) would allocate n bytes.
+    if args:
+        raise UnsafePickleError(
+            f"refusing builtins.bytes{args!r}: only bytes() (an empty value) is ever pickled"
+        )
+    return b""
+
+
 _ALLOWED: dict[tuple[str, str], Any] = {
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _latin1_encode,
-    ("builtins", "bytes"): bytes,
+    ("builtins", "bytes"): _empty_bytes,
 }
 for _core in ("numpy.core", "numpy._core"):
-    _ALLOWED[(f"{_core}.multiarray", "_reconstruct")] = _RECONSTRUCT
+    _ALLOWED[(f"{_core}.multiarray", "_reconstruct")] = _reconstruct
     _ALLOWED[(f"{_core}.multiarray", "scalar")] = _SCALAR
     _ALLOWED[(f"{_core}.numeric", "_frombuffer")] = _FROMBUFFER
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ import pandas as pd
 
 from fedmatch import __version__
 from fedmatch.report.command import reproduce_command
-from fedmatch.report.document import Document
+from fedmatch.report.document import Document, md_text, write_file
 from fedmatch.report.plots import (
     plot_accuracy,
     plot_accuracy_vs_bytes,
@@ -60,6 +61,8 @@ def build_report(
     are not comparable instead of reporting them as separate groups.  ``plots=False``:
     tables and configs only.
     """
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
     runs, skipped = [], []
     for run_dir in run_dirs:
         try:
@@ -76,11 +79,13 @@ def build_report(
     for group in groups:
         _set_target(group, target_accuracy)
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ReportError(f"{out_dir}: cannot create the output folder ({err.strerror})") from None
     table_runs = run_table(groups)
     csv_path = out_dir / "summary.csv"
-    table_runs.to_csv(csv_path, index=False)
+    write_file(csv_path, table_runs.to_csv(index=False).encode())
 
     title = title or "fedmatch report"
     doc = Document(out_dir)
@@ -108,7 +113,7 @@ def build_report(
         heading = f"Group {index}: {group.describe()}" if len(groups) > 1 else "Results"
         doc.heading(2, heading)
         if len(groups) == 1:
-            doc.para(f"Setting: {group.describe()}.")
+            doc.para(f"Setting: {md_text(group.describe())}.")
         rows = table_runs[table_runs["group"] == index]
         domains = _domains(group)
         table = variant_table(rows, domains)
@@ -126,7 +131,7 @@ def build_report(
         target_domain = str(group.key.get("target-domain") or "")
         if target_domain:
             doc.para(
-                f"Leave-one-domain-out: {target_domain} is held out of the clients. Its "
+                f"Leave-one-domain-out: {md_text(target_domain)} is held out of the clients. Its "
                 "column is the global model's accuracy on its test split in the final round "
                 "(FedKA: the model fine-tuned on voted pseudo-labels); the other domain "
                 "columns are the source clients'."
@@ -190,6 +195,21 @@ def build_report(
         tables=tables,
         skipped=skipped,
     )
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse an output folder that is a file, or a symbolic link.
+
+    ``fedmatch report RUNS`` writes into ``RUNS/report`` by default: in a copied runs folder
+    that could be a link planted to make the report write somewhere else.
+    """
+    if out_dir.is_symlink():
+        raise ReportError(
+            f"{out_dir}: the output folder is a symbolic link (to {os.readlink(out_dir)}); "
+            "give the folder itself as the output folder (--out)"
+        )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ReportError(f"{out_dir}: the output folder exists and is not a folder (--out)")
 
 
 def _unique_labels(runs: list[RunData]) -> None:

@@ -8,6 +8,29 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from fedmatch.atomic import atomic_write_bytes
+from fedmatch.report.runs import ReportError
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write one report file atomically, or a ReportError naming it.
+
+    The output folder may sit inside a copied, hostile runs folder: replacing the file (not
+    writing through it) means a symbolic link planted there as ``report.md`` is replaced, never
+    followed to overwrite what it points to.
+    """
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as err:
+        raise ReportError(f"{path}: cannot write the report file ({err.strerror or err})") from None
+
+
+def md_text(text: str) -> str:
+    """``text`` from a run directory as Markdown that shows it as written: no raw HTML, no
+    link, and no line break that would end a table row or start a heading."""
+    escaped = html.escape(str(text), quote=False).replace("[", "\\[").replace("]", "\\]")
+    return re.sub(r"[\r\n]+", " ", escaped)
+
 
 class Document:
     """The same content as Markdown and as HTML."""
@@ -18,7 +41,7 @@ class Document:
         self.html: list[str] = []
 
     def heading(self, level: int, text: str) -> None:
-        self.md.append(f"{'#' * level} {text}\n")
+        self.md.append(f"{'#' * level} {md_text(text)}\n")
         self.html.append(f"<h{level}>{_inline(text)}</h{level}>")
 
     def para(self, text: str) -> None:
@@ -26,12 +49,12 @@ class Document:
         self.html.append(f"<p>{_inline(text)}</p>")
 
     def bullets(self, items: Sequence[str]) -> None:
-        self.md.append("".join(f"- {item}\n" for item in items))
+        self.md.append("".join(f"- {md_text(item)}\n" for item in items))
         self.html.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>")
 
     def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         def md_cell(text: str) -> str:
-            return str(text).replace("|", "\\|")
+            return md_text(text).replace("|", "\\|")
 
         lines = ["| " + " | ".join(md_cell(h) for h in header) + " |"]
         lines.append("|" + "|".join("---" for _ in header) + "|")
@@ -61,7 +84,9 @@ class Document:
 
     def details(self, summary: str, blocks: Sequence[tuple[str, str]]) -> None:
         """A collapsible section (HTML) of (language, text) code blocks."""
-        self.md.append(f"<details><summary>{html.escape(summary)}</summary>\n")
+        # Raw HTML in Markdown: escaped, on one line (a blank line would end the HTML block).
+        one_line = re.sub(r"[\r\n]+", " ", html.escape(summary))
+        self.md.append(f"<details><summary>{one_line}</summary>\n")
         self.html.append(f"<details><summary>{_inline(summary)}</summary>")
         for language, text in blocks:
             self.code(text, language)
@@ -70,13 +95,14 @@ class Document:
 
     def write(self, title: str) -> tuple[Path, Path]:
         md_path, html_path = self.out_dir / "report.md", self.out_dir / "report.html"
-        md_path.write_text("\n".join(self.md))
-        html_path.write_text(
+        write_file(md_path, "\n".join(self.md).encode())
+        page = (
             "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
             + "\n".join(self.html)
             + "\n</body></html>\n"
         )
+        write_file(html_path, page.encode())
         return md_path, html_path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -12,7 +13,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from fedmatch.report.document import write_file
 from fedmatch.report.runs import Group
+
+
+def _save(fig: Figure, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    write_file(path, buffer.getvalue())
 
 
 def _colors(variants: Iterable[str]) -> dict[str, Any]:
@@ -52,7 +60,7 @@ def _band_plot(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, title=band_note, title_fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
 
 
 def plot_accuracy(path: Path, group: Group) -> None:
@@ -97,7 +105,7 @@ def plot_accuracy_vs_bytes(path: Path, group: Group) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, title="mean over seeds", title_fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
 
 
 def plot_heatmap(path: Path, table: pd.DataFrame, domains: Sequence[str]) -> None:
@@ -117,4 +125,4 @@ def plot_heatmap(path: Path, table: pd.DataFrame, domains: Sequence[str]) -> Non
     ax.set_title("Final test accuracy (mean over seeds)")
     fig.colorbar(image, ax=ax, fraction=0.04)
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)

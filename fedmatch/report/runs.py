@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from fedmatch.results import SERVER, read_metrics, with_new_keys
+from fedmatch.results import METRICS, SERVER, MetricRow, read_metrics, with_new_keys
 
 # Runs that differ in one of these are never averaged or plotted together.
 GROUP_KEYS = (
@@ -160,11 +160,14 @@ def load_run(run_dir: Path) -> RunData:
     info = _json_object(config_path)
     if not isinstance(info.get("run_config"), dict):
         raise ReportError(f"{config_path}: no 'run_config' object (not written by fedmatch?)")
+    _check_run_config(config_path, info["run_config"])
     try:
         config = with_new_keys(info.pop("run_config"))
         rows = read_metrics(run_dir)
-    except (ValueError, TypeError) as err:  # MetricsError names the file and line
+    except (ValueError, TypeError, OSError, RecursionError) as err:
+        # MetricsError names the file and line; OSError: metrics.jsonl is a folder, say.
         raise ReportError(f"{run_dir}: {err}") from None
+    _check_rows(run_dir / METRICS, rows)
     metrics = pd.DataFrame(
         [(r.round, str(r.client), r.domain, r.metric, r.value) for r in rows],
         columns=["round", "client", "domain", "metric", "value"],
@@ -186,12 +189,44 @@ def load_run(run_dir: Path) -> RunData:
 def _json_object(path: Path) -> dict[str, Any]:
     """A JSON object file of a run directory, or a ReportError naming the file and why."""
     try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ReportError(f"{path}: unreadable ({err})") from None
+        value = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as err:
+        # ValueError: not JSON, not UTF-8, or an integer of more than 4300 digits.
+        raise ReportError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
     if not isinstance(value, dict):
         raise ReportError(f"{path}: expected a JSON object, got {type(value).__name__}")
     return value
+
+
+def _check_run_config(path: Path, run_config: dict[str, Any]) -> None:
+    """The saved run config holds scalars, with the types the report computes with."""
+    for key, value in run_config.items():
+        if not isinstance(value, str | int | float | bool):
+            raise ReportError(
+                f"{path}: run_config[{key!r}] = {value!r}: expected a string, number or boolean"
+            )
+    for key, kind, what in (("strategy", str, "a string"), ("seed", int, "an integer")):
+        value = run_config.get(key, kind())
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise ReportError(f"{path}: run_config[{key!r}] = {value!r}: expected {what}")
+
+
+def _check_rows(path: Path, rows: Sequence[MetricRow]) -> None:
+    """Every metric row has the types fedmatch writes: the tables and plots compute with them."""
+    for number, row in enumerate(rows, start=1):
+        problem = ""
+        if isinstance(row.round, bool) or not isinstance(row.round, int) or row.round < 0:
+            problem = "'round' must be an integer >= 0"
+        elif isinstance(row.client, bool) or not (
+            isinstance(row.client, int) or row.client == SERVER
+        ):
+            problem = f"'client' must be a partition id or {SERVER!r}"
+        elif not isinstance(row.domain, str) or not isinstance(row.metric, str):
+            problem = "'domain' and 'metric' must be strings"
+        elif isinstance(row.value, bool) or not isinstance(row.value, int | float):
+            problem = "'value' must be a number"
+        if problem:
+            raise ReportError(f"{path}: row {number} ({row}): {problem}")
 
 
 def find_run_dirs(path: Path) -> list[Path]:
