@@ -41,7 +41,7 @@ from fedmatch.localrun import (
     stale_reason,
     stop_tree,
 )
-from fedmatch.run_status import mark_interrupted, run_state
+from fedmatch.run_status import mark_stopped, run_state
 from fedmatch.runlock import RunDirLock, RunLockedError
 
 log = logging.getLogger("fedmatch.launch")
@@ -194,21 +194,15 @@ def _interrupt(
     if run_dir is None or not (run_dir / "config.json").exists():
         out.write("stopped before the run directory was created: nothing to resume\n")
         return INTERRUPTED_EXIT
-    lock = RunDirLock(run_dir)
     try:
-        lock.acquire()
+        result = mark_stopped(run_dir, "stopped by its user (fedmatch run, Ctrl-C)")
     except RunLockedError as err:
         out.write(f"error: could not mark {run_dir} interrupted: {err}\n")
         return INTERRUPTED_EXIT
-    try:
-        result = run_state(run_dir)
-        if result.status in ("done", "failed"):
-            out.write(f"the run had already ended ({result.status}): {run_dir}\n")
-            return 0 if result.status == "done" else 1
-        completed = _completed_round(run_dir)
-        mark_interrupted(run_dir, completed, "stopped by its user (fedmatch run, Ctrl-C)")
-    finally:
-        lock.release()
+    if result.status in ("done", "failed"):
+        out.write(f"the run had already ended ({result.status}): {run_dir}\n")
+        return 0 if result.status == "done" else 1
+    completed = result.completed_round
     resume = [
         "fedmatch",
         "run",
@@ -222,16 +216,6 @@ def _interrupt(
         f"continue it with:\n  {shlex.join(resume)}\n"
     )
     return INTERRUPTED_EXIT
-
-
-def _completed_round(run_dir: Path) -> int | None:
-    from fedmatch.checkpoint import CheckpointError, read_checkpoint
-
-    path = run_dir / "checkpoint.pt"
-    try:
-        return int(read_checkpoint(path)["round"]) if path.exists() else None
-    except (CheckpointError, OSError, KeyError, TypeError, ValueError):
-        return None
 
 
 def _end_server_app(state: _Run) -> None:

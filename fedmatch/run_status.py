@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from fedmatch.atomic import atomic_write_bytes
 
-__all__ = ["INTERRUPTED", "SUMMARY", "RunState", "mark_interrupted", "run_state"]
+__all__ = ["INTERRUPTED", "SUMMARY", "RunState", "mark_interrupted", "mark_stopped", "run_state"]
 
 SUMMARY = "summary.json"
 INTERRUPTED = "interrupted.json"
@@ -86,3 +86,35 @@ def mark_interrupted(run_dir: Path, completed_round: int | None, detail: str) ->
     marker = {"completed_round": completed_round, "detail": detail, "at": time.time()}
     atomic_write_bytes(path, json.dumps(marker, indent=2, sort_keys=True).encode())
     return path
+
+
+def mark_stopped(run_dir: Path, detail: str) -> RunState:
+    """After its process was stopped: mark the run interrupted unless it had ended anyway.
+
+    Takes the run directory's lock (raises :class:`~fedmatch.runlock.RunLockedError` if a
+    process still holds it) and returns the run's state afterwards.
+    """
+    from fedmatch.runlock import RunDirLock
+
+    lock = RunDirLock(run_dir)
+    lock.acquire()
+    try:
+        state = run_state(run_dir)
+        if state.status != "incomplete":
+            return state
+        completed = _completed_round(Path(run_dir))
+        mark_interrupted(run_dir, completed, detail)
+        return RunState("interrupted", detail, completed)
+    finally:
+        lock.release()
+
+
+def _completed_round(run_dir: Path) -> int | None:
+    """The round the checkpoint holds (None: no readable checkpoint, the run restarts)."""
+    from fedmatch.checkpoint import CheckpointError, read_checkpoint
+
+    path = run_dir / "checkpoint.pt"
+    try:
+        return int(read_checkpoint(path)["round"]) if path.exists() else None
+    except (CheckpointError, OSError, KeyError, TypeError, ValueError):
+        return None

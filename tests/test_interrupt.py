@@ -194,3 +194,23 @@ def test_report_names_an_interrupted_run(tmp_path: Path):
     mark_interrupted(run_dir, 3, "stopped by its user")
     with pytest.raises(ReportError, match=r"interrupted after round 3 \(resume=true continues"):
         load_run(run_dir)
+
+
+def test_bench_marks_the_cells_it_stopped(tmp_path: Path):
+    from fedmatch.bench.runner import _mark_interrupted_cells
+    from fedmatch.bench.state import CellOutcome
+
+    for name in ("stopped", "finished"):
+        RunRecorder.open(RunConfig(runs_dir=str(tmp_path), run_name=name)).close()
+    (tmp_path / "finished" / "summary.json").write_text('{"status": "done"}')
+    _mark_interrupted_cells(
+        tmp_path,
+        {
+            "stopped": CellOutcome("stopped", "interrupted", error="interrupted"),
+            "finished": CellOutcome("finished", "interrupted", error="interrupted"),
+            "never-started": CellOutcome("never-started", "interrupted", error="interrupted"),
+        },
+    )
+    assert run_state(tmp_path / "stopped").status == "interrupted"
+    assert run_state(tmp_path / "finished").status == "done"  # it had ended: left alone
+    assert not (tmp_path / "never-started").exists()
