@@ -18,6 +18,7 @@ from fedmatch import failpoints
 from fedmatch.localrun import (
     PrivateFlower,
     cmdline,
+    is_alive,
     local_superlinks,
     process_environ,
     process_tree,
@@ -165,11 +166,20 @@ def _simulation_processes(flower: PrivateFlower) -> list[int]:
     return found
 
 
+def _run_processes(flower: PrivateFlower, before: set[int]) -> set[int]:
+    """Live processes of this Flower home started after ``before`` was taken, other than the
+    SuperLink and its SuperExec: those of a run (its simulation, Ray and Ray's workers)."""
+    service = ("flower-superlink", "flower-superexec")
+    return {
+        p
+        for p in _flower_processes(flower) - before
+        if is_alive(p) and not any(name in cmdline(p) for name in service)
+    }
+
+
 def _kill_leftovers(flower: PrivateFlower, before: set[int]) -> None:
-    """Processes of this Flower home a killed simulation left (Ray), so they cannot slow the
-    tests that follow; the SuperLink and whatever ran before stay."""
-    links = {p for link in local_superlinks(flower.home) for p in process_tree(link)}
-    for pid in _flower_processes(flower) - before - links:
+    """What a killed simulation left (its Ray processes), so it cannot slow later tests."""
+    for pid in _run_processes(flower, before):
         stop_tree(pid, timeout=5)
 
 
@@ -221,6 +231,7 @@ def test_ctrl_c_and_kills_mid_write_resume_to_the_same_final_metrics(
         "--federation-config",
         "num-supernodes=3 client-resources-num-cpus=1 client-resources-num-gpus=0",
     ]
+    before = _flower_processes(flower)
     # Its own session, as a terminal's foreground job: Ctrl-C goes to its process group.
     run = subprocess.Popen(
         command,
@@ -243,7 +254,9 @@ def test_ctrl_c_and_kills_mid_write_resume_to_the_same_final_metrics(
         if run.poll() is None:
             stop_tree(run.pid)
     assert run.returncode == 130, output[-5000:]
-    assert not _simulation_processes(flower), "the run's simulation process is still running"
+    # Nothing of the run is left: its simulation process, Ray and the client actors.
+    left = {p: cmdline(p)[:80] for p in _run_processes(flower, before)}
+    assert not left, f"processes of the stopped run still alive: {left}"
     marker = json.loads((run_dir / "interrupted.json").read_text())
     stopped_at = torch.load(run_dir / "checkpoint.pt", weights_only=True)["round"]
     assert marker["completed_round"] == stopped_at < 3
