@@ -34,10 +34,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $@
 
+# `fedmatch run`: `flwr run --stream` that validates first, exits non-zero when the run
+# failed, and whose Ctrl-C stops the run (it prints the command that resumes it).
 demo: install
-	$(BIN)/fedmatch check --run-config "strategy='$(STRATEGY)' num-server-rounds=$(ROUNDS) runs-dir='$(RUNS_DIR)' run-name='$(RUN_NAME)' $(RUN_CONFIG)"
-	$(BIN)/fedmatch stop-superlink --if-stale
-	$(BIN)/flwr run . --stream \
+	$(BIN)/fedmatch run . \
 	  --run-config "strategy='$(STRATEGY)' num-server-rounds=$(ROUNDS) runs-dir='$(RUNS_DIR)' run-name='$(RUN_NAME)' $(RUN_CONFIG)" \
 	  --federation-config "num-supernodes=$(NUM_CLIENTS) client-resources-num-cpus=$(CPUS_PER_CLIENT) client-resources-num-gpus=$(GPUS_PER_CLIENT)"
 	$(BIN)/fedmatch show "$(RUNS_DIR)/$(RUN_NAME)"

@@ -49,6 +49,7 @@ def write_checkpoint(
             "strategy_state": _encode(dict(strategy_state), "strategy_state"),
         },
         path,
+        failpoint="checkpoint-write",
     )
 
 

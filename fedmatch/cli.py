@@ -13,21 +13,33 @@ from fedmatch.target_summary import target_summary
 
 
 def _show(args: argparse.Namespace) -> int:
+    from fedmatch.run_status import run_state
+
     run_dir = Path(args.run_dir).expanduser()
-    summary_path = run_dir / "summary.json"
-    if not summary_path.exists():
-        print(f"error: {summary_path} does not exist (the run did not finish?)", file=sys.stderr)
+    state = run_state(run_dir)
+    if state.status != "done":
+        hint = {
+            "failed": "the run failed",
+            "interrupted": f"the run was interrupted after round {state.completed_round or 0} "
+            "(continue it with resume=true and the same run-name)",
+            "incomplete": "the run has not finished (still running, or killed: resume=true "
+            "continues it)",
+        }.get(state.status, f"{state.status} run directory")
+        print(f"error: {hint}: {state.detail}", file=sys.stderr)
         return 1
-    summary = json.loads(summary_path.read_text())
-    if summary.get("status") == "failed":
-        print(f"error: the run failed: {summary.get('error', '')}", file=sys.stderr)
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        config = json.loads((run_dir / "config.json").read_text())["run_config"]
+        header = (
+            f"strategy {config['strategy']}, {summary['final_round']} rounds, "
+            f"{config['dataset']} data, {config['partitioning']} partitioning, "
+            f"seed {config['seed']}"
+        )
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        print(f"error: {run_dir}: damaged config.json or summary.json ({err!r})", file=sys.stderr)
         return 1
-    config = json.loads((run_dir / "config.json").read_text())["run_config"]
     print(f"run directory: {run_dir.resolve()}")
-    print(
-        f"strategy {config['strategy']}, {summary['final_round']} rounds, "
-        f"{config['dataset']} data, {config['partitioning']} partitioning, seed {config['seed']}"
-    )
+    print(header)
     fid = summary.get("final_fid_per_domain")
     if fid:
         # The diffusion strategies: final-round FID-digits (not Inception-FID) per domain.
@@ -148,32 +160,29 @@ def _config(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     """Validate a run config as `flwr run --run-config` would pass it, without Flower."""
-    import tomllib
+    from fedmatch.config import ConfigError
+    from fedmatch.launch import load_run_config
 
-    from flwr.common.config import flatten_dict, parse_config_args
-
-    from fedmatch.config import ConfigError, RunConfig
-    from fedmatch.data.loaders import available_domains
-
-    pyproject = Path(args.app) / "pyproject.toml"
     try:
-        table = tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"]
-    except (OSError, KeyError, tomllib.TOMLDecodeError) as err:
-        print(f"error: {pyproject}: no [tool.flwr.app.config] table ({err})", file=sys.stderr)
-        return 2
-    try:
-        overrides = parse_config_args([args.run_config] if args.run_config else None)
-    except Exception as err:  # Flower's parser raises click/TOML errors of several kinds
-        print(f"error: --run-config {args.run_config!r}: {err}", file=sys.stderr)
-        return 2
-    try:
-        cfg = RunConfig.from_flower({**flatten_dict(table), **overrides})
-        cfg.source_domains(available_domains(cfg.dataset))
+        cfg = load_run_config(Path(args.app), [args.run_config] if args.run_config else [])
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"ok: strategy {cfg.strategy!r}, {len(cfg.to_flower())} keys valid")
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fedmatch.launch import run
+    from fedmatch.logs import setup_logging
+
+    setup_logging()
+    return run(
+        Path(args.app).resolve(),
+        args.run_config or [],
+        connection=args.connection,
+        federation_config=args.federation_config,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,6 +253,22 @@ def main(argv: list[str] | None = None) -> int:
     config.add_argument("what", choices=("list", "pyproject", "docs"))
     config.add_argument("method", nargs="?", default=None, help="list: one method's keys")
     config.set_defaults(func=_config)
+    run = sub.add_parser(
+        "run",
+        help="`flwr run --stream` that Ctrl-C stops (run, simulation and Ray; the run is marked "
+        "interrupted and resumable); exits 0 only when the run finished",
+    )
+    run.add_argument("app", nargs="?", default=".", help="the app directory (default: .)")
+    run.add_argument(
+        "connection", nargs="?", default=None, help="Flower connection (default: local)"
+    )
+    run.add_argument(
+        "--run-config",
+        action="append",
+        help='"key=value ..." or a .toml file, as for `flwr run` (repeatable; later wins)',
+    )
+    run.add_argument("--federation-config", default=None, help="as for `flwr run`")
+    run.set_defaults(func=_run)
     check = sub.add_parser(
         "check",
         help="validate a run config (as `flwr run --run-config` takes it) without starting "

@@ -6,7 +6,9 @@ Layout of ``<runs-dir>/<run-name>/``::
     metrics.jsonl    one JSON object per (round, client, domain, metric, value)
     checkpoint.pt    model arrays and strategy state after the last completed round
     clients/         per-client state files (FedBN's local layers, ...), per round
-    summary.json     final per-domain accuracies, communication and time totals
+    summary.json     final per-domain accuracies, communication and time totals; status
+                     "done" or "failed" (fedmatch.run_status)
+    interrupted.json the user stopped the run (``fedmatch run``, Ctrl-C); resume continues it
     model.pt         the final global model's state dict
     .lock            held (flock) by the process writing the run, see fedmatch.runlock
 
@@ -33,11 +35,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedmatch import __version__
-from fedmatch.atomic import atomic_torch_save, atomic_write_bytes
+from fedmatch import __version__, failpoints
+from fedmatch.atomic import atomic_torch_save, atomic_write_bytes, stale_temp_files
 from fedmatch.checkpoint import read_checkpoint, write_checkpoint
 from fedmatch.config import ConfigError, RunConfig
 from fedmatch.legacy_keys import translate
+from fedmatch.run_status import INTERRUPTED, SUMMARY
 from fedmatch.runlock import RunDirLock
 
 log = logging.getLogger(__name__)
@@ -155,6 +158,7 @@ class RunRecorder:
             if cfg.resume:
                 _check_same_experiment(json.loads(config_path.read_text())["run_config"], cfg)
                 _check_rounds_ahead(run_dir, cfg)
+                _reopen(run_dir)
             elif config_path.exists():
                 raise ConfigError(
                     f"run-config key 'run-name' = {cfg.run_name!r}: {run_dir} already holds a "
@@ -202,7 +206,8 @@ class RunRecorder:
             return
         with (self.run_dir / METRICS).open("ab") as handle:
             # One write of whole lines, so a kill can tear only the last line.
-            handle.write("".join(row.to_json() + "\n" for row in rows).encode())
+            data = "".join(row.to_json() + "\n" for row in rows).encode()
+            failpoints.write(handle, data, "metrics-append")
             handle.flush()
             os.fsync(handle.fileno())
 
@@ -242,7 +247,7 @@ class RunRecorder:
         summary = summarize(self._rows)
         summary.update(dict(extra or {}))
         atomic_write_bytes(
-            self.run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True).encode()
+            self.run_dir / SUMMARY, json.dumps(summary, indent=2, sort_keys=True).encode()
         )
         return summary
 
@@ -354,6 +359,20 @@ def _check_rounds_ahead(run_dir: Path, cfg: RunConfig) -> None:
             f"completed {done} rounds. Resume with num-server-rounds >= {done} (more rounds "
             "continue the run), or start a new run-name"
         )
+
+
+def _reopen(run_dir: Path) -> None:
+    """Make a stopped run directory a running one again (under its lock).
+
+    Its interrupted.json and summary.json no longer describe it (the resumed run rewrites the
+    summary from all its metrics when it ends), and temp files of writes a killed process never
+    finished are debris: no process is writing them while we hold the lock.
+    """
+    for name in (INTERRUPTED, SUMMARY):
+        (run_dir / name).unlink(missing_ok=True)
+    for debris in stale_temp_files(run_dir):
+        log.info("resume: removing %s, left by a write that never finished", debris.name)
+        debris.unlink(missing_ok=True)
 
 
 def _check_same_experiment(saved: Mapping[str, Any], cfg: RunConfig) -> None:

@@ -76,6 +76,18 @@ class RunDirLock:
         finally:
             handle.close()  # closing the last descriptor releases the flock
 
+    def holder_pid(self) -> int | None:
+        """The pid the holder recorded, if it runs on this host (a lock file from another
+        machine, on a shared file system, names a pid that means nothing here)."""
+        try:
+            holder: Any = json.loads(self.path.read_text(encoding="utf-8"))
+            pid, host = holder["pid"], holder["host"]
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        if type(pid) is not int or pid <= 0 or host != socket.gethostname():
+            return None
+        return pid
+
     def _describe_holder(self) -> str:
         try:
             holder: Any = json.loads(self.path.read_text(encoding="utf-8"))

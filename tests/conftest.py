@@ -4,6 +4,7 @@ from collections import Counter
 
 import pytest
 
+from fedmatch import failpoints
 from fedmatch.bench.launch import snapshot_app
 from fedmatch.localrun import REPO, PrivateFlower
 
@@ -18,8 +19,12 @@ def flower(tmp_path_factory: pytest.TempPathFactory):
     use both cores, and a second ServerApp thread only contends with them.
     """
     app = snapshot_app(REPO, tmp_path_factory.mktemp("app"))
+    # The crash tests arm fedmatch.failpoints by writing this file (absent: no effect).
+    failpoint = tmp_path_factory.mktemp("failpoint") / "armed"
     env = PrivateFlower.create(
-        tmp_path_factory.mktemp("flwr-home"), extra_env={"OMP_NUM_THREADS": "1"}, app=app
+        tmp_path_factory.mktemp("flwr-home"),
+        extra_env={"OMP_NUM_THREADS": "1", failpoints.ENV: str(failpoint)},
+        app=app,
     )
     yield env
     env.stop()

@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from fedmatch.localrun import PrivateFlower, cmdline, local_superlinks, process_tree, stop_tree
+from fedmatch import failpoints
+from fedmatch.localrun import (
+    PrivateFlower,
+    cmdline,
+    is_alive,
+    local_superlinks,
+    process_environ,
+    process_tree,
+    stop_tree,
+    toml_value,
+)
 from tests.flower_harness import read_jsonl
 
 pytestmark = pytest.mark.e2e
@@ -151,32 +166,127 @@ def _simulation_processes(flower: PrivateFlower) -> list[int]:
     return found
 
 
-def test_killed_run_resumes_to_the_same_final_metrics(flower, tmp_path, data_cache, fedavg_run):
-    config = tiny(tmp_path, data_cache, **{"run-name": "fedavg"})
-    proc = flower.popen(config)
-    checkpoint = tmp_path / "fedavg" / "checkpoint.pt"
+def _run_processes(flower: PrivateFlower, before: set[int]) -> set[int]:
+    """Live processes of this Flower home started after ``before`` was taken, other than the
+    SuperLink and its SuperExec: those of a run (its simulation, Ray and Ray's workers)."""
+    service = ("flower-superlink", "flower-superexec")
+    return {
+        p
+        for p in _flower_processes(flower) - before
+        if is_alive(p) and not any(name in cmdline(p) for name in service)
+    }
+
+
+def _kill_leftovers(flower: PrivateFlower, before: set[int]) -> None:
+    """What a killed simulation left (its Ray processes), so it cannot slow later tests."""
+    for pid in _run_processes(flower, before):
+        stop_tree(pid, timeout=5)
+
+
+def _flower_processes(flower: PrivateFlower) -> set[int]:
+    pids = (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
+    return {p for p in pids if process_environ(p).get("FLWR_HOME") == str(flower.home)}
+
+
+def _crash_mid_write(flower, config: dict, point: str, fraction: float, run_dir: Path) -> None:
+    """Resume ``config`` with the failpoint ``point`` armed and wait for the kill it makes."""
+    armed = Path(flower.env[failpoints.ENV])
+    armed.write_text(f"{point} {fraction}")
+    before = _flower_processes(flower)
+    proc = flower.popen({**config, "resume": True})
     deadline = time.monotonic() + 300
     try:
-        while not checkpoint.exists():
-            assert proc.poll() is None, proc.stdout.read()[-5000:]
+        # The kill: the failpoint consumed its file and the simulation process is gone.
+        while armed.exists() or _simulation_processes(flower):
+            if proc.poll() is not None and armed.exists():
+                pytest.fail(f"the run ended before {point} fired:\n{proc.stdout.read()[-5000:]}")
+            assert time.monotonic() < deadline, f"{point} never fired"
+            time.sleep(0.1)
+    finally:
+        armed.unlink(missing_ok=True)
+        proc.kill()  # `flwr run` would follow the dead run's log until the SuperLink notices
+        proc.wait()
+        _kill_leftovers(flower, before)
+    assert not (run_dir / "summary.json").exists(), f"the run ended before {point} fired"
+
+
+def test_ctrl_c_and_kills_mid_write_resume_to_the_same_final_metrics(
+    flower, tmp_path, data_cache, fedavg_run
+):
+    """Ctrl-C through `fedmatch run`, then kill -9 in the middle of a metrics append and in the
+    middle of a checkpoint write, each followed by resume: the final metrics are the
+    uninterrupted run's.  The kills cut their write at random byte offsets (seeded: the
+    fractions are in the assertion messages)."""
+    rng = random.Random(29)
+    config = tiny(tmp_path, data_cache, **{"run-name": "fedavg"})
+    run_dir = tmp_path / "fedavg"
+    command = [
+        sys.executable,
+        "-m",
+        "fedmatch.cli",
+        "run",
+        str(flower.app),
+        "--run-config",
+        " ".join(f"{k}={toml_value(v)}" for k, v in config.items()),
+        "--federation-config",
+        "num-supernodes=3 client-resources-num-cpus=1 client-resources-num-gpus=0",
+    ]
+    before = _flower_processes(flower)
+    # Its own session, as a terminal's foreground job: Ctrl-C goes to its process group.
+    run = subprocess.Popen(
+        command,
+        cwd=flower.app,
+        env=flower.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    try:
+        while not (run_dir / "checkpoint.pt").exists():
+            assert run.poll() is None, run.stdout.read()[-5000:]
             assert time.monotonic() < deadline, "no checkpoint after 300 s"
             time.sleep(0.05)
-        # Kill the simulation (ServerApp, Ray, clients) as a crash or a lost machine would.
-        for pid in _simulation_processes(flower):
-            stop_tree(pid, timeout=0)
+        os.killpg(run.pid, signal.SIGINT)
+        output = run.communicate(timeout=120)[0]
     finally:
-        proc.kill()
-        proc.wait()
-    assert not (tmp_path / "fedavg" / "summary.json").exists(), "the run ended before the kill"
-    interrupted_at = torch.load(checkpoint, weights_only=True)["round"]
-    assert interrupted_at < 3
+        if run.poll() is None:
+            stop_tree(run.pid)
+    assert run.returncode == 130, output[-5000:]
+    # Nothing of the run is left: its simulation process, Ray and the client actors.
+    left = {p: cmdline(p)[:80] for p in _run_processes(flower, before)}
+    assert not left, f"processes of the stopped run still alive: {left}"
+    marker = json.loads((run_dir / "interrupted.json").read_text())
+    stopped_at = torch.load(run_dir / "checkpoint.pt", weights_only=True)["round"]
+    assert marker["completed_round"] == stopped_at < 3
+    assert f"interrupted after round {stopped_at} of 3; continue it with:" in output
+    assert "resume=true" in output.splitlines()[-1]
+    show = subprocess.run(
+        [sys.executable, "-m", "fedmatch.cli", "show", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env=flower.env,
+        cwd=flower.app,
+    )
+    assert show.returncode == 1 and "interrupted after round" in show.stderr
+
+    # kill -9 in the middle of appending the next round's metrics: a torn last line.
+    fraction = rng.uniform(0.05, 0.95)
+    _crash_mid_write(flower, config, "metrics-append", fraction, run_dir)
+    assert not (run_dir / "metrics.jsonl").read_bytes().endswith(b"\n"), fraction
+    assert not (run_dir / "interrupted.json").exists()  # resume reopened the run
+
+    # kill -9 in the middle of writing a checkpoint: the old one stays, the temp file is debris.
+    fraction = rng.uniform(0.05, 0.95)
+    _crash_mid_write(flower, config, "checkpoint-write", fraction, run_dir)
+    assert list(run_dir.glob(".checkpoint.pt.*.tmp")), fraction
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["round"] == stopped_at
 
     result = flower.run({**config, "resume": True})
-    resumed = finished(result, tmp_path / "fedavg")
-    assert (
-        f"resuming {tmp_path / 'fedavg'} after round {interrupted_at}"
-        in result.stdout + result.stderr
-    )
+    resumed = finished(result, run_dir)
+    assert f"resuming {run_dir} after round {stopped_at}" in result.stdout + result.stderr
+    assert not list(run_dir.glob(".*.tmp"))
     reference = json.loads((fedavg_run / "summary.json").read_text())
     for key in ("client_accuracy_per_domain", "server_accuracy_per_domain", "bytes_up_total"):
         assert resumed[key] == reference[key], key
@@ -188,4 +298,4 @@ def test_killed_run_resumes_to_the_same_final_metrics(flower, tmp_path, data_cac
             if "seconds" not in r["metric"]
         )
 
-    assert final_rows(tmp_path / "fedavg") == final_rows(fedavg_run)
+    assert final_rows(run_dir) == final_rows(fedavg_run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -14,6 +15,8 @@ from fedmatch.bench.progress import ProgressBar, Tracker
 from fedmatch.bench.state import STATE_FILE, BenchResult, BenchState, CellOutcome
 from fedmatch.bench.suite import Suite
 from fedmatch.localrun import REPO, PrivateFlower
+from fedmatch.run_status import mark_stopped
+from fedmatch.runlock import RunLockedError
 
 log = logging.getLogger("fedmatch.bench")
 
@@ -143,4 +146,15 @@ def _run_pending(
             ray_jobs = ray.attached_jobs()
             ray.stop()
         shutil.rmtree(home, ignore_errors=True)
+        _mark_interrupted_cells(out_dir / "runs", outcomes)
     return ray_jobs
+
+
+def _mark_interrupted_cells(runs_dir: Path, outcomes: dict[str, CellOutcome]) -> None:
+    """Cells stopped mid-run (Ctrl-C) say so in their run directory, as `fedmatch run`'s do;
+    their processes are gone by now, so the locks are free."""
+    for name, outcome in outcomes.items():
+        run_dir = runs_dir / name
+        if outcome.status == "interrupted" and (run_dir / "config.json").exists():
+            with contextlib.suppress(RunLockedError):
+                mark_stopped(run_dir, "stopped by its user (fedmatch bench, Ctrl-C)")

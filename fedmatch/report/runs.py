@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from fedmatch.results import METRICS, SERVER, MetricRow, read_metrics, with_new_keys
+from fedmatch.run_status import run_state
 
 # Runs that differ in one of these are never averaged or plotted together.
 GROUP_KEYS = (
@@ -153,6 +154,12 @@ def load_run(run_dir: Path) -> RunData:
     if not config_path.exists():
         raise ReportError(f"{run_dir} is not a run directory (no config.json)")
     if not summary_path.exists():
+        state = run_state(run_dir)
+        if state.status == "interrupted":
+            raise ReportError(
+                f"{run_dir} was interrupted after round {state.completed_round or 0} "
+                "(resume=true continues it)"
+            )
         raise ReportError(f"{run_dir} did not finish (no summary.json)")
     summary = _json_object(summary_path)
     if summary.get("status") == "failed":
