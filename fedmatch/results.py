@@ -97,7 +97,10 @@ def _read_metrics_file(path: Path) -> tuple[list[MetricRow], bool]:
     """
     if not path.exists():
         return [], False
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:  # a folder, unreadable, ...
+        raise MetricsError(f"{path}: cannot be read ({err.strerror or err})") from None
     lines = data.split(b"\n")
     last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
     rows = []
@@ -107,7 +110,7 @@ def _read_metrics_file(path: Path) -> tuple[list[MetricRow], bool]:
             continue
         try:
             rows.append(MetricRow(**json.loads(line)))
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError, RecursionError) as error:
             if index != last:
                 raise MetricsError(
                     f"{path}:{index + 1}: not a metric row ({error}): {line[:80]!r}; only a torn "
@@ -152,11 +155,18 @@ class RunRecorder:
                 f"{cfg.runs_dir!r}"
             )
         lock = RunDirLock(run_dir)
-        lock.acquire()
+        try:
+            lock.acquire()
+        except OSError as err:  # runs-dir or the run directory is a file, a dead link, ...
+            key = "run-name" if cfg.runs_path.is_dir() else "runs-dir"
+            raise ConfigError(
+                f"run-config key '{key}': cannot use {run_dir} as a run directory "
+                f"({err.strerror or err}: {err.filename or run_dir})"
+            ) from None
         try:
             # Checked under the lock, so two runs cannot both find the name free.
             if cfg.resume:
-                _check_same_experiment(json.loads(config_path.read_text())["run_config"], cfg)
+                _check_same_experiment(_saved_run_config(config_path), cfg)
                 _check_rounds_ahead(run_dir, cfg)
                 _reopen(run_dir)
             elif config_path.exists():
@@ -359,6 +369,17 @@ def _check_rounds_ahead(run_dir: Path, cfg: RunConfig) -> None:
             f"completed {done} rounds. Resume with num-server-rounds >= {done} (more rounds "
             "continue the run), or start a new run-name"
         )
+
+
+def _saved_run_config(path: Path) -> dict[str, Any]:
+    """The run config a run directory's config.json saved; ConfigError naming it otherwise."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))["run_config"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
+        raise ConfigError(f"{path}: not a fedmatch run's config.json ({err!r})") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{path}: 'run_config' is a {type(saved).__name__}, not an object")
+    return saved
 
 
 def _reopen(run_dir: Path) -> None:

@@ -66,7 +66,9 @@ def run_state(run_dir: Path) -> RunState:
                 )
             return RunState("interrupted", str(marker.get("detail", "")), completed)
         if not (run_dir / SUMMARY).exists():
-            return RunState("incomplete", f"{run_dir} has no {SUMMARY}: running or killed")
+            return RunState(
+                "incomplete", f"{run_dir / SUMMARY} does not exist (the run is going on or died)"
+            )
         summary = _json_object(run_dir / SUMMARY)
     except (OSError, ValueError) as err:
         return RunState("damaged", str(err))

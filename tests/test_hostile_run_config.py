@@ -225,7 +225,6 @@ def test_malformed_status_lines_are_skipped_and_the_good_ones_kept(
         assert f"{status_path(cells)}:{number}: skipping a malformed status line" in caplog.text
 
 
-@pytest.mark.xfail(strict=True, reason="fedmatch/align/mmd.py: float('1e999') is inf, and inf > 0")
 @pytest.mark.parametrize("value", ["inf", "1,1e999"])
 def test_an_infinite_bandwidth_multiplier_is_refused(value: str) -> None:
     assert "bandwidth multiplier" in refused({"fedka.mmd-bandwidth-multipliers": value})

@@ -1,8 +1,5 @@
 """Hostile checkpoint, cache and result files and run directories: each gets an error naming
 the file and what is wrong (nothing already written is lost), or is repaired or accepted.
-
-Cases marked xfail are bugs in ``fedmatch/results.py``, which another change owns; each says
-the outcome it should have.
 """
 
 from __future__ import annotations
@@ -288,7 +285,7 @@ def test_blank_and_crlf_lines_are_read_as_the_rows_they_hold(tmp_path: Path) -> 
     assert read_metrics(tmp_path) == [row]
 
 
-# ------------------------------------------------------- results.py (owned elsewhere): xfail
+# ------------------------------------------------------- results.py: damaged run directories
 
 
 def _expect_value_error_naming(path: Path, call) -> None:
@@ -297,20 +294,17 @@ def _expect_value_error_naming(path: Path, call) -> None:
     assert str(path) in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason="results.py: RecursionError escapes read_metrics")
 def test_a_metrics_line_nested_too_deeply_is_an_error_naming_it(tmp_path: Path) -> None:
     path = _metrics(tmp_path, b"[" * 100_000 + b"]" * 100_000)
     _expect_value_error_naming(path, lambda: read_metrics(tmp_path))
 
 
-@pytest.mark.xfail(strict=True, reason="results.py: IsADirectoryError escapes read_metrics")
 def test_a_metrics_file_that_is_a_folder_is_an_error_naming_it(tmp_path: Path) -> None:
     (tmp_path / "metrics.jsonl").mkdir()
     _expect_value_error_naming(tmp_path / "metrics.jsonl", lambda: read_metrics(tmp_path))
 
 
 @pytest.mark.parametrize("config", [b"{not json", b"[]", b'{"run_config": 3}', b"\xff"])
-@pytest.mark.xfail(strict=True, reason="results.py: resume parses config.json unchecked")
 def test_resume_with_a_damaged_config_json_names_it(tmp_path: Path, config: bytes) -> None:
     cfg = RunConfig(runs_dir=str(tmp_path), run_name="r1")
     RunRecorder.open(cfg).close()
@@ -321,7 +315,6 @@ def test_resume_with_a_damaged_config_json_names_it(tmp_path: Path, config: byte
 
 
 @pytest.mark.parametrize("kind", ["runs-dir a file", "run dir a file", "run dir a dead link"])
-@pytest.mark.xfail(strict=True, reason="results.py: OSError from mkdir escapes RunRecorder.open")
 def test_a_run_directory_that_cannot_be_made_names_the_key(tmp_path: Path, kind: str) -> None:
     runs = tmp_path / "runs"
     if kind == "runs-dir a file":

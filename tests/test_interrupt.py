@@ -140,6 +140,7 @@ def test_run_state_reads_each_outcome(tmp_path: Path):
         (INTERRUPTED, b"null", "interrupted.json holds a JSON NoneType, not an object"),
     ],
 )
+@pytest.mark.hostile("run-files")
 def test_a_damaged_status_file_is_named_never_raised(tmp_path, name, content, expected):
     run_dir = _run_dir(tmp_path)
     (run_dir / name).write_bytes(content)
@@ -156,6 +157,7 @@ def test_resume_reopens_an_interrupted_run(tmp_path: Path):
     assert run_state(run_dir).status == "incomplete"
 
 
+@pytest.mark.hostile("report")
 def test_show_names_an_interrupted_or_damaged_run(tmp_path: Path, capsys):
     run_dir = _run_dir(tmp_path)
     mark_interrupted(run_dir, 4, "stopped by its user")

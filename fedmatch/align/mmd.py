@@ -32,6 +32,7 @@ parameter to optimise), as in the FedKA and DAN code.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -57,8 +58,11 @@ def parse_multipliers(text: str) -> tuple[float, ...]:
             raise ValueError(
                 f"{part!r} is not a number: use a comma-separated list of positive numbers"
             ) from None
-        if not value > 0:
-            raise ValueError(f"{part!r} is not positive: every bandwidth multiplier must be > 0")
+        if not 0 < value < math.inf:
+            raise ValueError(
+                f"{part!r} is not a finite positive number: every bandwidth multiplier must be "
+                "> 0 and finite"
+            )
         values.append(value)
     return tuple(values)
 
