@@ -6,18 +6,21 @@ compose file is; ``--insecure`` is the explicit opt-out.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import TextIO
 
 from fedmatch.deploy import LocalDeployment
-from fedmatch.deploy_certs import generate_auth_keys, generate_certs
+from fedmatch.deploy_certs import TlsFiles, generate_auth_keys, generate_certs
 from fedmatch.localrun import REPO
+from fedmatch.run_status import mark_stopped, run_state
+from fedmatch.runlock import RunDirLock
 
 log = logging.getLogger("fedmatch.deploy")
 
@@ -53,6 +56,36 @@ def deploy_local(
         )
     certs = None if insecure else generate_certs(workdir / "certs", supernodes=num_nodes)
     threads = max(1, (os.cpu_count() or 1) // num_nodes)
+    # SIGTERM and SIGHUP end like Ctrl-C: every process stopped, the run marked interrupted.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
+    seen: list[Path] = []  # the run directory, once the ServerApp logged it
+    try:
+        _run(num_nodes, run_config, workdir, certs, insecure, threads, out, seen)
+    except KeyboardInterrupt:
+        # The deployment (ServerApp included) is stopped by now: its `with` block has exited.
+        run_dir = seen[0] if seen else None
+        if run_dir is None or not (run_dir / "config.json").exists():
+            out.write("\ninterrupted before the run directory was created\n")
+            return 130
+        state = mark_stopped(run_dir, "stopped by its user (fedmatch deploy-local, Ctrl-C)")
+        out.write(f"\nrun {run_dir} {state.status} after round {state.completed_round or 0}\n")
+        return 130
+    return _outcome(seen[0] if seen else None, workdir, out)
+
+
+def _run(
+    num_nodes: int,
+    run_config: str,
+    workdir: Path,
+    certs: TlsFiles | None,
+    insecure: bool,
+    threads: int,
+    out: TextIO,
+    seen: list[Path],
+) -> None:
+    """Start the deployment, run the app once (its run directory into ``seen``), stop every
+    process."""
     with LocalDeployment(
         workdir, tls=certs, supernode_auth=not insecure, threads_per_node=threads
     ) as deployment:
@@ -71,26 +104,36 @@ def deploy_local(
         command = deployment.run_command({"min-available-nodes": num_nodes})
         if run_config.strip():
             command += ["--run-config", run_config]
-        run_dir = None
-        with subprocess.Popen(
-            command,
-            cwd=REPO,
-            env=deployment.env(deployment.cli_home),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        ) as process:
-            assert process.stdout is not None
-            for line in process.stdout:
-                out.write(line)
-                if match := _RUN_DIR_LINE.search(line):
-                    run_dir = Path(match.group(1))
-    summary_path = None if run_dir is None else run_dir / "summary.json"
-    if summary_path is None or not summary_path.exists():
-        out.write(f"the run did not finish; see the log above and {workdir}/superlink.log\n")
+        try:
+            with subprocess.Popen(
+                command,
+                cwd=REPO,
+                env=deployment.env(deployment.cli_home),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            ) as process:
+                assert process.stdout is not None
+                for line in process.stdout:
+                    out.write(line)
+                    if not seen and (match := _RUN_DIR_LINE.search(line)):
+                        seen.append(Path(match.group(1)))
+        except KeyboardInterrupt:
+            # Kill the ServerApp before the deployment stops the rest: a ServerApp that
+            # outlived its clients could record a round of dropped clients.
+            if seen and (holder := RunDirLock(seen[0]).live_holder()):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(holder, signal.SIGKILL)
+            raise
+
+
+def _outcome(run_dir: Path | None, workdir: Path, out: TextIO) -> int:
+    if run_dir is None:
+        out.write(f"the run did not start; see the log above and {workdir}/superlink.log\n")
         return 1
-    if json.loads(summary_path.read_text()).get("status") == "failed":
-        out.write(f"the run failed (see {summary_path}); run directory: {run_dir}\n")
+    state = run_state(run_dir)
+    if state.status != "done":
+        out.write(f"the run is {state.status}: {state.detail}; see {workdir}/superlink.log\n")
         return 1
     out.write(f"run directory: {run_dir}\n")
     return 0

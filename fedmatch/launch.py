@@ -227,7 +227,7 @@ def _end_server_app(state: _Run) -> None:
     metrics file whose torn last line is dropped), so resume continues from the checkpoint.
     """
     pids: list[int] = []
-    if state.run_dir is not None and (holder := _lock_holder(state.run_dir)):
+    if state.run_dir is not None and (holder := RunDirLock(state.run_dir).live_holder()):
         pids = [holder]
     else:
         new = sorted(_local_simulations() - state.simulations_before)
@@ -239,17 +239,6 @@ def _end_server_app(state: _Run) -> None:
             os.kill(pid, signal.SIGKILL)
         for child in children:
             stop_tree(child, timeout=10.0)
-
-
-def _lock_holder(run_dir: Path) -> int | None:
-    """The pid holding ``run_dir``'s lock on this host, or None if no process holds it."""
-    lock = RunDirLock(run_dir)
-    try:
-        lock.acquire()
-    except RunLockedError:
-        return lock.holder_pid()
-    lock.release()
-    return None
 
 
 def _restart_stale_superlink(out: TextIO) -> None:

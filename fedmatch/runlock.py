@@ -88,6 +88,16 @@ class RunDirLock:
             return None
         return pid
 
+    def live_holder(self) -> int | None:
+        """The pid of the process on this host that holds the lock now, or None (free, or
+        held from another host).  Only for a lock this object does not hold."""
+        try:
+            self.acquire()
+        except RunLockedError:
+            return self.holder_pid()
+        self.release()
+        return None
+
     def _describe_holder(self) -> str:
         try:
             holder: Any = json.loads(self.path.read_text(encoding="utf-8"))
