@@ -22,9 +22,18 @@ from typing import Any, Literal
 
 from fedmatch.atomic import atomic_write_bytes
 
-__all__ = ["INTERRUPTED", "SUMMARY", "RunState", "mark_interrupted", "mark_stopped", "run_state"]
+__all__ = [
+    "CHECKPOINT",
+    "INTERRUPTED",
+    "SUMMARY",
+    "RunState",
+    "mark_interrupted",
+    "mark_stopped",
+    "run_state",
+]
 
 SUMMARY = "summary.json"
+CHECKPOINT = "checkpoint.pt"
 INTERRUPTED = "interrupted.json"
 
 Status = Literal["done", "failed", "interrupted", "incomplete", "damaged", "missing"]
@@ -115,7 +124,7 @@ def _completed_round(run_dir: Path) -> int | None:
     """The round the checkpoint holds (None: no readable checkpoint, the run restarts)."""
     from fedmatch.checkpoint import CheckpointError, read_checkpoint
 
-    path = run_dir / "checkpoint.pt"
+    path = run_dir / CHECKPOINT
     try:
         return int(read_checkpoint(path)["round"]) if path.exists() else None
     except (CheckpointError, OSError, KeyError, TypeError, ValueError):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from fedmatch.config import RunConfig
-from fedmatch.results import changed_config_keys
+from fedmatch.resume import changed_config_keys
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
 Scalar = str | int | float | bool

@@ -12,7 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from fedmatch.results import METRICS, SERVER, MetricRow, read_metrics, with_new_keys
+from fedmatch.results import METRICS, SERVER, MetricRow, read_metrics
+from fedmatch.resume import with_new_keys
 from fedmatch.run_status import run_state
 
 # Runs that differ in one of these are never averaged or plotted together.
