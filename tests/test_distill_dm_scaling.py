@@ -162,3 +162,52 @@ def test_virtual_cache_never_serves_a_set_of_the_other_image_step(tmp_path):
     cpu = torch.device("cpu")
     assert virtual_cache_file(cfg, 0, 5, cpu) != virtual_cache_file(other, 0, 5, cpu)
     assert virtual_cache_file(cfg, 0, 5, cpu) == virtual_cache_file(with_values(cfg), 0, 5, cpu)
+
+
+def test_ipc_scaling_benchmark_scores_every_option_and_resumes(tmp_path, capsys, monkeypatch):
+    """benchmarks/dm_ipc_scaling.py on a tiny grid: the options are what they say they are."""
+    import importlib.util
+    import json
+    import sys
+
+    from fedmatch.localrun import REPO
+
+    spec = importlib.util.spec_from_file_location(
+        "dm_ipc_scaling", REPO / "benchmarks" / "dm_ipc_scaling.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    # Registered first: its dataclass looks its module up while it is defined.
+    monkeypatch.setitem(sys.modules, spec.name, bench)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "grid.json"
+    argv = [
+        "--domains", "mnist", "--ipc", "1", "--steps", "2", "--snapshots", "1",
+        "--batch-real", "4", "--width", "8", "--eval-width", "8", "--eval-epochs", "1",
+        "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--resume",
+    ]  # fmt: skip
+    bench.main(argv)
+    rows = {(r["variant"], r["steps"]): r for r in json.loads(out.read_text())["rows"]}
+    # Every option at steps 1 and 2, except "proportional": 2 steps × IPC 1/10 -> 1 step.
+    assert set(rows) == {(v, k) for v in bench.VARIANTS for k in (1, 2)} - {("proportional", 2)}
+    assert rows[("lr-scaled", 2)]["lr"] == pytest.approx(0.1)
+    assert rows[("per-image-lr1", 2)]["lr"] == REFERENCE_IPC
+    for k in (1, 2):
+        # One start and one random stream: only the step differs.  At IPC 1 the per-image
+        # step is lr × 1/10, and the per-image loss at lr 1 is DM's own step.
+        per_image, scaled = rows[("per-image", k)], rows[("lr-scaled", k)]
+        assert per_image["movement"] == pytest.approx(scaled["movement"], rel=1e-3)
+        plain, lr1 = rows[("class-mean", k)], rows[("per-image-lr1", k)]
+        assert lr1["movement"] == pytest.approx(plain["movement"], rel=1e-3)
+        assert per_image["movement"] < 0.5 * plain["movement"]
+    assert rows[("proportional", 1)]["movement"] == pytest.approx(
+        rows[("class-mean", 1)]["movement"], rel=1e-6
+    )
+    # A second call finds every set in --out and distils nothing.
+    before = out.read_text()
+    capsys.readouterr()
+    bench.main(argv)
+    assert out.read_text() == before
+    assert "| mnist | 1 | per-image | 1 | 2 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="unknown 'steps-x5'"):
+        bench.main([*argv, "--variants", "steps-x5"])
