@@ -152,6 +152,7 @@ _VIRTUAL_KEYS = (
     "distill.method",
     "distill.steps",
     "distill.lr",
+    "distill.image-step",
     "distill.batch-real",
     "distill.factor",
     "distill.dsa-strategy",
@@ -167,7 +168,8 @@ _VIRTUAL_KEYS = (
     "model-norm",
 )
 # Bump when the distillation code changes what it computes: old cache files stop matching.
-_VIRTUAL_CACHE_VERSION = 1
+# 2: distill.image-step (issue 29); files of version 1 were made by the class-mean step.
+_VIRTUAL_CACHE_VERSION = 2
 
 
 def virtual_cache_file(

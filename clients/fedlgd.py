@@ -121,6 +121,7 @@ def _refresh(
         device=device,
         start=virtual,
         feature_net=model,
+        image_step=cfg.params(DistillParams).image_step,
     )
     log.info(
         "client %d (%s): round %d refreshed %d local virtual images by DM in the global "

@@ -24,14 +24,27 @@ are thrown away).  With a BatchNorm network the batch statistics of a pass mix t
 One DSA draw per iteration serves all classes (the reference code draws one seed per class).
 A synthetic image's gradient comes only from its own class's term, so each class sees the same
 distribution of augmentations either way; only the correlation across classes differs.
+
+The image step (``image_step``; not in DM's paper).  Eq. 4 matches each class's *mean*
+synthetic embedding, so the gradient on one image s_i of a class with n images is
+
+    ∂L/∂s_i = (2/n) · J_i^T (mean_syn − mean_real)
+
+and shrinks as 1/n: at a fixed lr and step count an IPC-50 set moves a fifth as far from its
+start as an IPC-10 set (DM's code hides this behind 20,000 steps).  ``"per-image"`` weighs
+class c's term by n_c / :data:`REFERENCE_IPC`, which makes every image's gradient (2/10) ·
+J_i^T (mean_syn − mean_real) whatever the IPC; with SGD (momentum is linear in the gradient)
+that is the same as lr × n_c/10, up to rounding.  At IPC 10 the weights are 1 and the run is
+bit for bit DM's.  ``"class-mean"`` is Eq. 4 unweighted, as published.  The loss recorded in
+the history is Eq. 4 either way, so it compares across IPC and across the two choices.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -58,7 +71,23 @@ from fedmatch.distill.multiformation import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["class_means", "distill_dm", "dm_loss"]
+__all__ = [
+    "IMAGE_STEPS",
+    "REFERENCE_IPC",
+    "ImageStep",
+    "class_means",
+    "class_weights",
+    "distill_dm",
+    "dm_class_terms",
+    "dm_loss",
+]
+
+# "per-image": each image's gradient independent of the IPC; "class-mean": Eq. 4 as published.
+ImageStep = Literal["per-image", "class-mean"]
+IMAGE_STEPS: tuple[ImageStep, ...] = ("per-image", "class-mean")
+# The IPC at which the two image steps coincide.  DM's lr 1.0 (main_DM.py ``lr_img``) and the
+# CPU schedules here were set at IPC 10, so a per-image run at IPC 10 is unchanged bit for bit.
+REFERENCE_IPC = 10
 
 
 def class_means(
@@ -70,17 +99,16 @@ def class_means(
     return sums / counts.clamp(min=1).to(embeddings.dtype).unsqueeze(1), counts
 
 
-def dm_loss(
+def dm_class_terms(
     embed_real: torch.Tensor,
     y_real: torch.Tensor,
     embed_syn: torch.Tensor,
     y_syn: torch.Tensor,
     num_classes: int,
 ) -> torch.Tensor:
-    """DM's loss (Eq. 4): Σ_c ||mean real embedding of c − mean synthetic embedding of c||².
+    """The terms of Eq. 4, one per class (C,): ||mean real − mean synthetic embedding of c||².
 
-    Summed (not averaged) over the classes present in both sets, as the reference code sums
-    its per-class terms.
+    A class absent from either set has the term 0 (and no gradient).
     """
     if embed_real.dim() != 2 or embed_syn.dim() != 2 or embed_real.shape[1] != embed_syn.shape[1]:
         raise ValueError(
@@ -90,7 +118,41 @@ def dm_loss(
     mean_real, count_real = class_means(embed_real, y_real, num_classes)
     mean_syn, count_syn = class_means(embed_syn, y_syn, num_classes)
     present = (count_real > 0) & (count_syn > 0)
-    return ((mean_real - mean_syn) ** 2).sum(dim=1)[present].sum()
+    return ((mean_real - mean_syn) ** 2).sum(dim=1) * present.to(embed_syn.dtype)
+
+
+def dm_loss(
+    embed_real: torch.Tensor,
+    y_real: torch.Tensor,
+    embed_syn: torch.Tensor,
+    y_syn: torch.Tensor,
+    num_classes: int,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """DM's loss (Eq. 4): Σ_c ||mean real embedding of c − mean synthetic embedding of c||².
+
+    Summed (not averaged) over the classes present in both sets, as the reference code sums
+    its per-class terms.  ``weights`` (C,) multiply the class terms (:func:`class_weights`).
+    """
+    terms = dm_class_terms(embed_real, y_real, embed_syn, y_syn, num_classes)
+    return terms.sum() if weights is None else (terms * weights).sum()
+
+
+def class_weights(
+    image_step: ImageStep, stored_labels: torch.Tensor, num_classes: int
+) -> torch.Tensor | None:
+    """The factors of Eq. 4's class terms for ``image_step`` (None: unweighted).
+
+    ``"per-image"``: n_c / :data:`REFERENCE_IPC` with n_c the *stored* images of class c, so
+    that the gradient on each stored image does not depend on n_c (with multi-formation each
+    stored image is f² decoded ones, and the class mean is over the n_c·f² decoded images).
+    """
+    if image_step == "class-mean":
+        return None
+    if image_step != "per-image":
+        raise ValueError(f"image_step must be one of {IMAGE_STEPS}, got {image_step!r}")
+    counts = torch.bincount(stored_labels.long().cpu(), minlength=num_classes)
+    return counts.to(torch.float32) / REFERENCE_IPC
 
 
 def distill_dm(
@@ -112,6 +174,8 @@ def distill_dm(
     start: tuple[torch.Tensor, torch.Tensor] | None = None,
     feature_net: nn.Module | None = None,
     factor: int = 1,
+    image_step: ImageStep = "class-mean",
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, DistillHistory]:
     """Distil ``(images, labels)`` to ``ipc`` images per class with DM.
 
@@ -126,6 +190,11 @@ def distill_dm(
     ``factor`` f > 1 distils with IDC's multi-formation (:mod:`fedmatch.distill.multiformation`,
     not part of DM's paper; a control for NCFM, which uses it): ``ipc`` stored images per class
     are matched, and returned, as ``ipc``·f² decoded images.
+
+    ``image_step`` (module docstring): ``"class-mean"``, the default here, is Eq. 4 as
+    published; the run config's default (``distill.image-step``) is ``"per-image"``.
+    ``on_step(k, stored)`` is called with k = 0 (the start) and after every step k with the
+    stored images (detached, on ``device``; do not modify them): snapshots for benchmarks.
     """
     check_dataset(images, labels, num_classes)
     if steps < 0:
@@ -148,11 +217,16 @@ def distill_dm(
     images, labels = images.to(device), labels.to(device)
     syn = syn_init.to(device).requires_grad_(True)
     decoded_labels = decode_labels(syn_labels, factor).to(device)
+    weights = class_weights(image_step, syn_labels, num_classes)
+    if weights is not None:
+        weights = weights.to(device)
     optimizer = torch.optim.SGD([syn], lr=lr, momentum=momentum)
     sampler = RealSampler(labels, classes, batch_real)
     image_size = (images.shape[2], images.shape[3])
     history = DistillHistory("dm")
 
+    if on_step is not None:
+        on_step(0, syn.detach())
     with measure_peak_memory(device) as peak, Stopwatch(device) as watch:
         for step in range(steps):
             model = (
@@ -172,11 +246,15 @@ def distill_dm(
             with torch.no_grad():
                 embed_real = model.embed(augment(images[idx]))
             embed_syn = model.embed(augment(decode_images(syn, factor)))
-            loss = dm_loss(embed_real, labels[idx], embed_syn, decoded_labels, num_classes)
+            terms = dm_class_terms(embed_real, labels[idx], embed_syn, decoded_labels, num_classes)
+            loss = terms.sum()  # Eq. 4, recorded whatever the image step
+            objective = loss if weights is None else (terms * weights).sum()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
             optimizer.step()
             history.losses.append(float(loss.detach()))
+            if on_step is not None:
+                on_step(step + 1, syn.detach())
             if log_every and (step + 1) % log_every == 0:
                 log.info("DM step %d/%d: loss %.4f", step + 1, steps, history.losses[-1])
     history.seconds, history.cpu_seconds = watch.seconds, watch.cpu_seconds

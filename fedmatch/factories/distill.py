@@ -75,7 +75,12 @@ def distill_from_config(
     }
     if cfg.params(DistillParams).method == "dm":
         return distill_dm(
-            images, labels, cfg.params(DistillParams).ipc, cfg.params(DistillParams).steps, **common
+            images,
+            labels,
+            cfg.params(DistillParams).ipc,
+            cfg.params(DistillParams).steps,
+            image_step=cfg.params(DistillParams).image_step,
+            **common,
         )
     pool = None
     if cfg.params(DistillParams).ncfm_feature_nets > 0:

@@ -1,0 +1,213 @@
+"""DM's image step (issue 29): the per-image step against Eq. 4's class-mean step, and its key."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedmatch.config import ConfigError, RunConfig
+from fedmatch.distill.common import fresh_convnet
+from fedmatch.distill.dm import REFERENCE_IPC, class_weights, distill_dm, dm_loss
+from fedmatch.params import DistillParams
+from tests.flower_harness import make_config, with_values
+from tests.test_distill import TINY_NET, toy_digits
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny tensors: thread barriers would cost more than the arithmetic on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _image_gradients(syn: torch.Tensor, syn_labels: torch.Tensor, weights) -> torch.Tensor:
+    """∂L/∂S of DM's loss in one fixed random ConvNet, against the toy digits' real images."""
+    images, labels = toy_digits(n_per_class=8)
+    net = fresh_convnet(TINY_NET, in_channels=3, num_classes=3, image_size=12, seed=3, device="cpu")
+    syn = syn.clone().requires_grad_(True)
+    loss = dm_loss(net.embed(images), labels, net.embed(syn), syn_labels, 3, weights)
+    (grad,) = torch.autograd.grad(loss, [syn])
+    return grad
+
+
+def test_per_image_gradient_is_ipc_times_the_class_mean_gradient():
+    # Three classes of 1, 3 and 6 images: every image's gradient scales with its own class.
+    syn_labels = torch.tensor([0, 1, 1, 1, 2, 2, 2, 2, 2, 2])
+    syn = torch.randn(10, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(syn_labels, minlength=3).float()
+    class_mean = _image_gradients(syn, syn_labels, None)
+    per_image_loss = _image_gradients(syn, syn_labels, counts)  # Σ_c n_c ||·||²
+    scale = counts[syn_labels].view(-1, 1, 1, 1)
+    torch.testing.assert_close(per_image_loss, scale * class_mean, rtol=1e-5, atol=1e-7)
+    # The key's weights are the same loss divided by REFERENCE_IPC (the step of IPC 10).
+    weights = class_weights("per-image", syn_labels, 3)
+    assert weights is not None
+    torch.testing.assert_close(weights, counts / REFERENCE_IPC)
+    keyed = _image_gradients(syn, syn_labels, weights)
+    torch.testing.assert_close(keyed, scale / REFERENCE_IPC * class_mean, rtol=1e-5, atol=1e-7)
+    assert class_weights("class-mean", syn_labels, 3) is None
+    with pytest.raises(ValueError, match="image_step must be one of"):
+        class_weights("per-pixel", syn_labels, 3)  # type: ignore[arg-type]
+
+
+def _distil(ipc: int, image_step: str, lr: float = 1.0, steps: int = 5, on_step=None):
+    images, labels = toy_digits(n_per_class=20)
+    return distill_dm(
+        images,
+        labels,
+        ipc,
+        steps,
+        lr=lr,
+        batch_real=16,
+        init="stats",
+        net=TINY_NET,
+        generator=torch.Generator().manual_seed(0),
+        image_step=image_step,  # type: ignore[arg-type]
+        on_step=on_step,
+    )
+
+
+def test_per_image_step_at_ipc_10_is_dm_bit_for_bit():
+    # The weights are exactly 1: runs, caches and results at IPC 10 do not change.
+    per_image, _, history = _distil(REFERENCE_IPC, "per-image")
+    class_mean, _, old_history = _distil(REFERENCE_IPC, "class-mean")
+    assert torch.equal(per_image, class_mean)
+    assert history.losses == old_history.losses
+
+
+def test_per_image_step_is_the_class_mean_step_at_lr_times_ipc_over_10():
+    # SGD's momentum buffer is linear in the gradient: weighting the loss = scaling the lr.
+    per_image, _, history = _distil(4, "per-image")
+    scaled, _, scaled_history = _distil(4, "class-mean", lr=4 / REFERENCE_IPC)
+    torch.testing.assert_close(per_image, scaled, rtol=1e-4, atol=1e-5)
+    # The recorded loss is Eq. 4 in both (not the weighted objective).
+    assert history.losses == pytest.approx(scaled_history.losses, rel=1e-4)
+
+
+def _movement(ipc: int, image_step: str) -> float:
+    """‖S − S_0‖ / ‖S_0‖ after 5 steps (from the same kind of start at every IPC)."""
+    start: dict[int, torch.Tensor] = {}
+
+    def keep_start(k: int, stored: torch.Tensor) -> None:
+        if k == 0:
+            start[0] = stored.clone()
+
+    out, _, _ = _distil(ipc, image_step, on_step=keep_start)
+    return float((out - start[0]).norm() / start[0].norm())
+
+
+def test_a_set_at_ipc_50_moves_as_far_per_step_as_one_at_ipc_10():
+    per_image = _movement(50, "per-image") / _movement(10, "per-image")
+    class_mean = _movement(50, "class-mean") / _movement(10, "class-mean")
+    # Per-image: the same relative movement at both sizes (measured 0.9-1.15 over seeds).
+    assert 0.7 < per_image < 1.4, per_image
+    # Eq. 4's class means: each image's step is 10/50 as large, and so is the movement.
+    assert class_mean < 0.4, class_mean
+
+
+def test_image_step_key_defaults_to_per_image_and_refuses_other_values():
+    assert RunConfig().params(DistillParams).image_step == "per-image"
+    cfg = RunConfig.from_flower({"distill.image-step": "class-mean"})
+    assert cfg.params(DistillParams).image_step == "class-mean"
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_flower({"distill.image-step": "per-pixel"})
+    message = str(err.value)
+    assert "'distill.image-step' = 'per-pixel'" in message
+    assert "'per-image'" in message and "'class-mean'" in message
+
+
+@pytest.mark.parametrize("image_step", ["per-image", "class-mean"])
+def test_every_dm_run_takes_the_key(monkeypatch, image_step):
+    """The distiller workload (FedDM, the warm-up of FedLGD and its baselines) and FedLGD's
+    refreshes both hand ``distill.image-step`` to DM."""
+    from types import SimpleNamespace
+
+    import clients.fedlgd as fedlgd_client
+    import fedmatch.factories.distill as factory
+
+    seen: list[str] = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["image_step"])
+        return distill_dm(*args, **kwargs)
+
+    monkeypatch.setattr(factory, "distill_dm", spy)
+    monkeypatch.setattr(fedlgd_client, "distill_dm", spy)
+    cfg = make_config(model_width=8, model_depth=2, ipc=1, distill_steps=1, distill_batch_real=4)
+    cfg = with_values(cfg, **{"distill.image_step": image_step})
+    images, labels = toy_digits(n_per_class=4)
+    syn, syn_labels, _ = factory.distill_from_config(
+        cfg, images, labels, seed=0, device=torch.device("cpu")
+    )
+    data = SimpleNamespace(train=SimpleNamespace(tensors=(images, labels)), domain="toy")
+    model = fresh_convnet(
+        {"width": 8, "depth": 2, "norm": "instancenorm"},
+        in_channels=3,
+        num_classes=10,
+        image_size=12,
+        seed=0,
+        device="cpu",
+    )
+    fedlgd_client._refresh(cfg, data, model, (syn, syn_labels), 0, 2, torch.device("cpu"))
+    assert seen == [image_step, image_step]
+
+
+def test_virtual_cache_never_serves_a_set_of_the_other_image_step(tmp_path):
+    from clients.distiller import virtual_cache_file
+
+    cfg = make_config(cache_dir=str(tmp_path))
+    other = with_values(cfg, **{"distill.image_step": "class-mean"})
+    cpu = torch.device("cpu")
+    assert virtual_cache_file(cfg, 0, 5, cpu) != virtual_cache_file(other, 0, 5, cpu)
+    assert virtual_cache_file(cfg, 0, 5, cpu) == virtual_cache_file(with_values(cfg), 0, 5, cpu)
+
+
+def test_ipc_scaling_benchmark_scores_every_option_and_resumes(tmp_path, capsys, monkeypatch):
+    """benchmarks/dm_ipc_scaling.py on a tiny grid: the options are what they say they are."""
+    import importlib.util
+    import json
+    import sys
+
+    from fedmatch.localrun import REPO
+
+    spec = importlib.util.spec_from_file_location(
+        "dm_ipc_scaling", REPO / "benchmarks" / "dm_ipc_scaling.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    # Registered first: its dataclass looks its module up while it is defined.
+    monkeypatch.setitem(sys.modules, spec.name, bench)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "grid.json"
+    argv = [
+        "--domains", "mnist", "--ipc", "1", "--steps", "2", "--snapshots", "1",
+        "--batch-real", "4", "--width", "8", "--eval-width", "8", "--eval-epochs", "1",
+        "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--resume",
+    ]  # fmt: skip
+    bench.main(argv)
+    rows = {(r["variant"], r["steps"]): r for r in json.loads(out.read_text())["rows"]}
+    # Every option at steps 1 and 2, except "proportional": 2 steps × IPC 1/10 -> 1 step.
+    assert set(rows) == {(v, k) for v in bench.VARIANTS for k in (1, 2)} - {("proportional", 2)}
+    assert rows[("lr-scaled", 2)]["lr"] == pytest.approx(0.1)
+    assert rows[("per-image-lr1", 2)]["lr"] == REFERENCE_IPC
+    for k in (1, 2):
+        # One start and one random stream: only the step differs.  At IPC 1 the per-image
+        # step is lr × 1/10, and the per-image loss at lr 1 is DM's own step.
+        per_image, scaled = rows[("per-image", k)], rows[("lr-scaled", k)]
+        assert per_image["movement"] == pytest.approx(scaled["movement"], rel=1e-3)
+        plain, lr1 = rows[("class-mean", k)], rows[("per-image-lr1", k)]
+        assert lr1["movement"] == pytest.approx(plain["movement"], rel=1e-3)
+        assert per_image["movement"] < 0.5 * plain["movement"]
+    assert rows[("proportional", 1)]["movement"] == pytest.approx(
+        rows[("class-mean", 1)]["movement"], rel=1e-6
+    )
+    # A second call finds every set in --out and distils nothing.
+    before = out.read_text()
+    capsys.readouterr()
+    bench.main(argv)
+    assert out.read_text() == before
+    assert "| mnist | 1 | per-image | 1 | 2 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="unknown 'steps-x5'"):
+        bench.main([*argv, "--variants", "steps-x5"])
