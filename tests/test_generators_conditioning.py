@@ -7,7 +7,7 @@ import torch
 
 from fedmatch.config import RunConfig
 from fedmatch.diffusion.sample_accuracy import samples_by_domain
-from fedmatch.diffusion.teacher import ddim_sample
+from fedmatch.diffusion.teacher import ddim_sample, train_denoiser
 from fedmatch.diffusion.unet import UNetSpec, build_unet, condition_labels, split_condition
 from fedmatch.factories.diffusion import (
     client_condition_labels,
@@ -70,3 +70,19 @@ def test_evaluation_labels_balance_classes_and_domains_and_split_back():
     # Unconditioned: every domain's reader sees every sample, with its class label.
     plain = samples_by_domain(images, balanced_labels(60), ["a", "b"], [])
     assert all(len(y) == 60 for _, y in plain.values())
+
+
+def test_teacher_optimizer_state_carries_over_rounds():
+    from tests.test_generators import toy_digits
+
+    x, y = toy_digits(32, seed=0)
+    unet = build_unet(UNetSpec(channels=(8, 16)), 0)
+    kw = {"steps": 2, "batch_size": 4, "device": torch.device("cpu")}
+    first = train_denoiser(unet, x, y, lr=1e-3, seed=0, **kw)
+    second = train_denoiser(
+        unet, x, y, lr=5e-4, seed=1, optimizer_state=first.optimizer_state, **kw
+    )
+    assert second.optimizer_state is not None
+    steps = {float(s["step"]) for s in second.optimizer_state["state"].values()}
+    assert steps == {4.0}  # Adam's step count (bias correction) continued from round 1
+    assert second.optimizer_state["param_groups"][0]["lr"] == 5e-4
