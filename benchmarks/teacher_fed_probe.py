@@ -55,7 +55,8 @@ log = logging.getLogger("fedmatch.bench")
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--variant", required=True, help="name of this row in the table")
+    p.add_argument("--variant", default="", help="name of this row in the table")
+    p.add_argument("--table", action="store_true", help="print --out as a markdown table")
     p.add_argument("--domains", default="all")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--local-steps", type=int, default=40)
@@ -90,8 +91,46 @@ def score(scorer: SampleScorer, unet, args: argparse.Namespace, tag: str) -> dic
     return {**scorer.score(images, labels), "sampling_seconds": seconds}
 
 
+def table(path: Path) -> str:
+    """The probe lines of ``path`` as a markdown table (accuracy of samples per domain)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for row in rows:  # lines of the first version: sample_accuracy / real_accuracy maps
+        for model in ("raw", "ema"):
+            r = row.get(model, {})
+            if "sample_accuracy" in r and "class_accuracy" not in r:
+                r["class_accuracy"] = {
+                    n: {"samples": v, "real": r["real_accuracy"][n]}
+                    for n, v in r["sample_accuracy"].items()
+                }
+    names = list(rows[0]["raw"]["class_accuracy"]) if rows else []
+    real = rows[0]["raw"]["class_accuracy"] if rows else {}
+    heads = "".join(f" {n} (real {real[n]['real']:.3f}) |" for n in names)
+    out = [
+        f"| variant | client steps | loss, last round | FID-digits (floor) |{heads} train s |",
+        "|---|---|---|---|" + "---|" * len(names) + "---|",
+    ]
+    for row in rows:
+        for model in ("raw", "ema"):
+            if model not in row:
+                continue
+            r = row[model]
+            cells = "".join(f" {r['class_accuracy'][n]['samples']:.2f} |" for n in names)
+            label = row["variant"] + (" (EMA)" if model == "ema" else "")
+            out.append(
+                f"| {label} | {row['client_steps']} | {row['loss_per_round'][-1]:.4f} "
+                f"| {r['fid']:.0f} ({row['real_floor_fid']:.0f}) |{cells} "
+                f"{row['train_seconds']:.0f} |"
+            )
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
+    if args.table:
+        print(table(args.out))
+        return
+    if not args.variant:
+        raise SystemExit("--variant is required (or --table)")
     setup_logging()
     torch.set_num_threads(args.threads)
     cfg = RunConfig(domains=args.domains, cache_dir=str(Path(args.cache_dir).expanduser()))
