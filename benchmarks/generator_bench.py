@@ -20,7 +20,10 @@ alone ≈6 min and the whole benchmark ≈16 min on one shared core) and ``gpu``
 domains, a larger UNet and 10-50x the steps, for the device machine).  Every flag overrides
 its preset.  On a CPU the five domains together do not give a teacher that draws digits:
 photo-mnist's, font-digits' and street-digits' colour backgrounds need far more steps than
-this budget (benchmarks/RESULTS.md, generators, "three probes").
+this budget (benchmarks/RESULTS.md, generators, "three probes").  ``--teacher-conditioning
+true`` conditions on (class, domain) (class row + domain row), ``--teacher-keep-optimizer true``
+keeps each client's AdamW state across rounds; every score also reports the class accuracy of
+samples per domain (``class_accuracy``: ``{domain: {"samples", "real"}}``).
 
     python benchmarks/generator_bench.py --preset cpu
     python benchmarks/generator_bench.py --preset gpu --device cuda
@@ -177,7 +180,8 @@ class Bench:
         conditioned = bool(getattr(args, "teacher_conditioning", False))
         n = len(domains) if conditioned else 1  # (class, domain) rows: domain·10 + class
         channels = tuple(int(c) for c in args.channels.split(","))
-        self.spec = UNetSpec(channels=channels, domains=n).validate()
+        embedding = "added" if n > 1 else "joint"  # class row + domain row when conditioned
+        self.spec = UNetSpec(channels=channels, domains=n, domain_embedding=embedding).validate()
         self.clients = [
             (d.name, to_images(d.x_train), condition_labels(torch.from_numpy(d.y_train), i, n))
             for i, d in enumerate(domains)

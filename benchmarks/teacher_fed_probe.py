@@ -65,6 +65,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--channels", default="16,32,64")
     p.add_argument("--conditioning", action="store_true")
+    p.add_argument("--domain-embedding", choices=("joint", "added"), default="joint")
     p.add_argument("--keep-optimizer", action="store_true")
     p.add_argument("--ema", type=float, default=0.0, help="server EMA decay per round; 0 = off")
     p.add_argument("--samples", type=int, default=250)
@@ -152,7 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     # The real-vs-real floor at the same sample count as the models (FID is biased by N).
     pick = torch.randperm(len(scorer.test), generator=torch.Generator().manual_seed(0))
     floor = scorer.fid.score(scorer.test[pick[: args.samples]])["all"]
-    spec = UNetSpec(channels=parse_channels(args.channels), domains=n).validate()
+    spec = UNetSpec(
+        channels=parse_channels(args.channels), domains=n, domain_embedding=args.domain_embedding
+    ).validate()
     unet = build_unet(spec, derive_seed(args.seed, 0))
     ema = {k: v.clone() for k, v in unet.state_dict().items()} if args.ema else None
     optimizer_states: list[dict | None] = [None] * len(clients)

@@ -229,10 +229,10 @@ class DiffusionParams(ParamsTable):
     (channels per head). A teacher cached with the other architecture is never reused"""
     # One class-embedding row per (class, domain): each client conditions on its own domain.
     domain_conditioning: bool = False
-    """generators: condition the UNets on (class, domain), embedding index domain·10 + class, the
-    domain's position in `domains`; every client trains on its own domain (a client holding
-    several domains is refused) and the server samples the domains in turn. A teacher cached
-    without it is never reused"""
+    """generators: condition the UNets on (class, domain), index domain·10 + class (the domain's
+    position in `domains`), embedded as a class row plus a domain row; every client trains on its
+    own domain (a client holding several domains is refused) and the server samples the domains
+    in turn. A teacher cached without it is never reused"""
     teacher_steps: int = Field(200, ge=1)  # local DDPM steps per teacher round
     """generators: local DDPM (v-prediction) steps per teacher round (`train.teacher`)"""
     teacher_lr: float = Field(1e-3, gt=0)

@@ -86,3 +86,17 @@ def test_teacher_optimizer_state_carries_over_rounds():
     steps = {float(s["step"]) for s in second.optimizer_state["state"].values()}
     assert steps == {4.0}  # Adam's step count (bias correction) continued from round 1
     assert second.optimizer_state["param_groups"][0]["lr"] == 5e-4
+
+
+def test_added_domain_embedding_is_class_row_plus_domain_row_and_keyed():
+    spec = UNetSpec(channels=(8, 16), domains=3, domain_embedding="added")
+    assert spec.to_dict()["domain_embedding"] == "added"
+    assert "domain_embedding" not in UNetSpec(channels=(8, 16), domains=3).to_dict()
+    emb = build_unet(spec, 0).class_embedding
+    labels = condition_labels(torch.tensor([4, 4, 7]), torch.tensor([0, 2, 2]), 3)
+    out = emb(labels)
+    assert torch.allclose(out[0], emb.classes.weight[4] + emb.domains.weight[0])
+    # Same class, other domain: differs by the domain rows only.
+    assert torch.allclose(out[1] - out[0], emb.domains.weight[2] - emb.domains.weight[0])
+    with pytest.raises(ValueError, match="'joint' or 'added'"):
+        UNetSpec(domains=2, domain_embedding="sum").validate()

@@ -65,6 +65,9 @@ class UNetSpec:
     num_classes: int = NUM_CLASSES
     cross_attention: bool = False
     domains: int = 1
+    # "joint": one learned row per (class, domain); "added": a class row plus a domain row,
+    # so every client's data trains the class rows (:class:`AddedDomainEmbedding`).
+    domain_embedding: str = "joint"
 
     @property
     def num_conditions(self) -> int:
@@ -87,6 +90,8 @@ class UNetSpec:
             raise ValueError(f"unet-layers-per-block={self.layers_per_block}: must be >= 1")
         if self.domains < 1:
             raise ValueError(f"domains={self.domains}: a UNet conditions on >= 1 domain")
+        if self.domain_embedding not in ("joint", "added"):
+            raise ValueError(f"domain_embedding={self.domain_embedding!r}: 'joint' or 'added'")
         if self.cross_attention:
             width = self.channels[-1]
             if width % ATTENTION_HEAD_DIM:
@@ -110,6 +115,8 @@ class UNetSpec:
             del out["cross_attention"]
         if self.domains == 1:
             del out["domains"]
+        if self.domains == 1 or self.domain_embedding == "joint":
+            del out["domain_embedding"]
         return out
 
 
@@ -225,13 +232,36 @@ class CrossAttentionUNet(nn.Module):
 DiffusionUNet = UNet2DModel | CrossAttentionUNet
 
 
+class AddedDomainEmbedding(nn.Module):
+    """Embedding of condition ``domain · 10 + class`` as class row + domain row.
+
+    A joint table gives each (class, domain) its own row, trained only by that domain's client;
+    here the class rows see every client's data and a domain row shifts them, the additive
+    form of a class embedding plus a second (domain) embedding.
+    """
+
+    def __init__(self, num_classes: int, domains: int, dim: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.classes = nn.Embedding(num_classes, dim)
+        self.domains = nn.Embedding(domains, dim)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.classes(labels % self.num_classes) + self.domains(labels // self.num_classes)
+
+
 def build_unet(spec: UNetSpec, seed: int) -> DiffusionUNet:
     """A randomly initialised UNet whose weights depend only on ``seed``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if spec.cross_attention:
             return CrossAttentionUNet(unet_config(spec), spec.num_conditions)
-        return UNet2DModel(**unet_config(spec))
+        unet = UNet2DModel(**unet_config(spec))
+        if spec.domains > 1 and spec.domain_embedding == "added":
+            # UNet2DModel adds class_embedding(class_labels) to the time embedding.
+            dim = unet.class_embedding.embedding_dim
+            unet.class_embedding = AddedDomainEmbedding(spec.num_classes, spec.domains, dim)
+        return unet
 
 
 def unet_output(

@@ -54,12 +54,16 @@ def conditioned_domains(cfg: RunConfig) -> tuple[str, ...]:
 
 
 def unet_spec(cfg: RunConfig) -> UNetSpec:
+    domains = max(1, len(conditioned_domains(cfg)))
     return UNetSpec(
         channels=parse_channels(cfg.params(DiffusionParams).unet_channels),
         layers_per_block=cfg.params(DiffusionParams).unet_layers_per_block,
         attention=cfg.params(DiffusionParams).unet_attention,
         cross_attention=cfg.params(DiffusionParams).unet_cross_attention,
-        domains=max(1, len(conditioned_domains(cfg))),
+        domains=domains,
+        # Class row + domain row: beat one row per (class, domain) in the teacher probes
+        # (benchmarks/RESULTS.md, generators, "Five domains").
+        domain_embedding="added" if domains > 1 else "joint",
     ).validate()
 
 
