@@ -20,7 +20,10 @@ alone ≈6 min and the whole benchmark ≈16 min on one shared core) and ``gpu``
 domains, a larger UNet and 10-50x the steps, for the device machine).  Every flag overrides
 its preset.  On a CPU the five domains together do not give a teacher that draws digits:
 photo-mnist's, font-digits' and street-digits' colour backgrounds need far more steps than
-this budget (benchmarks/RESULTS.md, generators, "three probes").
+this budget (benchmarks/RESULTS.md, generators, "three probes").  ``--teacher-conditioning
+true`` conditions on (class, domain) (class row + domain row), ``--teacher-keep-optimizer true``
+keeps each client's AdamW state across rounds; every score also reports the class accuracy of
+samples per domain (``class_accuracy``: ``{domain: {"samples", "real"}}``).
 
     python benchmarks/generator_bench.py --preset cpu
     python benchmarks/generator_bench.py --preset gpu --device cuda
@@ -42,14 +45,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_scoring import SampleScorer  # benchmarks/ (this script's folder)
 
 from fedmatch.config import RunConfig
 from fedmatch.data.loaders import load_domains, to_images
 from fedmatch.diffusion.disback import backtrack_target, record_degradation
 from fedmatch.diffusion.dmd2 import DMD2Settings, GanHead, generate, train_dmd2
-from fedmatch.diffusion.fid import FIDScorer, cached_feature_net
+from fedmatch.diffusion.fid import FIDScorer
 from fedmatch.diffusion.teacher import ddim_sample, train_denoiser
-from fedmatch.diffusion.unet import UNetSpec, build_unet
+from fedmatch.diffusion.unet import UNetSpec, build_unet, condition_labels
+from fedmatch.factories.diffusion import sampling_labels
 from fedmatch.factories.diffusion_eval import balanced_labels, save_grid
 from fedmatch.logs import setup_logging
 from fedmatch.seeding import derive_seed
@@ -69,6 +74,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "teacher_lr": 2e-3,
         "teacher_lr_final": 1e-4,
         "teacher_ema": 0.0,
+        "teacher_conditioning": False,
+        "teacher_keep_optimizer": False,
         "batch_size": 32,
         "rounds": 6,
         "generator_steps": 6,
@@ -79,6 +86,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "disback_steps": 150,
         "fid_samples": 500,
         "feature_steps": 400,
+        "accuracy_epochs": 3,
         "threads": 1,
     },
     "gpu": {
@@ -89,6 +97,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "teacher_lr": 1e-3,
         "teacher_lr_final": 1e-3,
         "teacher_ema": 0.0,
+        "teacher_conditioning": True,
+        "teacher_keep_optimizer": True,
         "batch_size": 128,
         "rounds": 20,
         "generator_steps": 100,
@@ -99,6 +109,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "disback_steps": 2000,
         "fid_samples": 5000,
         "feature_steps": 3000,
+        "accuracy_epochs": 3,
         "threads": 8,
     },
 }
@@ -142,12 +153,15 @@ TEACHER_KEYS = (
     "teacher_ema",
     "batch_size",
 )
+# Keys that enter the digest only when true, so teachers cached before they existed keep theirs.
+TEACHER_FLAGS = ("teacher_conditioning", "teacher_keep_optimizer")
 
 
 def teacher_digest(args: argparse.Namespace) -> str:
     """Short digest of everything the teacher depends on, so a cached teacher is reused only
     for the same data, architecture and schedule (not, e.g., after ``--domains`` changed)."""
     keys = {key: getattr(args, key) for key in TEACHER_KEYS}
+    keys.update({key: True for key in TEACHER_FLAGS if getattr(args, key, False)})
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -161,26 +175,31 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.device = torch.device(args.device)
-        self.spec = UNetSpec(channels=tuple(int(c) for c in args.channels.split(","))).validate()
         cfg = RunConfig(domains=args.domains, cache_dir=str(Path(args.cache_dir).expanduser()))
         domains = load_domains(cfg)
+        conditioned = bool(getattr(args, "teacher_conditioning", False))
+        n = len(domains) if conditioned else 1  # (class, domain) rows: domain·10 + class
+        channels = tuple(int(c) for c in args.channels.split(","))
+        embedding = "added" if n > 1 else "joint"  # class row + domain row when conditioned
+        self.spec = UNetSpec(channels=channels, domains=n, domain_embedding=embedding).validate()
         self.clients = [
-            (d.name, to_images(d.x_train), torch.from_numpy(d.y_train)) for d in domains
+            (d.name, to_images(d.x_train), condition_labels(torch.from_numpy(d.y_train), i, n))
+            for i, d in enumerate(domains)
         ]
         log.info("clients: %s", ", ".join(f"{n} ({len(y)})" for n, _, y in self.clients))
-        net = cached_feature_net(
+        self.scorer = SampleScorer(
+            domains,
             cfg.cache_path,
-            [d.name for d in domains],
-            [x for _, x, _ in self.clients],
-            [y for _, _, y in self.clients],
-            steps=args.feature_steps,
+            feature_steps=args.feature_steps,
             seed=args.seed,
+            accuracy_epochs=getattr(args, "accuracy_epochs", 0),
+            conditioned=conditioned,
         )
-        test = torch.cat([to_images(d.x_test) for d in domains])
-        self.scorer = FIDScorer(net, {"all": test})
-        self.labels = balanced_labels(args.fid_samples)
+        self.labels = sampling_labels(balanced_labels(args.fid_samples), n)
         # The floor: FID of real held-out images (the other half of the test splits).
+        test = self.scorer.test
         half = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(0))]
+        net = self.scorer.fid.feature_net
         floor = FIDScorer(net, {"a": half[: len(half) // 2]}).score(half[len(half) // 2 :])
         self.real_floor = floor["a"]
         self.eval_rounds = {int(r) for r in args.eval_rounds.split(",") if r}
@@ -196,13 +215,9 @@ class Bench:
                 / "figures"
                 / f"generator_bench_{self.args.preset}_{grid}.png"
             )
-            save_grid(images, self.labels, 8, path)
-        fid = self.scorer.score(images)["all"]
-        precision, recall = self.scorer.precision_recall(images, "all")
+            save_grid(images, self.labels % 10, 8, path)
         return {
-            "fid": fid,
-            "precision": precision,
-            "recall": recall,
+            **self.scorer.score(images, self.labels),
             "ms_per_image": 1e3 * seconds / len(self.labels),
         }
 
@@ -218,6 +233,8 @@ class Bench:
             return unet.to(self.device).eval()
         start = time.perf_counter()
         ema = {k: v.clone() for k, v in unet.state_dict().items()} if a.teacher_ema else None
+        # AdamW state per client across rounds (--teacher-keep-optimizer) or fresh each round.
+        optimizer_states: list[dict | None] = [None] * len(self.clients)
         for r in range(1, a.teacher_rounds + 1):
             lr = cosine_lr(a.teacher_lr, a.teacher_lr_final, r, a.teacher_rounds)
             states, weights, losses = [], [], []
@@ -232,7 +249,10 @@ class Bench:
                     batch_size=a.batch_size,
                     seed=derive_seed(a.seed, r, i, 51),
                     device=self.device,
+                    optimizer_state=optimizer_states[i],
                 )
+                if getattr(a, "teacher_keep_optimizer", False):
+                    optimizer_states[i] = h.optimizer_state
                 states.append({k: v.cpu() for k, v in local.state_dict().items()})
                 weights.append(float(len(y)))
                 losses.append(h.mean_loss())
@@ -308,6 +328,7 @@ class Bench:
                 nfe=nfe,
                 seed=derive_seed(a.seed, 71),
                 device=self.device,
+                num_classes=self.spec.num_conditions,
             )
             fake.load_state_dict(path[-1])
             extra = {
@@ -374,6 +395,12 @@ class Bench:
         )
 
 
+def _flag(value: str) -> bool:
+    if value.lower() not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected true or false")
+    return value.lower() in ("true", "1")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -388,7 +415,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-ddim-steps", type=int, default=10)
     parser.add_argument("--skip", default="", help="comma list of: dmd2-1, dmd2-4, disback")
     for key, value in PRESETS["cpu"].items():
-        parser.add_argument("--" + key.replace("_", "-"), type=type(value), default=None)
+        kind = _flag if isinstance(value, bool) else type(value)  # bool("false") is True
+        parser.add_argument("--" + key.replace("_", "-"), type=kind, default=None)
     args = parser.parse_args(argv)
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
@@ -436,11 +464,18 @@ def print_table(results: dict[str, Any]) -> None:
     ):
         if name in results:
             rows.append((label, results[name]["curve"][-1]))
-    lines = ["| sampler | FID-digits | precision | recall | ms / image |", "|---|---|---|---|---|"]
+    # Per-domain class accuracy of samples, the header giving the real test accuracy.
+    accuracy = rows[0][1].get("class_accuracy", {})
+    heads = "".join(f" {d} (real {v['real']:.3f}) |" for d, v in accuracy.items())
+    lines = [
+        f"| sampler | FID-digits | precision | recall | ms / image |{heads}",
+        "|---|---|---|---|---|" + "---|" * len(accuracy),
+    ]
     for label, r in rows:
+        cells = "".join(f" {v['samples']:.3f} |" for v in r.get("class_accuracy", {}).values())
         lines.append(
             f"| {label} | {r['fid']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} "
-            f"| {r['ms_per_image']:.2f} |"
+            f"| {r['ms_per_image']:.2f} |{cells}"
         )
     log.info("\n%s", "\n".join(lines))
 

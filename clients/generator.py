@@ -26,6 +26,7 @@ from fedmatch.diffusion.unet import build_unet
 from fedmatch.factories.diffusion import (
     TARGET_KEY,
     GeneratorBundle,
+    client_condition_labels,
     dmd2_settings,
     unet_spec,
 )
@@ -51,6 +52,7 @@ def handle_teacher(msg: Message, context: Context) -> Message:
     unet = build_unet(unet_spec(cfg), 0)
     unet.load_state_dict(arrays_to_state(msg.content["arrays"]), strict=True)
     images, labels = data.train.tensors
+    labels = client_condition_labels(cfg, data.domain, labels)  # its own domain's rows
     history = train_denoiser(
         unet,
         images,
@@ -98,6 +100,7 @@ def handle_generator(msg: Message, context: Context) -> Message:
     target = build_unet(spec, 0)
     target.load_state_dict(arrays_to_state(target_record), strict=True)
     images, labels = data.train.tensors
+    labels = client_condition_labels(cfg, data.domain, labels)
     history = train_dmd2(
         bundle.generator,
         bundle.fake,

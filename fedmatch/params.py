@@ -235,6 +235,12 @@ class DiffusionParams(ParamsTable):
     its lowest-resolution level and mid block to the class prompt [BOS, label] (a learned token
     table; the label also stays in the time embedding); the last width must be a multiple of 16
     (channels per head). A teacher cached with the other architecture is never reused"""
+    # One class-embedding row per (class, domain): each client conditions on its own domain.
+    domain_conditioning: bool = False
+    """generators: condition the UNets on (class, domain), index domain·10 + class (the domain's
+    position in `domains`), embedded as a class row plus a domain row; every client trains on its
+    own domain (a client holding several domains is refused) and the server samples the domains
+    in turn. A teacher cached without it is never reused"""
     teacher_steps: int = Field(200, ge=1)  # local DDPM steps per teacher round
     """generators: local DDPM (v-prediction) steps per teacher round (`train.teacher`)"""
     teacher_lr: float = Field(1e-3, gt=0)
@@ -252,6 +258,12 @@ class DiffusionParams(ParamsTable):
     """generators: images generated per server-side FID evaluation (balanced classes, fixed seed)"""
     fid_feature_steps: int = Field(500, ge=1)  # training steps of the FID feature network
     """generators: training steps of the FID-digits feature network (cached in `cache-dir`)"""
+    # Epochs of the per-domain classifiers that read the samples' classes; 0 = no scoring.
+    accuracy_epochs: int = Field(3, ge=0)
+    """generators: epochs of the independent per-domain classifier (a ConvNet trained on that
+    domain's real training split, cached in `cache-dir`) that scores the class accuracy of
+    samples per domain, beside its accuracy on real test images (metrics `sample-accuracy`,
+    `real-accuracy`); 0 turns the scoring off"""
     grid_per_class: int = Field(8, ge=1)  # sample-grid columns (one row per class)
     """generators: columns of the per-round sample grid PNG (one row per class)"""
 

@@ -11,7 +11,13 @@ from torch import nn
 
 from fedmatch.config import RunConfig
 from fedmatch.data.types import DomainArrays
-from fedmatch.factories.diffusion import unet_spec
+from fedmatch.diffusion.sample_accuracy import samples_by_domain
+from fedmatch.factories.diffusion import (
+    conditioned_domains,
+    sample_accuracy_scorer,
+    sampling_labels,
+    unet_spec,
+)
 from fedmatch.factories.diffusion_eval import DiffusionEvaluator, Sampler
 from fedmatch.records import arrays_to_state
 from fedmatch.results import SERVER, MetricRow
@@ -19,9 +25,11 @@ from strategies.base import FedMatchStrategy, NodeInfo, ServerEvaluate
 
 
 class DiffusionStrategy(FedMatchStrategy):
-    """What the diffusion methods share: no client evaluation phase, FID-digits on the server.
+    """What the diffusion methods share: no client evaluation phase, FID-digits on the server,
+    and the class accuracy of the samples per domain (``fedmatch.diffusion.sample_accuracy``).
 
-    Subclasses give ``sampler`` (and optionally ``extra_samplers``).
+    Subclasses give ``sampler`` (and optionally ``extra_samplers``); with domain conditioning
+    the evaluation asks them for the domains in turn (``sampling_labels``).
     """
 
     def __init__(self, cfg: RunConfig, nodes: list[NodeInfo]) -> None:
@@ -29,6 +37,7 @@ class DiffusionStrategy(FedMatchStrategy):
         self.spec = unet_spec(cfg)
         self.num_clients = len(nodes)
         self.last_fid: dict[str, float] = {}
+        self.last_accuracy: dict[str, dict[str, float]] = {}
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -48,6 +57,9 @@ class DiffusionStrategy(FedMatchStrategy):
         self, domains: list[DomainArrays], model: nn.Module
     ) -> ServerEvaluate | None:
         evaluator = DiffusionEvaluator(self.cfg, domains)
+        accuracy = sample_accuracy_scorer(self.cfg, domains)
+        conditioned = conditioned_domains(self.cfg)
+        scored = [d.name for d in domains]
 
         def server_evaluate(server_round: int, arrays: ArrayRecord) -> list[MetricRow]:
             model.load_state_dict(arrays_to_state(arrays), strict=True)
@@ -58,7 +70,29 @@ class DiffusionStrategy(FedMatchStrategy):
             rows = []
             samplers = {"": self.sampler(model), **self.extra_samplers(model)}
             for suffix, sampler in samplers.items():
-                score = evaluator.score(sampler, server_round, grid_path if not suffix else None)
+                drawn: list[tuple] = []  # what the evaluator's sampler drew, for the accuracy
+
+                def conditioned_sampler(labels, rng, sampler=sampler, drawn=drawn):
+                    condition = sampling_labels(labels, self.spec.domains)
+                    images = sampler(condition, rng)
+                    drawn.append((images, condition))
+                    return images
+
+                score = evaluator.score(
+                    conditioned_sampler, server_round, grid_path if not suffix else None
+                )
+                if accuracy is not None and not suffix:
+                    images, condition = drawn[-1]
+                    per_domain = samples_by_domain(images, condition, scored, conditioned)
+                    self.last_accuracy = {}
+                    for domain, acc in accuracy.score(per_domain).items():
+                        rows.append(
+                            MetricRow(server_round, SERVER, domain, "sample-accuracy", acc.samples)
+                        )
+                        rows.append(
+                            MetricRow(server_round, SERVER, domain, "real-accuracy", acc.real)
+                        )
+                        self.last_accuracy[domain] = {"samples": acc.samples, "real": acc.real}
                 for domain, value in score.fid.items():
                     rows.append(MetricRow(server_round, SERVER, domain, f"fid{suffix}", value))
                 for metric, value in (
@@ -76,7 +110,12 @@ class DiffusionStrategy(FedMatchStrategy):
         return server_evaluate
 
     def summary_extra(self) -> dict:
-        return {"final_fid_per_domain": self.last_fid, "fid_kind": "FID-digits (not Inception)"}
+        return {
+            "final_fid_per_domain": self.last_fid,
+            "fid_kind": "FID-digits (not Inception)",
+            # {domain: {"samples": class accuracy of samples, "real": of real test images}}
+            "final_sample_accuracy_per_domain": self.last_accuracy,
+        }
 
 
 def sample_grid_path(run_dir: str, server_round: int) -> Path:

@@ -219,6 +219,7 @@ class DisBackStrategy(DMD2Strategy):
             batch_size=self.cfg.batch_size,
             nfe=self.cfg.params(GeneratorParams).nfe,
             seed=derive_seed(self.cfg.seed, _DEGRADATION_TAG),
+            num_classes=self.spec.num_conditions,  # every (class, domain) when conditioned
             device=resolve_device(self.cfg.device),
         )
         recorder.append(

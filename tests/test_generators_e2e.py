@@ -55,15 +55,18 @@ def test_teacher_then_one_step_generator_and_disback_through_flwr_run(
         [
             CellSpec("dmd2", {**base, "strategy": "dmd2", "run-name": "dmd2"}),
             CellSpec("disback", {**base, "strategy": "disback", "run-name": "disback"}),
-            # Another teacher config: the teacher strategy trains and caches a second one.
+            # Another teacher config: the teacher strategy trains and caches a second one,
+            # conditioned on (class, domain), its samples read by per-domain classifiers.
             CellSpec(
                 "teacher",
                 {
                     **base,
                     "strategy": "diffusion-teacher",
                     "run-name": "teacher",
-                    "diffusion.teacher-steps": 2,
+                    "diffusion.teacher-steps": 4,
                     "diffusion.teacher-ddim-steps": 2,
+                    "diffusion.domain-conditioning": True,
+                    "diffusion.accuracy-epochs": 1,
                 },
             ),
         ],
@@ -115,9 +118,19 @@ def test_teacher_then_one_step_generator_and_disback_through_flwr_run(
     assert values("disback-target-node", 2) == {("server", "all"): 0.0}
     assert (runs / "disback" / "samples" / "round-002.png").exists()
 
-    # -- diffusion-teacher: two FedAvg rounds of the denoiser, FID of its DDIM samples, cached.
+    # -- diffusion-teacher: two FedAvg rounds of the domain-conditioned denoiser, FID of its
+    # DDIM samples and their class accuracy per domain, cached.
     rows = read_jsonl(runs / "teacher" / "metrics.jsonl")
-    assert set(values("teacher-steps", 1).values()) == {2.0}
+    assert set(values("teacher-steps", 1).values()) == {4.0}
     assert len(values("teacher-loss", 2)) == 2
+    losses = [sum(values("teacher-loss", r).values()) for r in (1, 2)]
+    assert losses[1] < losses[0], losses  # the teacher learns
+    real, samples = values("real-accuracy", 2), values("sample-accuracy", 2)
+    assert set(real) == set(samples) == {("server", d) for d in DOMAINS}
+    # The scorer reads real digits (its classifiers' test accuracy) far above the samples of
+    # a teacher trained for 8 steps, which are noise to it.
+    assert all(real[k] > 0.8 and samples[k] < real[k] - 0.3 for k in real), (real, samples)
+    summary = json.loads((runs / "teacher" / "summary.json").read_text())
+    assert set(summary["final_sample_accuracy_per_domain"]) == set(DOMAINS)
     assert set(values("fid", 2)) == {("server", d) for d in (*DOMAINS, "all")}
     assert len(list((data_cache / "diffusion").glob("teacher-*.pt"))) == 2

@@ -117,6 +117,8 @@ class TrainHistory:
 
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    # AdamW's state after the last step, for a caller that keeps it across rounds.
+    optimizer_state: dict | None = None
 
     @property
     def steps(self) -> int:
@@ -145,12 +147,23 @@ def train_denoiser(
     batch_size: int,
     seed: int,
     device: torch.device,
+    optimizer_state: dict | None = None,
 ) -> TrainHistory:
-    """``steps`` AdamW steps of :func:`denoising_loss` on (images in [-1, 1], labels)."""
+    """``steps`` AdamW steps of :func:`denoising_loss` on (images in [-1, 1], labels).
+
+    ``optimizer_state``: AdamW's moments from this client's previous round (its
+    ``history.optimizer_state``), so that a federated client does not restart Adam's bias
+    correction and second-moment estimate every round (Kingma & Ba, ICLR 2015, Alg. 1); the
+    learning rate is ``lr`` either way.
+    """
     generator = torch.Generator().manual_seed(seed)
     ac = alphas_cumprod()
     unet.to(device).train()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
     history = TrainHistory()
     start = time.perf_counter()
     for _ in range(steps):
@@ -162,6 +175,7 @@ def train_denoiser(
         optimizer.step()
         history.losses.append(float(loss.detach()))
     history.seconds = time.perf_counter() - start
+    history.optimizer_state = optimizer.state_dict()
     unet.eval()
     return history
 

@@ -50,6 +50,11 @@ class UNetSpec:
 
     ``cross_attention`` selects :class:`CrossAttentionUNet` (the mid block then always has
     self- and cross-attention, so ``attention`` adds nothing to it).
+
+    ``domains`` > 1 conditions on (class, domain): the class embedding has one row per pair,
+    index ``domain · num_classes + class`` (:func:`condition_labels`), so the one embedding
+    table that carries the class (time embedding, and the cross-attention prompt) also
+    carries the domain, and no sampler or loss needs another argument.
     """
 
     channels: tuple[int, ...] = (32, 64)
@@ -59,6 +64,15 @@ class UNetSpec:
     in_channels: int = IMAGE_SHAPE[0]
     num_classes: int = NUM_CLASSES
     cross_attention: bool = False
+    domains: int = 1
+    # "joint": one learned row per (class, domain); "added": a class row plus a domain row,
+    # so every client's data trains the class rows (:class:`AddedDomainEmbedding`).
+    domain_embedding: str = "joint"
+
+    @property
+    def num_conditions(self) -> int:
+        """Rows of the class embedding: classes × domains."""
+        return self.num_classes * self.domains
 
     def validate(self) -> UNetSpec:
         if not 1 <= len(self.channels) <= MAX_LEVELS:
@@ -74,6 +88,10 @@ class UNetSpec:
             )
         if self.layers_per_block < 1:
             raise ValueError(f"unet-layers-per-block={self.layers_per_block}: must be >= 1")
+        if self.domains < 1:
+            raise ValueError(f"domains={self.domains}: a UNet conditions on >= 1 domain")
+        if self.domain_embedding not in ("joint", "added"):
+            raise ValueError(f"domain_embedding={self.domain_embedding!r}: 'joint' or 'added'")
         if self.cross_attention:
             width = self.channels[-1]
             if width % ATTENTION_HEAD_DIM:
@@ -87,13 +105,18 @@ class UNetSpec:
     def to_dict(self) -> dict[str, object]:
         """The spec as saved with a teacher and hashed into its cache key.
 
-        ``cross_attention`` appears only when true, so that the default spec's dict (and with
-        it every teacher cached before the key existed) is unchanged, while a cross-attention
-        teacher never matches a plain one.
+        ``cross_attention`` appears only when true and ``domains`` only when > 1, so that the
+        default spec's dict (and with it every teacher cached before the keys existed) is
+        unchanged, while a cross-attention or domain-conditioned teacher never matches a plain
+        one.
         """
         out = {**asdict(self), "channels": list(self.channels)}
         if not self.cross_attention:
             del out["cross_attention"]
+        if self.domains == 1:
+            del out["domains"]
+        if self.domains == 1 or self.domain_embedding == "joint":
+            del out["domain_embedding"]
         return out
 
 
@@ -133,7 +156,7 @@ def unet_config(spec: UNetSpec) -> dict[str, object]:
         "norm_num_groups": spec.norm_groups,
         "add_attention": spec.attention,
         "attention_head_dim": spec.channels[-1] if spec.attention else None,
-        "num_class_embeds": spec.num_classes,
+        "num_class_embeds": spec.num_conditions,
     }
 
 
@@ -158,7 +181,7 @@ def cross_attention_config(spec: UNetSpec) -> dict[str, object]:
         "norm_num_groups": spec.norm_groups,
         "cross_attention_dim": spec.channels[-1],
         "attention_head_dim": [max(1, c // ATTENTION_HEAD_DIM) for c in spec.channels],
-        "num_class_embeds": spec.num_classes,  # the label also enters the time embedding
+        "num_class_embeds": spec.num_conditions,  # the label also enters the time embedding
     }
 
 
@@ -209,13 +232,36 @@ class CrossAttentionUNet(nn.Module):
 DiffusionUNet = UNet2DModel | CrossAttentionUNet
 
 
+class AddedDomainEmbedding(nn.Module):
+    """Embedding of condition ``domain · 10 + class`` as class row + domain row.
+
+    A joint table gives each (class, domain) its own row, trained only by that domain's client;
+    here the class rows see every client's data and a domain row shifts them, the additive
+    form of a class embedding plus a second (domain) embedding.
+    """
+
+    def __init__(self, num_classes: int, domains: int, dim: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.classes = nn.Embedding(num_classes, dim)
+        self.domains = nn.Embedding(domains, dim)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.classes(labels % self.num_classes) + self.domains(labels // self.num_classes)
+
+
 def build_unet(spec: UNetSpec, seed: int) -> DiffusionUNet:
     """A randomly initialised UNet whose weights depend only on ``seed``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if spec.cross_attention:
-            return CrossAttentionUNet(unet_config(spec), spec.num_classes)
-        return UNet2DModel(**unet_config(spec))
+            return CrossAttentionUNet(unet_config(spec), spec.num_conditions)
+        unet = UNet2DModel(**unet_config(spec))
+        if spec.domains > 1 and spec.domain_embedding == "added":
+            # UNet2DModel adds class_embedding(class_labels) to the time embedding.
+            dim = unet.class_embedding.embedding_dim
+            unet.class_embedding = AddedDomainEmbedding(spec.num_classes, spec.domains, dim)
+        return unet
 
 
 def unet_output(
@@ -223,6 +269,21 @@ def unet_output(
 ) -> torch.Tensor:
     """The network output (here a v-prediction) for noisy ``x_t`` at integer timesteps ``t``."""
     return unet(x_t, t, class_labels=labels).sample
+
+
+def condition_labels(
+    classes: torch.Tensor, domains: torch.Tensor | int, num_domains: int
+) -> torch.Tensor:
+    """The class-embedding index of (class, domain): ``domain · 10 + class``; with one domain
+    (an unconditioned UNet) the class itself, whatever ``domains`` says."""
+    if num_domains == 1:
+        return classes
+    return classes + NUM_CLASSES * torch.as_tensor(domains, dtype=classes.dtype)
+
+
+def split_condition(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`condition_labels`: (classes, domains)."""
+    return labels % NUM_CLASSES, labels // NUM_CLASSES
 
 
 def pad_images(x: torch.Tensor) -> torch.Tensor:

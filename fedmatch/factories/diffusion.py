@@ -11,14 +11,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from fedmatch.config import RunConfig
+from fedmatch.data.loaders import available_domains, to_images
+from fedmatch.data.types import NUM_CLASSES, DomainArrays
 from fedmatch.diffusion.dmd2 import DMD2Settings, GanHead
-from fedmatch.diffusion.unet import DiffusionUNet, UNetSpec, build_unet, parse_channels
+from fedmatch.diffusion.sample_accuracy import (
+    ClassifierSchedule,
+    SampleAccuracyScorer,
+    cached_classifier,
+)
+from fedmatch.diffusion.unet import (
+    DiffusionUNet,
+    UNetSpec,
+    build_unet,
+    condition_labels,
+    parse_channels,
+)
 from fedmatch.params import DiffusionParams, GeneratorParams
 
 # Message types of the two client workloads (clients/generator.py).
@@ -26,16 +40,59 @@ TEACHER_ACTION = "train.teacher"
 GENERATOR_ACTION = "train.generator"
 # The array record carrying the frozen target score (teacher or DisBack node) to clients.
 TARGET_KEY = "real-score"
+# The spec (in the key) names its domains when conditioned, so format 1 files stay valid.
 _TEACHER_FORMAT = 1
 
 
+def conditioned_domains(cfg: RunConfig) -> tuple[str, ...]:
+    """The domains a domain-conditioned UNet has embedding rows for: all of ``domains`` in
+    order (the held-out ``target-domain`` too, so that indices never shift with it);
+    ``()`` without ``diffusion.domain-conditioning``."""
+    if not cfg.params(DiffusionParams).domain_conditioning:
+        return ()
+    return cfg.domain_names(available_domains(cfg.dataset))
+
+
 def unet_spec(cfg: RunConfig) -> UNetSpec:
+    domains = max(1, len(conditioned_domains(cfg)))
     return UNetSpec(
         channels=parse_channels(cfg.params(DiffusionParams).unet_channels),
         layers_per_block=cfg.params(DiffusionParams).unet_layers_per_block,
         attention=cfg.params(DiffusionParams).unet_attention,
         cross_attention=cfg.params(DiffusionParams).unet_cross_attention,
+        domains=domains,
+        # Class row + domain row: beat one row per (class, domain) in the teacher probes
+        # (benchmarks/RESULTS.md, generators, "Five domains").
+        domain_embedding="added" if domains > 1 else "joint",
     ).validate()
+
+
+def client_condition_labels(cfg: RunConfig, domain: str, labels: torch.Tensor) -> torch.Tensor:
+    """A client's training labels as the UNet's condition: its own domain's rows.
+
+    ``domain`` is the client's partition domain (``"mixed"`` when it holds several, which a
+    domain-conditioned UNet cannot train on without per-example domains, so it is refused).
+    """
+    names = conditioned_domains(cfg)
+    if not names:
+        return labels
+    if domain not in names:
+        raise ValueError(
+            f"diffusion.domain-conditioning=true needs one domain per client, but this client "
+            f"holds {domain!r} (partitioning={cfg.partitioning!r}); use a partitioning that "
+            "gives each client a single domain, or set diffusion.domain-conditioning=false"
+        )
+    return condition_labels(labels, names.index(domain), len(names))
+
+
+def sampling_labels(classes: torch.Tensor, num_domains: int) -> torch.Tensor:
+    """The condition for the i-th of ``classes`` when sampling for evaluation: the domains in
+    turn, one per block of 10 consecutive samples (``balanced_labels`` gives each block the 10
+    classes), so that classes and domains are both balanced."""
+    if num_domains == 1:
+        return classes
+    domains = (torch.arange(len(classes)) // NUM_CLASSES) % num_domains
+    return condition_labels(classes, domains, num_domains)
 
 
 def dmd2_settings(cfg: RunConfig) -> DMD2Settings:
@@ -111,8 +168,28 @@ def load_teacher(path: Path, spec: UNetSpec) -> DiffusionUNet:
         raise ValueError(
             f"teacher checkpoint {path} was built with UNet {saved.get('spec')}, but the run "
             f"config asks for {spec.to_dict()} (run-config keys unet-channels, "
-            "unet-layers-per-block, unet-attention, unet-cross-attention)"
+            "unet-layers-per-block, unet-attention, unet-cross-attention, domain-conditioning)"
         )
     unet = build_unet(spec, 0)
     unet.load_state_dict(saved["state"], strict=True)
     return unet.eval()
+
+
+def sample_accuracy_scorer(
+    cfg: RunConfig, domains: Sequence[DomainArrays]
+) -> SampleAccuracyScorer | None:
+    """Per-domain classifiers of ``domains`` (cached in ``cache-dir``) and their real test
+    accuracy; ``None`` when ``diffusion.accuracy-epochs`` is 0."""
+    epochs = cfg.params(DiffusionParams).accuracy_epochs
+    if not epochs:
+        return None
+    # Seed 0 whatever the run's seed: the classifiers are a fixed ruler across runs.
+    schedule = ClassifierSchedule(epochs=epochs)
+    classifiers = {
+        d.name: cached_classifier(
+            cfg.cache_path, d.name, to_images(d.x_train), torch.from_numpy(d.y_train), schedule
+        )
+        for d in domains
+    }
+    real = {d.name: (to_images(d.x_test), torch.from_numpy(d.y_test)) for d in domains}
+    return SampleAccuracyScorer(classifiers, real)
