@@ -12,6 +12,8 @@ and compares the options:
 - ``lr-scaled``: Eq. 4 with lr × IPC/10;
 - ``per-image``: the class terms weighted by n_c/10 (``distill.image-step='per-image'``): a
   per-image loss Σ_c n_c·‖·‖² at lr 0.1, mathematically ``lr-scaled`` for SGD;
+- ``larger``: the larger of the two steps, weights max(1, n_c/10)
+  (``distill.image-step='larger'``): ``class-mean`` up to IPC 10, ``per-image`` from IPC 10 on;
 - ``per-image-lr1``: the per-image loss Σ_c n_c·‖·‖² at DM's lr 1.0 (10× the IPC-10 step);
 - ``proportional``: Eq. 4 with ``--steps`` × IPC/10 steps.
 
@@ -57,7 +59,7 @@ from fedmatch.train import resolve_device
 
 log = logging.getLogger("dm_ipc_scaling")
 
-VARIANTS = ("class-mean", "lr-scaled", "per-image", "per-image-lr1", "proportional")
+VARIANTS = ("class-mean", "lr-scaled", "per-image", "larger", "per-image-lr1", "proportional")
 _SEED_TAG = 29  # the distillation's generator: one per (seed, IPC), shared by every option
 
 
@@ -81,6 +83,8 @@ def plan(variant: str, ipc: int, steps: int, snapshots: list[int]) -> Plan:
         image_step, lr, total = "class-mean", scale, steps
     elif variant == "per-image":
         image_step, lr, total = "per-image", 1.0, steps
+    elif variant == "larger":
+        image_step, lr, total = "larger", 1.0, steps
     elif variant == "per-image-lr1":
         # Weights n_c/10 at lr 10 = the per-image loss Σ_c n_c·‖·‖² at lr 1.
         image_step, lr, total = "per-image", float(REFERENCE_IPC), steps

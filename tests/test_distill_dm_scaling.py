@@ -77,6 +77,25 @@ def test_per_image_step_at_ipc_10_is_dm_bit_for_bit():
     assert history.losses == old_history.losses
 
 
+@pytest.mark.parametrize(("ipc", "same_as"), [(1, "class-mean"), (5, "class-mean"), (12, "per-image")])
+def test_larger_step_is_eq_4_up_to_ipc_10_and_per_image_from_10(ipc, same_as):
+    # Weights max(1, n_c/10): exactly 1 (Eq. 4) at n_c <= 10, exactly n_c/10 at n_c >= 10.
+    larger, _, history = _distil(ipc, "larger")
+    other, _, other_history = _distil(ipc, same_as)
+    assert torch.equal(larger, other)
+    assert history.losses == other_history.losses
+
+
+def test_larger_weights_are_the_larger_of_the_two_steps_class_by_class():
+    syn_labels = torch.tensor([0] * 3 + [1] * 10 + [2] * 25)
+    weights = class_weights("larger", syn_labels, 4)
+    assert weights is not None
+    assert weights.tolist() == [1.0, 1.0, 2.5, 1.0]  # class 3 is absent: its term is 0
+    per_image = class_weights("per-image", syn_labels, 4)
+    assert per_image is not None
+    assert torch.equal(weights, torch.maximum(per_image, torch.ones(4)))
+
+
 def test_per_image_step_is_the_class_mean_step_at_lr_times_ipc_over_10():
     # SGD's momentum buffer is linear in the gradient: weighting the loss = scaling the lr.
     per_image, _, history = _distil(4, "per-image")
@@ -109,16 +128,17 @@ def test_a_set_at_ipc_50_moves_as_far_per_step_as_one_at_ipc_10():
 
 def test_image_step_key_defaults_to_per_image_and_refuses_other_values():
     assert RunConfig().params(DistillParams).image_step == "per-image"
-    cfg = RunConfig.from_flower({"distill.image-step": "class-mean"})
-    assert cfg.params(DistillParams).image_step == "class-mean"
+    for value in ("class-mean", "larger"):
+        cfg = RunConfig.from_flower({"distill.image-step": value})
+        assert cfg.params(DistillParams).image_step == value
     with pytest.raises(ConfigError) as err:
         RunConfig.from_flower({"distill.image-step": "per-pixel"})
     message = str(err.value)
     assert "'distill.image-step' = 'per-pixel'" in message
-    assert "'per-image'" in message and "'class-mean'" in message
+    assert "'per-image'" in message and "'class-mean'" in message and "'larger'" in message
 
 
-@pytest.mark.parametrize("image_step", ["per-image", "class-mean"])
+@pytest.mark.parametrize("image_step", ["per-image", "class-mean", "larger"])
 def test_every_dm_run_takes_the_key(monkeypatch, image_step):
     """The distiller workload (FedDM, the warm-up of FedLGD and its baselines) and FedLGD's
     refreshes both hand ``distill.image-step`` to DM."""
@@ -158,9 +178,12 @@ def test_virtual_cache_never_serves_a_set_of_the_other_image_step(tmp_path):
     from clients.distiller import virtual_cache_file
 
     cfg = make_config(cache_dir=str(tmp_path))
-    other = with_values(cfg, **{"distill.image_step": "class-mean"})
     cpu = torch.device("cpu")
-    assert virtual_cache_file(cfg, 0, 5, cpu) != virtual_cache_file(other, 0, 5, cpu)
+    files = {
+        value: virtual_cache_file(with_values(cfg, **{"distill.image_step": value}), 0, 5, cpu)
+        for value in ("per-image", "class-mean", "larger")
+    }
+    assert len(set(files.values())) == 3
     assert virtual_cache_file(cfg, 0, 5, cpu) == virtual_cache_file(with_values(cfg), 0, 5, cpu)
 
 
@@ -200,6 +223,9 @@ def test_ipc_scaling_benchmark_scores_every_option_and_resumes(tmp_path, capsys,
         plain, lr1 = rows[("class-mean", k)], rows[("per-image-lr1", k)]
         assert lr1["movement"] == pytest.approx(plain["movement"], rel=1e-3)
         assert per_image["movement"] < 0.5 * plain["movement"]
+        # At IPC 1 the larger step is Eq. 4's, bit for bit.
+        assert rows[("larger", k)]["movement"] == plain["movement"]
+        assert rows[("larger", k)]["accuracies"] == plain["accuracies"]
     assert rows[("proportional", 1)]["movement"] == pytest.approx(
         rows[("class-mean", 1)]["movement"], rel=1e-6
     )
