@@ -77,7 +77,9 @@ def test_per_image_step_at_ipc_10_is_dm_bit_for_bit():
     assert history.losses == old_history.losses
 
 
-@pytest.mark.parametrize(("ipc", "same_as"), [(1, "class-mean"), (5, "class-mean"), (12, "per-image")])
+@pytest.mark.parametrize(
+    ("ipc", "same_as"), [(1, "class-mean"), (5, "class-mean"), (12, "per-image")]
+)
 def test_larger_step_is_eq_4_up_to_ipc_10_and_per_image_from_10(ipc, same_as):
     # Weights max(1, n_c/10): exactly 1 (Eq. 4) at n_c <= 10, exactly n_c/10 at n_c >= 10.
     larger, _, history = _distil(ipc, "larger")
@@ -103,6 +105,28 @@ def test_per_image_step_is_the_class_mean_step_at_lr_times_ipc_over_10():
     torch.testing.assert_close(per_image, scaled, rtol=1e-4, atol=1e-5)
     # The recorded loss is Eq. 4 in both (not the weighted objective).
     assert history.losses == pytest.approx(scaled_history.losses, rel=1e-4)
+
+
+def test_a_continued_set_leaves_the_callers_tensor_as_it_was():
+    # distill_dm(start=...) steps a copy: FedLGD's refresh, and a benchmark that compares the
+    # refreshed set with the one it continued, keep the set they passed in.
+    images, labels = toy_digits(n_per_class=20)
+    start, start_labels, _ = _distil(2, "per-image", steps=1)
+    before = start.clone()
+    net = fresh_convnet(TINY_NET, in_channels=3, num_classes=3, image_size=12, seed=1, device="cpu")
+    refreshed, _, _ = distill_dm(
+        images,
+        labels,
+        2,
+        2,
+        batch_real=16,
+        net=TINY_NET,
+        generator=torch.Generator().manual_seed(1),
+        start=(start, start_labels),
+        feature_net=net,
+    )
+    assert torch.equal(start, before)
+    assert not torch.equal(refreshed, before)
 
 
 def _movement(ipc: int, image_step: str) -> float:
@@ -237,3 +261,36 @@ def test_ipc_scaling_benchmark_scores_every_option_and_resumes(tmp_path, capsys,
     assert "| mnist | 1 | per-image | 1 | 2 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="unknown 'steps-x5'"):
         bench.main([*argv, "--variants", "steps-x5"])
+
+
+def test_ipc_scaling_benchmark_refreshes_each_finished_set(tmp_path, monkeypatch):
+    """--refresh-steps: FedLGD's refresh on a proxy global model, one row per finished set."""
+    import importlib.util
+    import json
+    import sys
+
+    from fedmatch.localrun import REPO
+
+    spec = importlib.util.spec_from_file_location(
+        "dm_ipc_scaling", REPO / "benchmarks" / "dm_ipc_scaling.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "grid.json"
+    argv = [
+        "--domains", "mnist", "--ipc", "1", "--steps", "2", "--variants", "per-image",
+        "--refresh-steps", "2", "--batch-real", "4", "--width", "8", "--eval-width", "8",
+        "--eval-epochs", "1", "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+        "--resume",
+    ]  # fmt: skip
+    bench.main(argv)
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"per-image", "per-image +refresh"}
+    refreshed = rows["per-image +refresh"]
+    assert (refreshed["steps"], refreshed["refresh_steps"]) == (2, 2)
+    assert refreshed["image_step"] == "per-image" and refreshed["movement"] > 0
+    before = out.read_text()
+    bench.main(argv)  # both rows are in --out: nothing runs again
+    assert out.read_text() == before

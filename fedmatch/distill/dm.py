@@ -216,7 +216,8 @@ def distill_dm(
         classes = sorted(int(c) for c in torch.unique(labels.cpu()))
         syn_init, syn_labels = init_stored(images, labels, classes, ipc, init, generator, factor)
     else:
-        syn_init, syn_labels = start[0].detach().float(), start[1].long()
+        # A copy: the steps below are in place, and the caller's set must stay as it was.
+        syn_init, syn_labels = start[0].detach().float().clone(), start[1].long()
         check_dataset(syn_init, syn_labels, num_classes)
         classes = sorted(int(c) for c in torch.unique(syn_labels))
     if feature_net is not None:
