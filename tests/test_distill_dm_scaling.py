@@ -150,9 +150,9 @@ def test_a_set_at_ipc_50_moves_as_far_per_step_as_one_at_ipc_10():
     assert class_mean < 0.4, class_mean
 
 
-def test_image_step_key_defaults_to_per_image_and_refuses_other_values():
-    assert RunConfig().params(DistillParams).image_step == "per-image"
-    for value in ("class-mean", "larger"):
+def test_image_step_key_defaults_to_larger_and_refuses_other_values():
+    assert RunConfig().params(DistillParams).image_step == "larger"
+    for value in ("class-mean", "per-image"):
         cfg = RunConfig.from_flower({"distill.image-step": value})
         assert cfg.params(DistillParams).image_step == value
     with pytest.raises(ConfigError) as err:
