@@ -76,6 +76,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "teacher_ema": 0.0,
         "teacher_conditioning": False,
         "teacher_keep_optimizer": False,
+        "teacher_cond_dropout": 0.0,
+        "guidance_scale": 0.0,
         "batch_size": 32,
         "rounds": 6,
         "generator_steps": 6,
@@ -99,6 +101,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "teacher_ema": 0.0,
         "teacher_conditioning": True,
         "teacher_keep_optimizer": True,
+        "teacher_cond_dropout": 0.1,
+        "guidance_scale": 2.0,
         "batch_size": 128,
         "rounds": 20,
         "generator_steps": 100,
@@ -162,6 +166,8 @@ def teacher_digest(args: argparse.Namespace) -> str:
     for the same data, architecture and schedule (not, e.g., after ``--domains`` changed)."""
     keys = {key: getattr(args, key) for key in TEACHER_KEYS}
     keys.update({key: True for key in TEACHER_FLAGS if getattr(args, key, False)})
+    if getattr(args, "teacher_cond_dropout", 0.0):  # only when set: older digests stay valid
+        keys["teacher_cond_dropout"] = args.teacher_cond_dropout
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -181,7 +187,14 @@ class Bench:
         n = len(domains) if conditioned else 1  # (class, domain) rows: domain·10 + class
         channels = tuple(int(c) for c in args.channels.split(","))
         embedding = "added" if n > 1 else "joint"  # class row + domain row when conditioned
-        self.spec = UNetSpec(channels=channels, domains=n, domain_embedding=embedding).validate()
+        self.spec = UNetSpec(
+            channels=channels,
+            domains=n,
+            domain_embedding=embedding,
+            guidance=args.teacher_cond_dropout > 0,
+        ).validate()
+        if args.guidance_scale > 0 and not self.spec.guidance:
+            raise SystemExit("--guidance-scale > 0 needs --teacher-cond-dropout > 0")
         self.clients = [
             (d.name, to_images(d.x_train), condition_labels(torch.from_numpy(d.y_train), i, n))
             for i, d in enumerate(domains)
@@ -250,6 +263,8 @@ class Bench:
                     seed=derive_seed(a.seed, r, i, 51),
                     device=self.device,
                     optimizer_state=optimizer_states[i],
+                    cond_dropout=a.teacher_cond_dropout,
+                    null_label=self.spec.null_label,
                 )
                 if getattr(a, "teacher_keep_optimizer", False):
                     optimizer_states[i] = h.optimizer_state
@@ -285,9 +300,7 @@ class Bench:
         steps = self.args.eval_ddim_steps
         for name, model in models.items():
             model.eval()
-            point = self.score(
-                lambda labels, rng, m=model: ddim_sample(m, labels, steps=steps, generator=rng)
-            )
+            point = self.score(self.teacher_sampler(model, steps))
             model.train()
             self.teacher_curve.append({"round": server_round, "model": name, **point})
             log.info(
@@ -297,6 +310,13 @@ class Bench:
                 steps,
                 point["fid"],
             )
+
+    def teacher_sampler(self, teacher, steps: int):
+        """DDIM with ``steps`` steps, classifier-free guided by ``--guidance-scale``."""
+        w, null = self.args.guidance_scale, self.spec.null_label
+        return lambda labels, rng: ddim_sample(
+            teacher, labels, steps=steps, generator=rng, guidance_scale=w, null_label=null
+        )
 
     # ------------------------------------------------------------------ generators
 
@@ -308,6 +328,8 @@ class Bench:
             lr=a.generator_lr,
             batch_size=a.generator_batch,
             nfe=nfe,
+            real_guidance=a.guidance_scale,
+            null_label=self.spec.null_label,
         )
         generator, fake = copy.deepcopy(teacher), copy.deepcopy(teacher)
         with torch.random.fork_rng(devices=[]):
@@ -329,6 +351,8 @@ class Bench:
                 seed=derive_seed(a.seed, 71),
                 device=self.device,
                 num_classes=self.spec.num_conditions,
+                cond_dropout=a.teacher_cond_dropout,
+                null_label=self.spec.null_label,
             )
             fake.load_state_dict(path[-1])
             extra = {
@@ -438,8 +462,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     for steps in (50, 10, 1):
         results["teacher"][str(steps)] = bench.score(
-            lambda labels, rng, s=steps: ddim_sample(teacher, labels, steps=s, generator=rng),
-            grid=f"teacher-ddim{steps}",
+            bench.teacher_sampler(teacher, steps), grid=f"teacher-ddim{steps}"
         )
         log.info("teacher %d DDIM steps: %s", steps, results["teacher"][str(steps)])
     skip = set(filter(None, args.skip.split(",")))

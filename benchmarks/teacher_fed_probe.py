@@ -67,6 +67,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--conditioning", action="store_true")
     p.add_argument("--domain-embedding", choices=("joint", "added"), default="joint")
     p.add_argument("--keep-optimizer", action="store_true")
+    p.add_argument(
+        "--cond-dropout", type=float, default=0.0, help="classifier-free guidance training"
+    )
+    p.add_argument(
+        "--guidance-scales",
+        default="0",
+        help="comma-separated guidance scales w, each scored (needs --cond-dropout > 0)",
+    )
+    p.add_argument("--min-snr", type=float, default=0.0, help="Min-SNR-γ loss weight; 0 = off")
     p.add_argument("--ema", type=float, default=0.0, help="server EMA decay per round; 0 = off")
     p.add_argument("--samples", type=int, default=250)
     p.add_argument("--ddim-steps", type=int, default=10)
@@ -80,16 +89,34 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def score(scorer: SampleScorer, unet, args: argparse.Namespace, tag: str) -> dict:
+def score(
+    scorer: SampleScorer,
+    unet,
+    args: argparse.Namespace,
+    tag: str,
+    guidance_scale: float = 0.0,
+    null_label: int | None = None,
+) -> dict:
     """``--samples`` DDIM samples from one noise seed, scored; a grid when ``--grid-dir``."""
     labels = sampling_labels(balanced_labels(args.samples), max(1, len(scorer.conditioned)))
     rng = torch.Generator().manual_seed(derive_seed(args.seed, 61))
     start = time.perf_counter()
-    images = ddim_sample(unet, labels, steps=args.ddim_steps, generator=rng)
+    images = ddim_sample(
+        unet,
+        labels,
+        steps=args.ddim_steps,
+        generator=rng,
+        guidance_scale=guidance_scale,
+        null_label=null_label,
+    )
     seconds = time.perf_counter() - start
     if args.grid_dir is not None:
         save_grid(images, labels % 10, 10, args.grid_dir / f"{args.variant}-{tag}.png")
-    return {**scorer.score(images, labels), "sampling_seconds": seconds}
+    return {
+        **scorer.score(images, labels),
+        "sampling_seconds": seconds,
+        "guidance_scale": guidance_scale,
+    }
 
 
 def table(path: Path) -> str:
@@ -111,12 +138,12 @@ def table(path: Path) -> str:
         "|---|---|---|---|" + "---|" * len(names) + "---|",
     ]
     for row in rows:
-        for model in ("raw", "ema"):
+        for model in ["raw", "ema"] + [k for k in row if k.startswith("w=")]:
             if model not in row:
                 continue
             r = row[model]
             cells = "".join(f" {r['class_accuracy'][n]['samples']:.2f} |" for n in names)
-            label = row["variant"] + (" (EMA)" if model == "ema" else "")
+            label = row["variant"] + {"raw": "", "ema": " (EMA)"}.get(model, f" ({model})")
             out.append(
                 f"| {label} | {row['client_steps']} | {row['loss_per_round'][-1]:.4f} "
                 f"| {r['fid']:.0f} ({row['real_floor_fid']:.0f}) |{cells} "
@@ -154,8 +181,12 @@ def main(argv: list[str] | None = None) -> None:
     pick = torch.randperm(len(scorer.test), generator=torch.Generator().manual_seed(0))
     floor = scorer.fid.score(scorer.test[pick[: args.samples]])["all"]
     spec = UNetSpec(
-        channels=parse_channels(args.channels), domains=n, domain_embedding=args.domain_embedding
+        channels=parse_channels(args.channels),
+        domains=n,
+        domain_embedding=args.domain_embedding,
+        guidance=args.cond_dropout > 0,
     ).validate()
+    scales = [float(w) for w in args.guidance_scales.split(",")]
     unet = build_unet(spec, derive_seed(args.seed, 0))
     ema = {k: v.clone() for k, v in unet.state_dict().items()} if args.ema else None
     optimizer_states: list[dict | None] = [None] * len(clients)
@@ -175,6 +206,9 @@ def main(argv: list[str] | None = None) -> None:
                 seed=derive_seed(args.seed, r, i, 51),
                 device=torch.device("cpu"),
                 optimizer_state=optimizer_states[i],
+                cond_dropout=args.cond_dropout,
+                null_label=spec.null_label,
+                min_snr_gamma=args.min_snr,
             )
             if args.keep_optimizer:
                 optimizer_states[i] = history.optimizer_state
@@ -197,6 +231,9 @@ def main(argv: list[str] | None = None) -> None:
         "real_floor_fid": floor,
         "raw": score(scorer, unet.eval(), args, "raw"),
     }
+    for w in scales:
+        if w:
+            row[f"w={w:g}"] = score(scorer, unet, args, f"w{w:g}", w, spec.null_label)
     if ema is not None:
         averaged = copy.deepcopy(unet)
         averaged.load_state_dict(ema)

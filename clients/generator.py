@@ -49,7 +49,8 @@ def _setup(msg: Message, context: Context) -> tuple[ClientJob, RunConfig, Client
 def handle_teacher(msg: Message, context: Context) -> Message:
     job, cfg, data, partition_id, server_round = _setup(msg, context)
     device = job.device
-    unet = build_unet(unet_spec(cfg), 0)
+    spec = unet_spec(cfg)
+    unet = build_unet(spec, 0)
     unet.load_state_dict(arrays_to_state(msg.content["arrays"]), strict=True)
     images, labels = data.train.tensors
     labels = client_condition_labels(cfg, data.domain, labels)  # its own domain's rows
@@ -62,6 +63,8 @@ def handle_teacher(msg: Message, context: Context) -> Message:
         batch_size=cfg.batch_size,
         seed=derive_seed(cfg.seed, server_round, partition_id, _TEACHER_TAG),
         device=device,
+        cond_dropout=cfg.params(DiffusionParams).teacher_cond_dropout,
+        null_label=spec.null_label,
     )
     log.info(
         "client %d (%s): teacher %d steps, loss %.4f, %.1f s",

@@ -243,6 +243,15 @@ class DiffusionParams(ParamsTable):
     position in `domains`), embedded as a class row plus a domain row; every client trains on its
     own domain (a client holding several domains is refused) and the server samples the domains
     in turn. A teacher cached without it is never reused"""
+    # Classifier-free guidance (Ho & Salimans 2021): condition dropout in training, w in use.
+    teacher_cond_dropout: float = Field(0.0, ge=0, lt=1)
+    """generators: share of the teacher's training examples whose condition is replaced by a
+    learned null condition (classifier-free guidance training, Ho & Salimans 2021, Alg. 1);
+    > 0 adds the null row to every UNet. A teacher cached without it is never reused"""
+    guidance_scale: float = Field(0.0, ge=0, le=50)
+    """generators: classifier-free guidance scale w wherever the teacher is queried: its samples
+    ((1 + w)·v(x, y) − w·v(x, ∅)), DMD2/DisBack's real score, and the quantized teacher's
+    samples; 0 = the plain conditional model; > 0 needs `teacher-cond-dropout` > 0"""
     teacher_steps: int = Field(200, ge=1)  # local DDPM steps per teacher round
     """generators: local DDPM (v-prediction) steps per teacher round (`train.teacher`)"""
     teacher_lr: float = Field(1e-3, gt=0)
@@ -283,6 +292,16 @@ class DiffusionParams(ParamsTable):
         if value and not expand_home(value).is_absolute():
             raise ValueError("must be an absolute path (or empty for the cached teacher)")
         return value
+
+    @model_validator(mode="after")
+    def _guidance_needs_null_condition(self) -> DiffusionParams:
+        if self.guidance_scale > 0 and self.teacher_cond_dropout == 0:
+            raise ValueError(
+                f"diffusion.guidance-scale = {self.guidance_scale:g} needs a teacher trained "
+                "with a null condition, but diffusion.teacher-cond-dropout = 0; set "
+                "teacher-cond-dropout (e.g. 0.1) or guidance-scale = 0"
+            )
+        return self
 
     @model_validator(mode="after")
     def _cross_attention_heads(self) -> DiffusionParams:

@@ -12,6 +12,7 @@ from torch import nn
 from fedmatch.config import RunConfig
 from fedmatch.data.types import DomainArrays
 from fedmatch.diffusion.sample_accuracy import samples_by_domain
+from fedmatch.diffusion.teacher import ddim_sample
 from fedmatch.factories.diffusion import (
     conditioned_domains,
     sample_accuracy_scorer,
@@ -19,6 +20,7 @@ from fedmatch.factories.diffusion import (
     unet_spec,
 )
 from fedmatch.factories.diffusion_eval import DiffusionEvaluator, Sampler
+from fedmatch.params import DiffusionParams
 from fedmatch.records import arrays_to_state
 from fedmatch.results import SERVER, MetricRow
 from strategies.base import FedMatchStrategy, NodeInfo, ServerEvaluate
@@ -49,6 +51,18 @@ class DiffusionStrategy(FedMatchStrategy):
 
     def sampler(self, model: nn.Module) -> Sampler:
         raise NotImplementedError
+
+    def teacher_sampler(self, model: nn.Module) -> Sampler:
+        """DDIM with ``teacher-ddim-steps``, classifier-free guided by ``guidance-scale``."""
+        params = self.cfg.params(DiffusionParams)
+        return lambda labels, rng: ddim_sample(
+            model,
+            labels,
+            steps=params.teacher_ddim_steps,
+            generator=rng,
+            guidance_scale=params.guidance_scale,
+            null_label=self.spec.null_label,
+        )
 
     def extra_samplers(self, model: nn.Module) -> dict[str, Sampler]:
         return {}

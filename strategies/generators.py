@@ -39,7 +39,6 @@ from torch import nn
 from fedmatch.config import RunConfig
 from fedmatch.diffusion.disback import BacktrackController, record_degradation
 from fedmatch.diffusion.dmd2 import generate
-from fedmatch.diffusion.teacher import ddim_sample
 from fedmatch.diffusion.unet import build_unet
 from fedmatch.factories.diffusion import (
     GENERATOR_ACTION,
@@ -74,8 +73,7 @@ class DiffusionTeacherStrategy(DiffusionStrategy):
         return build_unet(self.spec, init_seed)
 
     def sampler(self, model: nn.Module) -> Sampler:
-        steps = self.cfg.params(DiffusionParams).teacher_ddim_steps
-        return lambda labels, rng: ddim_sample(model, labels, steps=steps, generator=rng)
+        return self.teacher_sampler(model)
 
     def run_rounds(self, grid: Grid, arrays: ArrayRecord, **kwargs: Any) -> ArrayRecord:
         arrays = super().run_rounds(grid, arrays, **kwargs)
@@ -221,6 +219,8 @@ class DisBackStrategy(DMD2Strategy):
             seed=derive_seed(self.cfg.seed, _DEGRADATION_TAG),
             num_classes=self.spec.num_conditions,  # every (class, domain) when conditioned
             device=resolve_device(self.cfg.device),
+            cond_dropout=self.cfg.params(DiffusionParams).teacher_cond_dropout,
+            null_label=self.spec.null_label,
         )
         recorder.append(
             [

@@ -26,11 +26,10 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from fedmatch.data.types import DomainArrays
-from fedmatch.diffusion.teacher import ddim_sample
 from fedmatch.diffusion.unet import build_unet
 from fedmatch.factories.diffusion_eval import ALL, DiffusionEvaluator
 from fedmatch.factories.quant import CALIBRATE_ACTION, server_quantize
-from fedmatch.params import DiffusionParams, ParamsTable
+from fedmatch.params import ParamsTable
 from fedmatch.quant.qmodules import QuantSpec, model_size_bytes, parse_bits
 from fedmatch.records import arrays_to_state, state_to_arrays
 from fedmatch.results import SERVER, MetricRow, RunRecorder
@@ -91,8 +90,7 @@ class DiffusionPTQStrategy(DiffusionStrategy):
         return build_unet(self.spec, init_seed)
 
     def sampler(self, model: nn.Module):
-        steps = self.cfg.params(DiffusionParams).teacher_ddim_steps
-        return lambda labels, rng: ddim_sample(model, labels, steps=steps, generator=rng)
+        return self.teacher_sampler(model)
 
     def make_server_evaluate(
         self, domains: list[DomainArrays], model: nn.Module

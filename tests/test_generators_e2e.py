@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedmatch.cells import CellSpec, read_status, write_cells
 from fedmatch.localrun import PrivateFlower
@@ -56,7 +57,8 @@ def test_teacher_then_one_step_generator_and_disback_through_flwr_run(
             CellSpec("dmd2", {**base, "strategy": "dmd2", "run-name": "dmd2"}),
             CellSpec("disback", {**base, "strategy": "disback", "run-name": "disback"}),
             # Another teacher config: the teacher strategy trains and caches a second one,
-            # conditioned on (class, domain), its samples read by per-domain classifiers.
+            # conditioned on (class, domain) with classifier-free guidance (a null row trained
+            # on dropped conditions, guided sampling), its samples read per domain.
             CellSpec(
                 "teacher",
                 {
@@ -66,6 +68,8 @@ def test_teacher_then_one_step_generator_and_disback_through_flwr_run(
                     "diffusion.teacher-steps": 4,
                     "diffusion.teacher-ddim-steps": 2,
                     "diffusion.domain-conditioning": True,
+                    "diffusion.teacher-cond-dropout": 0.2,
+                    "diffusion.guidance-scale": 2.0,
                     "diffusion.accuracy-epochs": 1,
                 },
             ),
@@ -132,5 +136,11 @@ def test_teacher_then_one_step_generator_and_disback_through_flwr_run(
     assert all(real[k] > 0.8 and samples[k] < real[k] - 0.3 for k in real), (real, samples)
     summary = json.loads((runs / "teacher" / "summary.json").read_text())
     assert set(summary["final_sample_accuracy_per_domain"]) == set(DOMAINS)
+    # The cached teacher has the null row it was trained with (2 domains x 10 classes + null).
+    saved = [
+        torch.load(p, weights_only=True) for p in (data_cache / "diffusion").glob("teacher-*.pt")
+    ]
+    guided = [s for s in saved if s["spec"].get("guidance")]
+    assert len(guided) == 1 and "class_embedding.null" in guided[0]["state"]
     assert set(values("fid", 2)) == {("server", d) for d in (*DOMAINS, "all")}
     assert len(list((data_cache / "diffusion").glob("teacher-*.pt"))) == 2

@@ -46,12 +46,16 @@ def record_degradation(
     seed: int,
     device: torch.device,
     num_classes: int = 10,
+    cond_dropout: float = 0.0,
+    null_label: int | None = None,
 ) -> tuple[Path, TrainHistory]:
     """DisBack Alg. 1, stage 1: the path [s′_0 = teacher, s′_1, …, s′_N] (N = ``num_nodes``).
 
     s′ is fine-tuned for ``steps`` AdamW steps of the denoising loss on batches of G_0's
     ``nfe``-step samples (uniform classes); a snapshot is kept every ``steps / N`` steps.
-    G_0 is never updated.
+    G_0 is never updated.  ``cond_dropout`` / ``null_label``: a guided teacher's degradation
+    keeps training its null row the way the teacher was trained, so that every node of the
+    path can serve as a classifier-free-guided real score (``guidance-scale``).
     """
     if num_nodes < 1 or steps < num_nodes:
         raise ValueError(
@@ -69,7 +73,9 @@ def record_degradation(
     for step in range(1, steps + 1):
         y = torch.randint(0, num_classes, (batch_size,), generator=rng).to(device)
         x = generate_padded(generator0, y, num_steps=nfe, rng=rng)
-        loss = denoising_loss(degraded, x, y, ac, rng)
+        loss = denoising_loss(
+            degraded, x, y, ac, rng, cond_dropout=cond_dropout, null_label=null_label
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(degraded.parameters(), 1.0)

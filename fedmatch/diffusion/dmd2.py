@@ -150,18 +150,24 @@ def dm_loss(
     rng: torch.Generator,
     t_min: int = DM_T_MIN,
     t_max: int = DM_T_MAX,
+    real_guidance: float = 0.0,
+    null_label: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """0.5·||x − sg(x − grad)||² (DMD2 code), whose gradient w.r.t. x is ∝ :func:`dm_gradient`.
 
     ``x``: generator outputs (with autograd).  Both scores see the same x_t = √ᾱ x + √(1−ᾱ) ε,
-    t ~ U[t_min, t_max], without gradients.  Returns (loss, grad).
+    t ~ U[t_min, t_max], without gradients.  ``real_guidance`` > 0: the real score is the
+    teacher's classifier-free-guided prediction, as DMD2's code does for its text-to-image
+    teachers (``real_guidance_scale``; ``../shared/notes/diffusion.md``), so the generator
+    matches the guided teacher; the fake score is never guided (asserted there too).
+    Returns (loss, grad).
     """
     n = x.shape[0]
     t = torch.randint(t_min, t_max + 1, (n,), generator=rng).to(x.device)
     noise = _noise(tuple(x.shape), rng, x.device)
     with torch.no_grad():
         x_t = add_noise(x.detach(), noise, t, ac)
-        x0_real = predict_x0(real_unet, x_t, t, labels, ac)
+        x0_real = predict_x0(real_unet, x_t, t, labels, ac, real_guidance, null_label)
         x0_fake = predict_x0(fake_unet, x_t, t, labels, ac)
         grad = dm_gradient(x.detach(), x0_real, x0_fake)
     return 0.5 * F.mse_loss(x, (x - grad).detach()), grad
@@ -257,6 +263,9 @@ class DMD2Settings:
     nfe: int = 1
     gan_weight_generator: float = 3e-3
     gan_weight_critic: float = 1e-2
+    # Classifier-free guidance of the real score (dm_loss); null_label: the teacher's null row.
+    real_guidance: float = 0.0
+    null_label: int | None = None
 
 
 @dataclass
@@ -344,7 +353,16 @@ def train_dmd2(
         _, y = sample_batch(images, labels, settings.batch_size, rng)
         y = y.to(device)
         x = generated(y, with_grad=True)
-        loss, grad = dm_loss(x, real_unet, fake_unet, y, ac, rng)
+        loss, grad = dm_loss(
+            x,
+            real_unet,
+            fake_unet,
+            y,
+            ac,
+            rng,
+            real_guidance=settings.real_guidance,
+            null_label=settings.null_label,
+        )
         history.dm_losses.append(float(loss.detach()))
         history.dm_grad_norms.append(float(grad.flatten(1).norm(dim=1).mean()))
         if use_gan_g:

@@ -11,6 +11,16 @@ With the linear schedule √ᾱ_999 ≈ 0.006, so recovering x̂_0 from an ε-pr
 such division and is exact at every t, which is why the distillation uses it.
 
 The DDPM loss is the "simple" objective (Ho et al., Eq. 14) with v as the target.
+
+Classifier-free guidance (Ho & Salimans, "Classifier-Free Diffusion Guidance", 2021): the
+teacher is trained with each example's condition replaced by the null condition with
+probability ``cond_dropout`` (their Alg. 1), so one network models both p(x | y) and p(x);
+sampling then follows
+
+    ṽ = (1 + w) v̂(x_t, y) − w v̂(x_t, ∅)                                    (Ho & Salimans, Eq. 6)
+
+with guidance scale w (their Eq. 6 is written for ε; v = √ᾱ_t ε − √(1−ᾱ_t) x_0 is affine in ε
+for fixed x_t, so guiding v is guiding ε).  w = 0 is the plain conditional model.
 """
 
 from __future__ import annotations
@@ -77,16 +87,64 @@ def v_target(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, ac: torch.T
     return a.sqrt() * noise - (1 - a).sqrt() * x0
 
 
+def guided_output(
+    unet: UNet2DModel,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    labels: torch.Tensor,
+    guidance_scale: float = 0.0,
+    null_label: int | None = None,
+) -> torch.Tensor:
+    """ṽ = (1 + w) v̂(x_t, y) − w v̂(x_t, ∅) (Ho & Salimans, Eq. 6); w = 0: v̂(x_t, y).
+
+    Both predictions come from one forward pass over the doubled batch.  ``null_label`` is
+    the null condition's row (:attr:`UNetSpec.null_label`); a teacher trained without
+    condition dropout has none, and asking it for guidance is an error, not a silent no-op.
+    """
+    if guidance_scale == 0:
+        return unet_output(unet, x_t, t, labels)
+    if null_label is None:
+        raise ValueError(
+            f"guidance scale {guidance_scale}: this UNet has no null condition; train the "
+            "teacher with diffusion.teacher-cond-dropout > 0 or set diffusion.guidance-scale=0"
+        )
+    null = torch.full_like(labels, null_label)
+    both = unet_output(unet, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null]))
+    conditional, unconditional = both.chunk(2)
+    return conditional + guidance_scale * (conditional - unconditional)
+
+
 def predict_x0(
     unet: UNet2DModel,
     x_t: torch.Tensor,
     t: torch.Tensor,
     labels: torch.Tensor,
     ac: torch.Tensor,
+    guidance_scale: float = 0.0,
+    null_label: int | None = None,
 ) -> torch.Tensor:
-    """x̂_0 = √ᾱ_t x_t − √(1−ᾱ_t) v̂(x_t, t, y) (Salimans & Ho, Eq. 9)."""
+    """x̂_0 = √ᾱ_t x_t − √(1−ᾱ_t) v̂(x_t, t, y) (Salimans & Ho, Eq. 9), with v̂ guided by
+    :func:`guided_output` when ``guidance_scale`` > 0."""
     a = _gather(ac, t, x_t)
-    return a.sqrt() * x_t - (1 - a).sqrt() * unet_output(unet, x_t, t, labels)
+    v = guided_output(unet, x_t, t, labels, guidance_scale, null_label)
+    return a.sqrt() * x_t - (1 - a).sqrt() * v
+
+
+def drop_conditions(
+    labels: torch.Tensor, cond_dropout: float, null_label: int | None, generator: torch.Generator
+) -> torch.Tensor:
+    """``labels`` with each replaced by ``null_label`` with probability ``cond_dropout``
+    (Ho & Salimans, Alg. 1, line 3).  Draws from ``generator`` only when ``cond_dropout`` > 0,
+    so a run without guidance keeps its random stream."""
+    if cond_dropout == 0:
+        return labels
+    if null_label is None:
+        raise ValueError(
+            f"cond_dropout={cond_dropout}: the UNet has no null condition (build it with "
+            "UNetSpec(guidance=True))"
+        )
+    drop = torch.rand(labels.shape, generator=generator).to(labels.device) < cond_dropout
+    return torch.where(drop, torch.full_like(labels, null_label), labels)
 
 
 def denoising_loss(
@@ -96,19 +154,37 @@ def denoising_loss(
     ac: torch.Tensor,
     generator: torch.Generator,
     t: torch.Tensor | None = None,
+    cond_dropout: float = 0.0,
+    null_label: int | None = None,
+    min_snr_gamma: float = 0.0,
 ) -> torch.Tensor:
     """E_{t, ε} ||v̂(x_t, t, y) − v||² (Ho et al., Eq. 14, with the v target).
 
     ``x0`` are padded 32x32 images; ``t`` defaults to U{0..999}.  Noise and timesteps come
-    from ``generator`` (on the CPU), so the loss is reproducible on any device.
+    from ``generator`` (on the CPU), so the loss is reproducible on any device.  With
+    ``cond_dropout`` > 0 a share of the labels is replaced by ``null_label``
+    (:func:`drop_conditions`), which trains the unconditional model guidance needs.
+
+    ``min_snr_gamma`` = γ > 0 weighs each example's v-loss by min(SNR_t, γ) / (SNR_t + 1),
+    SNR_t = ᾱ_t / (1 − ᾱ_t) (Hang et al., "Efficient Diffusion Training via Min-SNR Weighting
+    Strategy", ICCV 2023, §3.4, the v-prediction form), which stops the low-noise timesteps'
+    easy targets from dominating the gradient; 0 = the uniform "simple" loss.
     """
     n = x0.shape[0]
     if t is None:
         t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (n,), generator=generator)
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    labels = drop_conditions(labels, cond_dropout, null_label, generator)
     t = t.to(x0.device)
     x_t = add_noise(x0, noise, t, ac)
-    return F.mse_loss(unet_output(unet, x_t, t, labels), v_target(x0, noise, t, ac))
+    prediction, target = unet_output(unet, x_t, t, labels), v_target(x0, noise, t, ac)
+    if min_snr_gamma == 0:
+        return F.mse_loss(prediction, target)
+    a = ac.to(x0.device)[t]
+    snr = a / (1 - a)
+    weight = snr.clamp(max=min_snr_gamma) / (snr + 1)
+    per_example = (prediction - target).pow(2).flatten(1).mean(dim=1)
+    return (weight * per_example).mean()
 
 
 @dataclass
@@ -148,8 +224,14 @@ def train_denoiser(
     seed: int,
     device: torch.device,
     optimizer_state: dict | None = None,
+    cond_dropout: float = 0.0,
+    null_label: int | None = None,
+    min_snr_gamma: float = 0.0,
 ) -> TrainHistory:
     """``steps`` AdamW steps of :func:`denoising_loss` on (images in [-1, 1], labels).
+
+    ``cond_dropout`` / ``null_label``: classifier-free guidance training (:func:`drop_conditions`);
+    ``min_snr_gamma``: Min-SNR loss weighting (:func:`denoising_loss`).
 
     ``optimizer_state``: AdamW's moments from this client's previous round (its
     ``history.optimizer_state``), so that a federated client does not restart Adam's bias
@@ -168,7 +250,16 @@ def train_denoiser(
     start = time.perf_counter()
     for _ in range(steps):
         x0, y = sample_batch(images, labels, batch_size, generator)
-        loss = denoising_loss(unet, x0.to(device), y.to(device), ac, generator)
+        loss = denoising_loss(
+            unet,
+            x0.to(device),
+            y.to(device),
+            ac,
+            generator,
+            cond_dropout=cond_dropout,
+            null_label=null_label,
+            min_snr_gamma=min_snr_gamma,
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -188,8 +279,11 @@ def ddim_sample(
     steps: int,
     generator: torch.Generator,
     batch_size: int = 256,
+    guidance_scale: float = 0.0,
+    null_label: int | None = None,
 ) -> torch.Tensor:
-    """Teacher samples for ``labels`` with ``steps`` DDIM steps (η = 0), as 28x28 in [-1, 1]."""
+    """Teacher samples for ``labels`` with ``steps`` DDIM steps (η = 0), as 28x28 in [-1, 1];
+    guided with scale ``guidance_scale`` (:func:`guided_output`) when it is > 0."""
     device = next(unet.parameters()).device
     unet.eval()
     out = []
@@ -200,6 +294,7 @@ def ddim_sample(
         y = chunk.to(device)
         for t in scheduler.timesteps:
             tt = torch.full((len(chunk),), int(t), device=device, dtype=torch.long)
-            x = scheduler.step(unet_output(unet, x, tt, y), int(t), x).prev_sample
+            v = guided_output(unet, x, tt, y, guidance_scale, null_label)
+            x = scheduler.step(v, int(t), x).prev_sample
         out.append(crop_images(x.clamp(-1, 1)).cpu())
     return torch.cat(out)

@@ -68,11 +68,24 @@ class UNetSpec:
     # "joint": one learned row per (class, domain); "added": a class row plus a domain row,
     # so every client's data trains the class rows (:class:`AddedDomainEmbedding`).
     domain_embedding: str = "joint"
+    # One more embedding row, the null condition of classifier-free guidance (Ho & Salimans,
+    # 2021): trained on the examples whose condition is dropped, queried for the guided output.
+    guidance: bool = False
 
     @property
     def num_conditions(self) -> int:
-        """Rows of the class embedding: classes × domains."""
+        """Conditions a sample can ask for: classes × domains."""
         return self.num_classes * self.domains
+
+    @property
+    def num_embeddings(self) -> int:
+        """Rows of the class embedding: the conditions, plus the null row with ``guidance``."""
+        return self.num_conditions + int(self.guidance)
+
+    @property
+    def null_label(self) -> int | None:
+        """The label of the null condition (the last row), or None without ``guidance``."""
+        return self.num_conditions if self.guidance else None
 
     def validate(self) -> UNetSpec:
         if not 1 <= len(self.channels) <= MAX_LEVELS:
@@ -105,14 +118,16 @@ class UNetSpec:
     def to_dict(self) -> dict[str, object]:
         """The spec as saved with a teacher and hashed into its cache key.
 
-        ``cross_attention`` appears only when true and ``domains`` only when > 1, so that the
-        default spec's dict (and with it every teacher cached before the keys existed) is
-        unchanged, while a cross-attention or domain-conditioned teacher never matches a plain
-        one.
+        ``cross_attention`` and ``guidance`` appear only when true and ``domains`` only when
+        > 1, so that the default spec's dict (and with it every teacher cached before the keys
+        existed) is unchanged, while a cross-attention, guided or domain-conditioned teacher
+        never matches a plain one.
         """
         out = {**asdict(self), "channels": list(self.channels)}
         if not self.cross_attention:
             del out["cross_attention"]
+        if not self.guidance:
+            del out["guidance"]
         if self.domains == 1:
             del out["domains"]
         if self.domains == 1 or self.domain_embedding == "joint":
@@ -156,7 +171,7 @@ def unet_config(spec: UNetSpec) -> dict[str, object]:
         "norm_num_groups": spec.norm_groups,
         "add_attention": spec.attention,
         "attention_head_dim": spec.channels[-1] if spec.attention else None,
-        "num_class_embeds": spec.num_conditions,
+        "num_class_embeds": spec.num_embeddings,
     }
 
 
@@ -181,7 +196,7 @@ def cross_attention_config(spec: UNetSpec) -> dict[str, object]:
         "norm_num_groups": spec.norm_groups,
         "cross_attention_dim": spec.channels[-1],
         "attention_head_dim": [max(1, c // ATTENTION_HEAD_DIM) for c in spec.channels],
-        "num_class_embeds": spec.num_conditions,  # the label also enters the time embedding
+        "num_class_embeds": spec.num_embeddings,  # the label also enters the time embedding
     }
 
 
@@ -238,16 +253,30 @@ class AddedDomainEmbedding(nn.Module):
     A joint table gives each (class, domain) its own row, trained only by that domain's client;
     here the class rows see every client's data and a domain row shifts them, the additive
     form of a class embedding plus a second (domain) embedding.
+
+    With ``guidance`` the label ``num_classes · domains`` (:attr:`UNetSpec.null_label`) is the
+    null condition of classifier-free guidance: a row of its own, no class and no domain, so
+    the guided direction (conditional − null) carries both.
     """
 
-    def __init__(self, num_classes: int, domains: int, dim: int) -> None:
+    def __init__(self, num_classes: int, domains: int, dim: int, guidance: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.null_label = num_classes * domains if guidance else None
         self.classes = nn.Embedding(num_classes, dim)
         self.domains = nn.Embedding(domains, dim)
+        if guidance:
+            self.null = nn.Parameter(torch.zeros(dim))
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        return self.classes(labels % self.num_classes) + self.domains(labels // self.num_classes)
+        if self.null_label is None:
+            return self.classes(labels % self.num_classes) + self.domains(
+                labels // self.num_classes
+            )
+        is_null = labels == self.null_label
+        safe = torch.where(is_null, torch.zeros_like(labels), labels)
+        out = self.classes(safe % self.num_classes) + self.domains(safe // self.num_classes)
+        return torch.where(is_null.unsqueeze(-1), self.null.to(out.dtype), out)
 
 
 def build_unet(spec: UNetSpec, seed: int) -> DiffusionUNet:
@@ -255,12 +284,14 @@ def build_unet(spec: UNetSpec, seed: int) -> DiffusionUNet:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if spec.cross_attention:
-            return CrossAttentionUNet(unet_config(spec), spec.num_conditions)
+            return CrossAttentionUNet(unet_config(spec), spec.num_embeddings)
         unet = UNet2DModel(**unet_config(spec))
         if spec.domains > 1 and spec.domain_embedding == "added":
             # UNet2DModel adds class_embedding(class_labels) to the time embedding.
             dim = unet.class_embedding.embedding_dim
-            unet.class_embedding = AddedDomainEmbedding(spec.num_classes, spec.domains, dim)
+            unet.class_embedding = AddedDomainEmbedding(
+                spec.num_classes, spec.domains, dim, guidance=spec.guidance
+            )
         return unet
 
 

@@ -64,6 +64,7 @@ def unet_spec(cfg: RunConfig) -> UNetSpec:
         # Class row + domain row: beat one row per (class, domain) in the teacher probes
         # (benchmarks/RESULTS.md, generators, "Five domains").
         domain_embedding="added" if domains > 1 else "joint",
+        guidance=cfg.params(DiffusionParams).teacher_cond_dropout > 0,
     ).validate()
 
 
@@ -104,6 +105,8 @@ def dmd2_settings(cfg: RunConfig) -> DMD2Settings:
         nfe=cfg.params(GeneratorParams).nfe,
         gan_weight_generator=cfg.params(GeneratorParams).gan_weight_generator,
         gan_weight_critic=cfg.params(GeneratorParams).gan_weight_critic,
+        real_guidance=cfg.params(DiffusionParams).guidance_scale,
+        null_label=unet_spec(cfg).null_label,
     )
 
 
@@ -144,6 +147,9 @@ def teacher_key(cfg: RunConfig, rounds: int, num_clients: int) -> str:
         "clients": num_clients,
         "fraction-train": cfg.fraction_train,
     }
+    dropout = cfg.params(DiffusionParams).teacher_cond_dropout
+    if dropout:  # only when set, so that every teacher cached before the key keeps its key
+        blob["cond-dropout"] = dropout
     digest = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
     return f"teacher-{digest}"
 
@@ -168,7 +174,8 @@ def load_teacher(path: Path, spec: UNetSpec) -> DiffusionUNet:
         raise ValueError(
             f"teacher checkpoint {path} was built with UNet {saved.get('spec')}, but the run "
             f"config asks for {spec.to_dict()} (run-config keys unet-channels, "
-            "unet-layers-per-block, unet-attention, unet-cross-attention, domain-conditioning)"
+            "unet-layers-per-block, unet-attention, unet-cross-attention, domain-conditioning, "
+            "teacher-cond-dropout)"
         )
     unet = build_unet(spec, 0)
     unet.load_state_dict(saved["state"], strict=True)

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from fedmatch.config import RunConfig
+from fedmatch.factories.diffusion import unet_spec
 from fedmatch.params import DiffusionParams
 from fedmatch.quant.calibrate import (
     CalibBatch,
@@ -40,6 +41,7 @@ from fedmatch.quant.calibrate import (
     merge_stats,
     observe,
     trajectory_batches,
+    with_null_condition,
 )
 from fedmatch.quant.edadm import allocate, select_samples, tdac_weights, uniform_counts
 from fedmatch.quant.qmodules import QuantSpec, parse_bits, quantize_unet
@@ -79,7 +81,13 @@ def step_counts(
         return uniform_counts(steps, total), None
     probe = _labels_like(labels, _TDAC_FEATURE_SAMPLES, generator)
     _, features = trajectory_batches(
-        teacher, probe, steps=steps, generator=generator, feature_hook=FEATURE_HOOK
+        teacher,
+        probe,
+        steps=steps,
+        generator=generator,
+        feature_hook=FEATURE_HOOK,
+        guidance_scale=cfg.params(DiffusionParams).guidance_scale,
+        null_label=unet_spec(cfg).null_label,
     )
     weights = tdac_weights(features, lam=cfg.table("quant").tdac_lambda)
     return allocate(weights, total), weights
@@ -113,8 +121,14 @@ def calibration_batches(
             _labels_like(labels, per_step, generator),
             steps=cfg.params(DiffusionParams).teacher_ddim_steps,
             generator=generator,
+            guidance_scale=cfg.params(DiffusionParams).guidance_scale,
+            null_label=unet_spec(cfg).null_label,
         )
-    return select_samples(pool, counts, generator)
+    batches = select_samples(pool, counts, generator)
+    null_label = unet_spec(cfg).null_label
+    if cfg.params(DiffusionParams).guidance_scale > 0 and null_label is not None:
+        return with_null_condition(batches, null_label)
+    return batches
 
 
 def client_calibration(

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedmatch.diffusion.teacher import add_noise, alphas_cumprod, ddim_scheduler
-from fedmatch.diffusion.unet import pad_images, unet_output
+from fedmatch.diffusion.teacher import add_noise, alphas_cumprod, ddim_scheduler, guided_output
+from fedmatch.diffusion.unet import pad_images
 from fedmatch.quant.dgq import GroupActQuantizer
 from fedmatch.quant.qmodules import act_quantizers, set_timestep
 from fedmatch.quant.quantizers import ActQuantizer, RangeObserver
@@ -49,11 +49,15 @@ def trajectory_batches(
     steps: int,
     generator: torch.Generator,
     feature_hook: str | None = None,
+    guidance_scale: float = 0.0,
+    null_label: int | None = None,
 ) -> tuple[list[CalibBatch], list[torch.Tensor]]:
     """The DDIM trajectory of ``labels`` from noise: one :class:`CalibBatch` per step.
 
     ``feature_hook`` names a submodule (e.g. ``"mid_block"``) whose input is returned per step
-    (EDA-DM's TDAC measures density and diversity on it).
+    (EDA-DM's TDAC measures density and diversity on it).  With ``guidance_scale`` > 0 the
+    trajectory is the classifier-free-guided one the quantized teacher will follow (the null
+    condition's inputs are added by :func:`with_null_condition`).
     """
     scheduler = ddim_scheduler(steps)
     x = torch.randn((len(labels), unet.config.in_channels, 32, 32), generator=generator)
@@ -68,7 +72,8 @@ def trajectory_batches(
         for t in scheduler.timesteps:
             tt = torch.full((len(labels),), int(t), dtype=torch.long)
             batches.append(CalibBatch(x.clone(), int(t), labels.clone()))
-            x = scheduler.step(unet_output(unet, x, tt, labels), int(t), x).prev_sample
+            v = guided_output(unet, x, tt, labels, guidance_scale, null_label)
+            x = scheduler.step(v, int(t), x).prev_sample
     finally:
         if handle is not None:
             handle.remove()
@@ -93,6 +98,20 @@ def local_batches(
         tt = torch.full((per_step,), int(t), dtype=torch.long)
         out.append(CalibBatch(add_noise(x0, noise, tt, ac), int(t), labels[index]))
     return out
+
+
+def with_null_condition(batches: Sequence[CalibBatch], null_label: int) -> list[CalibBatch]:
+    """Each batch twice, the second time with the null condition: what a classifier-free-guided
+    sampler feeds the UNet at every step (``guided_output``'s doubled batch), so that the
+    activation ranges cover the unconditional pass too."""
+    return [
+        CalibBatch(
+            torch.cat([b.x, b.x]),
+            b.t,
+            torch.cat([b.labels, torch.full_like(b.labels, null_label)]),
+        )
+        for b in batches
+    ]
 
 
 def _quantizers(unet: nn.Module) -> Iterable[tuple[str, nn.Module]]:
