@@ -254,6 +254,10 @@ class DiffusionParams(ParamsTable):
     """generators: local DDPM (v-prediction) steps per teacher round (`train.teacher`)"""
     teacher_lr: float = Field(1e-3, gt=0)
     """generators: teacher AdamW learning rate (also DisBack's degradation)"""
+    teacher_lr_final: float = Field(0.0, ge=0)
+    """generators: > 0: the teacher's learning rate decays by a cosine from `teacher-lr` in the
+    first teacher round to this in the last (the server sends each round's value); 0 = constant
+    `teacher-lr`"""
     # dmd2/disback/diffusion-ptq train the teacher first for this many rounds unless cached.
     teacher_rounds: int = Field(10, ge=1)
     """`dmd2`/`disback`: federated teacher rounds run first when no cached teacher matches (a
