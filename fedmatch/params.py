@@ -277,6 +277,9 @@ class DiffusionParams(ParamsTable):
     domain's real training split, cached in `cache-dir`) that scores the class accuracy of
     samples per domain, beside its accuracy on real test images (metrics `sample-accuracy`,
     `real-accuracy`); 0 turns the scoring off"""
+    eval_every: int = Field(1, ge=1)
+    """generators: score the samples (FID-digits, class accuracy, grid) before round 1, every
+    this many rounds and after the last; sampling 500 images costs more than a short round"""
     grid_per_class: int = Field(8, ge=1)  # sample-grid columns (one row per class)
     """generators: columns of the per-round sample grid PNG (one row per class)"""
 

@@ -71,6 +71,7 @@ def test_teacher_then_one_step_generator_and_disback_through_flwr_run(
                     "diffusion.teacher-cond-dropout": 0.2,
                     "diffusion.guidance-scale": 2.0,
                     "diffusion.teacher-lr-final": 1e-4,
+                    "diffusion.eval-every": 2,
                     "diffusion.accuracy-epochs": 1,
                 },
             ),
@@ -147,4 +148,5 @@ def test_teacher_then_one_step_generator_and_disback_through_flwr_run(
     guided = [s for s in saved if s["spec"].get("guidance")]
     assert len(guided) == 1 and "class_embedding.null" in guided[0]["state"]
     assert set(values("fid", 2)) == {("server", d) for d in (*DOMAINS, "all")}
+    assert values("fid", 0) and not values("fid", 1)  # eval-every = 2: before round 1, last
     assert len(list((data_cache / "diffusion").glob("teacher-*.pt"))) == 2

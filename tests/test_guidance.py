@@ -228,3 +228,19 @@ def test_teacher_lr_schedule_over_rounds_key_and_client_check():
     for bad in (0.0, -1.0, float("nan"), float("inf"), 1e9, True, "0.1"):
         with pytest.raises(ValueError, match=r"'teacher-lr'.*from the server"):
             _round_lr(Job({"teacher-lr": bad}), constant)
+
+
+def test_teacher_cpu_preset_is_a_valid_guided_five_domain_teacher():
+    import tomllib
+    from pathlib import Path
+
+    from fedmatch.params import DiffusionParams
+
+    preset = Path(__file__).resolve().parents[1] / "presets" / "teacher-cpu.toml"
+    cfg = RunConfig.from_flower(tomllib.loads(preset.read_text()))
+    params = cfg.params(DiffusionParams)
+    assert cfg.strategy == "diffusion-teacher" and cfg.domains == "all"
+    spec = unet_spec(cfg)
+    assert spec.domains == 5 and spec.domain_embedding == "added" and spec.null_label == 50
+    assert params.guidance_scale > 0 and params.teacher_lr_final < params.teacher_lr
+    assert cfg.num_server_rounds % params.eval_every == 0  # the last round is scored anyway
