@@ -294,12 +294,14 @@ class Bench:
             point = self.score(self.teacher_sampler(model, steps))
             model.train()
             self.teacher_curve.append({"round": server_round, "model": name, **point})
+            accuracy = point.get("class_accuracy", {})
             log.info(
-                "teacher round %d %s: FID-digits (DDIM %d) %.1f",
+                "teacher round %d %s: FID-digits (DDIM %d) %.1f; class accuracy of samples %s",
                 server_round,
                 name,
                 steps,
                 point["fid"],
+                ", ".join(f"{d} {v['samples']:.2f}" for d, v in accuracy.items()) or "-",
             )
 
     def teacher_sampler(self, teacher, steps: int):
