@@ -36,7 +36,6 @@ import copy
 import hashlib
 import json
 import logging
-import math
 import platform
 import shlex
 import sys
@@ -52,7 +51,7 @@ from fedmatch.data.loaders import load_domains, to_images
 from fedmatch.diffusion.disback import backtrack_target, record_degradation
 from fedmatch.diffusion.dmd2 import DMD2Settings, GanHead, generate, train_dmd2
 from fedmatch.diffusion.fid import FIDScorer
-from fedmatch.diffusion.teacher import ddim_sample, train_denoiser
+from fedmatch.diffusion.teacher import cosine_round_lr, ddim_sample, train_denoiser
 from fedmatch.diffusion.unet import UNetSpec, build_unet, condition_labels
 from fedmatch.factories.diffusion import sampling_labels
 from fedmatch.factories.diffusion_eval import balanced_labels, save_grid
@@ -127,14 +126,6 @@ def fedavg(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[
         )
         for k in states[0]
     }
-
-
-def cosine_lr(lr: float, final: float, server_round: int, rounds: int) -> float:
-    """Cosine decay from ``lr`` (round 1) to ``final`` (last round) (Loshchilov & Hutter 2017)."""
-    if rounds <= 1:
-        return lr
-    progress = (server_round - 1) / (rounds - 1)
-    return final + 0.5 * (lr - final) * (1 + math.cos(math.pi * progress))
 
 
 def ema_update(ema: dict[str, torch.Tensor], state: dict[str, torch.Tensor], decay: float):
@@ -249,7 +240,7 @@ class Bench:
         # AdamW state per client across rounds (--teacher-keep-optimizer) or fresh each round.
         optimizer_states: list[dict | None] = [None] * len(self.clients)
         for r in range(1, a.teacher_rounds + 1):
-            lr = cosine_lr(a.teacher_lr, a.teacher_lr_final, r, a.teacher_rounds)
+            lr = cosine_round_lr(a.teacher_lr, a.teacher_lr_final, r, a.teacher_rounds)
             states, weights, losses = [], [], []
             for i, (_, x, y) in enumerate(self.clients):
                 local = copy.deepcopy(unet)
@@ -303,12 +294,14 @@ class Bench:
             point = self.score(self.teacher_sampler(model, steps))
             model.train()
             self.teacher_curve.append({"round": server_round, "model": name, **point})
+            accuracy = point.get("class_accuracy", {})
             log.info(
-                "teacher round %d %s: FID-digits (DDIM %d) %.1f",
+                "teacher round %d %s: FID-digits (DDIM %d) %.1f; class accuracy of samples %s",
                 server_round,
                 name,
                 steps,
                 point["fid"],
+                ", ".join(f"{d} {v['samples']:.2f}" for d, v in accuracy.items()) or "-",
             )
 
     def teacher_sampler(self, teacher, steps: int):

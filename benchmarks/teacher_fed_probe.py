@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 from bench_scoring import SampleScorer  # benchmarks/ (this folder)
-from generator_bench import cosine_lr, ema_update, fedavg
+from generator_bench import ema_update, fedavg
 
 from fedmatch.config import RunConfig
 from fedmatch.data.loaders import load_domains, to_images
-from fedmatch.diffusion.teacher import ddim_sample, train_denoiser
+from fedmatch.diffusion.teacher import cosine_round_lr, ddim_sample, train_denoiser
 from fedmatch.diffusion.unet import (
     UNetSpec,
     build_unet,
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     optimizer_states: list[dict | None] = [None] * len(clients)
     start, losses = time.perf_counter(), []
     for r in range(1, args.rounds + 1):
-        lr = cosine_lr(args.lr, args.lr_final, r, args.rounds)
+        lr = cosine_round_lr(args.lr, args.lr_final, r, args.rounds)
         states, weights, round_losses = [], [], []
         for i, (x, y) in enumerate(clients):
             local = copy.deepcopy(unet)

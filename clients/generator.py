@@ -25,6 +25,7 @@ from fedmatch.diffusion.teacher import train_denoiser
 from fedmatch.diffusion.unet import build_unet
 from fedmatch.factories.diffusion import (
     TARGET_KEY,
+    TEACHER_LR_KEY,
     GeneratorBundle,
     client_condition_labels,
     dmd2_settings,
@@ -46,6 +47,18 @@ def _setup(msg: Message, context: Context) -> tuple[ClientJob, RunConfig, Client
     return job, job.cfg, job.data, job.partition_id, job.server_round
 
 
+def _round_lr(job: ClientJob, cfg: RunConfig) -> float:
+    """This round's teacher learning rate as the server sent it (a cosine schedule over the
+    rounds, ``teacher-lr-final``), or the run config's ``teacher-lr`` without one."""
+    value = job.config.get(TEACHER_LR_KEY, cfg.params(DiffusionParams).teacher_lr)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 10:
+        raise ValueError(
+            f"train config {TEACHER_LR_KEY!r} = {value!r} from the server: expected a learning "
+            "rate in (0, 10)"
+        )
+    return float(value)
+
+
 def handle_teacher(msg: Message, context: Context) -> Message:
     job, cfg, data, partition_id, server_round = _setup(msg, context)
     device = job.device
@@ -54,12 +67,13 @@ def handle_teacher(msg: Message, context: Context) -> Message:
     unet.load_state_dict(arrays_to_state(msg.content["arrays"]), strict=True)
     images, labels = data.train.tensors
     labels = client_condition_labels(cfg, data.domain, labels)  # its own domain's rows
+    lr = _round_lr(job, cfg)
     history = train_denoiser(
         unet,
         images,
         labels,
         steps=cfg.params(DiffusionParams).teacher_steps,
-        lr=cfg.params(DiffusionParams).teacher_lr,
+        lr=lr,
         batch_size=cfg.batch_size,
         seed=derive_seed(cfg.seed, server_round, partition_id, _TEACHER_TAG),
         device=device,
@@ -81,6 +95,7 @@ def handle_teacher(msg: Message, context: Context) -> Message:
             "teacher-loss": history.mean_loss(),
             "teacher-loss-last": history.mean_loss(last=max(1, history.steps // 4)),
             "teacher-steps": history.steps,
+            "teacher-lr": lr,
             "teacher-seconds": history.seconds,
             "partition-id": partition_id,
         }

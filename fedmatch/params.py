@@ -256,6 +256,10 @@ class DiffusionParams(ParamsTable):
     """generators: local DDPM (v-prediction) steps per teacher round (`train.teacher`)"""
     teacher_lr: float = Field(1e-3, gt=0)
     """generators: teacher AdamW learning rate (also DisBack's degradation)"""
+    teacher_lr_final: float = Field(0.0, ge=0)
+    """generators: > 0: the teacher's learning rate decays by a cosine from `teacher-lr` in the
+    first teacher round to this in the last (the server sends each round's value); 0 = constant
+    `teacher-lr`"""
     # dmd2/disback/diffusion-ptq train the teacher first for this many rounds unless cached.
     teacher_rounds: int = Field(10, ge=1)
     """`dmd2`/`disback`: federated teacher rounds run first when no cached teacher matches (a
@@ -275,6 +279,9 @@ class DiffusionParams(ParamsTable):
     domain's real training split, cached in `cache-dir`) that scores the class accuracy of
     samples per domain, beside its accuracy on real test images (metrics `sample-accuracy`,
     `real-accuracy`); 0 turns the scoring off"""
+    eval_every: int = Field(1, ge=1)
+    """generators: score the samples (FID-digits, class accuracy, grid) before round 1, every
+    this many rounds and after the last; sampling 500 images costs more than a short round"""
     grid_per_class: int = Field(8, ge=1)  # sample-grid columns (one row per class)
     """generators: columns of the per-round sample grid PNG (one row per class)"""
 

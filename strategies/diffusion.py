@@ -75,7 +75,12 @@ class DiffusionStrategy(FedMatchStrategy):
         conditioned = conditioned_domains(self.cfg)
         scored = [d.name for d in domains]
 
+        every = self.cfg.params(DiffusionParams).eval_every
+        last = self.cfg.num_server_rounds
+
         def server_evaluate(server_round: int, arrays: ArrayRecord) -> list[MetricRow]:
+            if server_round % every and server_round != last:
+                return []  # sampling and scoring cost more than a short round (eval-every)
             model.load_state_dict(arrays_to_state(arrays), strict=True)
             model.eval()
             grid_path = None

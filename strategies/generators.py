@@ -44,9 +44,11 @@ from fedmatch.factories.diffusion import (
     GENERATOR_ACTION,
     TARGET_KEY,
     TEACHER_ACTION,
+    TEACHER_LR_KEY,
     GeneratorBundle,
     save_teacher,
     teacher_cache_path,
+    teacher_round_lr,
 )
 from fedmatch.factories.diffusion_eval import ALL, Sampler
 from fedmatch.params import DiffusionParams, GeneratorParams, ParamsTable
@@ -74,6 +76,10 @@ class DiffusionTeacherStrategy(DiffusionStrategy):
 
     def sampler(self, model: nn.Module) -> Sampler:
         return self.teacher_sampler(model)
+
+    def train_config(self, server_round: int) -> dict[str, int | float | str | bool]:
+        lr = teacher_round_lr(self.cfg, server_round, self.cfg.num_server_rounds)
+        return {TEACHER_LR_KEY: lr}
 
     def run_rounds(self, grid: Grid, arrays: ArrayRecord, **kwargs: Any) -> ArrayRecord:
         arrays = super().run_rounds(grid, arrays, **kwargs)

@@ -20,9 +20,11 @@ from torch import nn
 from fedmatch.diffusion.unet import build_unet
 from fedmatch.factories.diffusion import (
     TEACHER_ACTION,
+    TEACHER_LR_KEY,
     load_teacher,
     save_teacher,
     teacher_cache_path,
+    teacher_round_lr,
     unet_spec,
 )
 from fedmatch.factories.diffusion_eval import ALL
@@ -88,7 +90,14 @@ class FederatedTeacher:
     def _round(
         self, grid: Grid, arrays: ArrayRecord, teacher_round: int, timeout: float
     ) -> tuple[ArrayRecord, list[float]]:
-        config = ConfigRecord({"server-round": teacher_round, "run-dir": self.strategy.run_dir})
+        rounds = self.strategy.cfg.params(DiffusionParams).teacher_rounds
+        config = ConfigRecord(
+            {
+                "server-round": teacher_round,
+                "run-dir": self.strategy.run_dir,
+                TEACHER_LR_KEY: teacher_round_lr(self.strategy.cfg, teacher_round, rounds),
+            }
+        )
         strategy = self.strategy
         messages = [
             Message(

@@ -70,6 +70,8 @@ def test_teacher_then_one_step_generator_and_disback_through_flwr_run(
                     "diffusion.domain-conditioning": True,
                     "diffusion.teacher-cond-dropout": 0.2,
                     "diffusion.guidance-scale": 2.0,
+                    "diffusion.teacher-lr-final": 1e-4,
+                    "diffusion.eval-every": 2,
                     "diffusion.accuracy-epochs": 1,
                 },
             ),
@@ -126,6 +128,9 @@ def test_teacher_then_one_step_generator_and_disback_through_flwr_run(
     # DDIM samples and their class accuracy per domain, cached.
     rows = read_jsonl(runs / "teacher" / "metrics.jsonl")
     assert set(values("teacher-steps", 1).values()) == {4.0}
+    # The server's cosine schedule reached the clients: teacher-lr in round 1, the final in 2.
+    assert set(values("teacher-lr", 1).values()) == {1e-3}
+    assert set(values("teacher-lr", 2).values()) == {1e-4}
     assert len(values("teacher-loss", 2)) == 2
     losses = [sum(values("teacher-loss", r).values()) for r in (1, 2)]
     assert losses[1] < losses[0], losses  # the teacher learns
@@ -143,4 +148,5 @@ def test_teacher_then_one_step_generator_and_disback_through_flwr_run(
     guided = [s for s in saved if s["spec"].get("guidance")]
     assert len(guided) == 1 and "class_embedding.null" in guided[0]["state"]
     assert set(values("fid", 2)) == {("server", d) for d in (*DOMAINS, "all")}
+    assert values("fid", 0) and not values("fid", 1)  # eval-every = 2: before round 1, last
     assert len(list((data_cache / "diffusion").glob("teacher-*.pt"))) == 2

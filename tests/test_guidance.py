@@ -3,6 +3,8 @@ dropout, the guided output (Eq. 6), its use as DMD2's real score and in PTQ cali
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -201,3 +203,44 @@ def test_min_snr_weighting_matches_hand_computed_weights():
     assert weights[0] < 0.02 and weights[2] < 1e-3
     torch.testing.assert_close(weighted, (weights * per_example).mean(), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(plain, per_example.mean(), rtol=1e-5, atol=1e-7)
+
+
+def test_teacher_lr_schedule_over_rounds_key_and_client_check():
+    from clients.generator import _round_lr
+    from fedmatch.factories.diffusion import teacher_round_lr
+
+    base = {"diffusion.unet-channels": "8,16", "diffusion.teacher-lr": 2e-3}
+    constant = RunConfig.from_flower(base)
+    cosine = RunConfig.from_flower({**base, "diffusion.teacher-lr-final": 1e-4})
+    assert [teacher_round_lr(constant, r, 5) for r in (1, 3, 5)] == [2e-3] * 3
+    lrs = [teacher_round_lr(cosine, r, 5) for r in range(1, 6)]
+    assert lrs[0] == pytest.approx(2e-3) and lrs[-1] == pytest.approx(1e-4)
+    assert lrs[2] == pytest.approx((2e-3 + 1e-4) / 2)  # cos(π/2) = 0: the midpoint
+    assert all(a > b for a, b in itertools.pairwise(lrs))
+    assert teacher_key(constant, 5, 2) != teacher_key(cosine, 5, 2)
+
+    class Job:
+        def __init__(self, config):
+            self.config = config
+
+    assert _round_lr(Job({}), constant) == 2e-3
+    assert _round_lr(Job({"teacher-lr": 5e-4}), constant) == 5e-4
+    for bad in (0.0, -1.0, float("nan"), float("inf"), 1e9, True, "0.1"):
+        with pytest.raises(ValueError, match=r"'teacher-lr'.*from the server"):
+            _round_lr(Job({"teacher-lr": bad}), constant)
+
+
+def test_teacher_cpu_preset_is_a_valid_guided_five_domain_teacher():
+    import tomllib
+    from pathlib import Path
+
+    from fedmatch.params import DiffusionParams
+
+    preset = Path(__file__).resolve().parents[1] / "presets" / "teacher-cpu.toml"
+    cfg = RunConfig.from_flower(tomllib.loads(preset.read_text()))
+    params = cfg.params(DiffusionParams)
+    assert cfg.strategy == "diffusion-teacher" and cfg.domains == "all"
+    spec = unet_spec(cfg)
+    assert spec.domains == 5 and spec.domain_embedding == "added" and spec.null_label == 50
+    assert params.guidance_scale > 0 and params.teacher_lr_final < params.teacher_lr
+    assert cfg.num_server_rounds % params.eval_every == 0  # the last round is scored anyway

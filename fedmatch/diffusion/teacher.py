@@ -26,6 +26,7 @@ for fixed x_t, so guiding v is guiding ε).  w = 0 is the plain conditional mode
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -67,6 +68,15 @@ def ddim_scheduler(steps: int, spacing: str = "trailing") -> DDIMScheduler:
 def alphas_cumprod() -> torch.Tensor:
     """ᾱ_t for t = 0..999 (float32, CPU)."""
     return ddpm_scheduler().alphas_cumprod.float()
+
+
+def cosine_round_lr(lr: float, final: float, server_round: int, rounds: int) -> float:
+    """Cosine decay from ``lr`` (round 1) to ``final`` (round ``rounds``), one value per
+    federated round (SGDR's cosine, Loshchilov & Hutter, ICLR 2017, Eq. 5, without restarts)."""
+    if rounds <= 1:
+        return lr
+    progress = min(1.0, max(0.0, (server_round - 1) / (rounds - 1)))
+    return final + 0.5 * (lr - final) * (1 + math.cos(math.pi * progress))
 
 
 def _gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from fedmatch.diffusion.sample_accuracy import (
     SampleAccuracyScorer,
     cached_classifier,
 )
+from fedmatch.diffusion.teacher import cosine_round_lr
 from fedmatch.diffusion.unet import (
     DiffusionUNet,
     UNetSpec,
@@ -38,6 +39,8 @@ from fedmatch.params import DiffusionParams, GeneratorParams
 # Message types of the two client workloads (clients/generator.py).
 TEACHER_ACTION = "train.teacher"
 GENERATOR_ACTION = "train.generator"
+# The train config entry carrying this round's teacher learning rate (teacher_round_lr).
+TEACHER_LR_KEY = "teacher-lr"
 # The array record carrying the frozen target score (teacher or DisBack node) to clients.
 TARGET_KEY = "real-score"
 # The spec (in the key) names its domains when conditioned, so format 1 files stay valid.
@@ -96,6 +99,15 @@ def sampling_labels(classes: torch.Tensor, num_domains: int) -> torch.Tensor:
     return condition_labels(classes, domains, num_domains)
 
 
+def teacher_round_lr(cfg: RunConfig, teacher_round: int, rounds: int) -> float:
+    """The teacher's learning rate in ``teacher_round`` of ``rounds``: constant
+    ``teacher-lr``, or its cosine decay to ``teacher-lr-final`` when that is > 0."""
+    params = cfg.params(DiffusionParams)
+    if params.teacher_lr_final == 0:
+        return params.teacher_lr
+    return cosine_round_lr(params.teacher_lr, params.teacher_lr_final, teacher_round, rounds)
+
+
 def dmd2_settings(cfg: RunConfig) -> DMD2Settings:
     return DMD2Settings(
         generator_steps=cfg.params(GeneratorParams).steps,
@@ -133,7 +145,7 @@ class GeneratorBundle(nn.Module):
 
 
 def teacher_key(cfg: RunConfig, rounds: int, num_clients: int) -> str:
-    blob = {
+    blob: dict[str, object] = {
         "format": _TEACHER_FORMAT,
         "spec": unet_spec(cfg).to_dict(),
         "data": [cfg.dataset, cfg.data_root, cfg.domains, cfg.target_domain, cfg.partitioning],
@@ -150,6 +162,9 @@ def teacher_key(cfg: RunConfig, rounds: int, num_clients: int) -> str:
     dropout = cfg.params(DiffusionParams).teacher_cond_dropout
     if dropout:  # only when set, so that every teacher cached before the key keeps its key
         blob["cond-dropout"] = dropout
+    lr_final = cfg.params(DiffusionParams).teacher_lr_final
+    if lr_final:  # likewise
+        blob["lr-final"] = lr_final
     digest = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
     return f"teacher-{digest}"
 
