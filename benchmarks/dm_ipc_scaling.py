@@ -12,6 +12,8 @@ and compares the options:
 - ``lr-scaled``: Eq. 4 with lr × IPC/10;
 - ``per-image``: the class terms weighted by n_c/10 (``distill.image-step='per-image'``): a
   per-image loss Σ_c n_c·‖·‖² at lr 0.1, mathematically ``lr-scaled`` for SGD;
+- ``larger``: the larger of the two steps, weights max(1, n_c/10)
+  (``distill.image-step='larger'``): ``class-mean`` up to IPC 10, ``per-image`` from IPC 10 on;
 - ``per-image-lr1``: the per-image loss Σ_c n_c·‖·‖² at DM's lr 1.0 (10× the IPC-10 step);
 - ``proportional``: Eq. 4 with ``--steps`` × IPC/10 steps.
 
@@ -22,6 +24,11 @@ scored by the synthetic-set protocol (``fedmatch.distill.evaluate``: a fresh Con
 ``--eval-width`` trained ``--eval-epochs`` epochs, one model per ``--eval-seeds`` seed) on the
 domain's test split.  Also recorded: the relative movement ‖S_k − S_0‖ / ‖S_0‖ of the stored
 images and the seconds (wall and process CPU) to reach step k.
+
+``--refresh-steps N`` also runs FedLGD's refresh on a proxy: a ConvNet trained by the protocol
+on the finished set stands for the global model, N DM steps continue the set in its features
+with the same image step and lr (``clients/fedlgd.py``), and the refreshed set is scored (row
+option ``<option> +refresh``, movement from the finished set).
 
 Progress goes to stderr; each scored set is written to ``--out`` at once, and ``--resume``
 skips the sets the file already holds.  Usage::
@@ -41,6 +48,7 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,14 +59,15 @@ from fedmatch.config import RunConfig
 from fedmatch.data.loaders import load_domains, to_tensors
 from fedmatch.distill.dm import REFERENCE_IPC, ImageStep, distill_dm
 from fedmatch.distill.dsa import DIGIT_STRATEGY
-from fedmatch.distill.evaluate import EvalProtocol, convnet_factory, evaluate_set
+from fedmatch.distill.evaluate import EvalProtocol, convnet_factory, evaluate_set, train_on_set
 from fedmatch.seeding import derive_seed
 from fedmatch.train import resolve_device
 
 log = logging.getLogger("dm_ipc_scaling")
 
-VARIANTS = ("class-mean", "lr-scaled", "per-image", "per-image-lr1", "proportional")
+VARIANTS = ("class-mean", "lr-scaled", "per-image", "larger", "per-image-lr1", "proportional")
 _SEED_TAG = 29  # the distillation's generator: one per (seed, IPC), shared by every option
+_REFRESH_TAG = 53  # the refresh's generator, as FedLGD's client separates it
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,8 @@ def plan(variant: str, ipc: int, steps: int, snapshots: list[int]) -> Plan:
         image_step, lr, total = "class-mean", scale, steps
     elif variant == "per-image":
         image_step, lr, total = "per-image", 1.0, steps
+    elif variant == "larger":
+        image_step, lr, total = "larger", 1.0, steps
     elif variant == "per-image-lr1":
         # Weights n_c/10 at lr 10 = the per-image loss Σ_c n_c·‖·‖² at lr 1.
         image_step, lr, total = "per-image", float(REFERENCE_IPC), steps
@@ -103,6 +114,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--snapshots",
         default="",
         help="also score every run at these steps (the same run stopped early), comma list",
+    )
+    p.add_argument(
+        "--refresh-steps",
+        type=int,
+        default=0,
+        help="also refresh each finished set this many DM steps in a trained ConvNet's features",
     )
     p.add_argument("--batch-real", type=int, default=64, help="real images per class per step")
     p.add_argument("--width", type=int, default=64, help="distillation ConvNet width")
@@ -186,6 +203,9 @@ def run_one(
     )
     protocol = EvalProtocol(epochs=args.eval_epochs, dsa_strategy=DIGIT_STRATEGY)
     rows = []
+    if args.refresh_steps > 0:
+        final = (snaps[run.steps], syn_labels)
+        rows.append(refresh(args, domain, data, ipc, seed, run, final, factory, protocol, device))
     for k in run.scored:
         log.info("%s ipc %d seed %d: scoring %s at step %d", domain, ipc, seed, run.variant, k)
         score = evaluate_set(
@@ -223,6 +243,68 @@ def run_one(
     return rows
 
 
+def refresh(
+    args: argparse.Namespace,
+    domain: str,
+    data: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    ipc: int,
+    seed: int,
+    run: Plan,
+    final: tuple[torch.Tensor, torch.Tensor],
+    factory: Callable[[int], torch.nn.Module],
+    protocol: EvalProtocol,
+    device: torch.device,
+) -> dict[str, Any]:
+    """FedLGD's refresh on a proxy global model (a ConvNet trained on the finished set)."""
+    (x, y), (xt, yt) = data
+    model = factory(derive_seed(seed, 0))
+    train_on_set(model, *final, protocol, seed=seed, device=device)
+    log.info("%s ipc %d seed %d: refreshing %s", domain, ipc, seed, run.variant)
+    refreshed, labels, history = distill_dm(
+        x,
+        y,
+        ipc,
+        args.refresh_steps,
+        lr=run.lr,
+        batch_real=args.batch_real,
+        dsa_strategy=DIGIT_STRATEGY,
+        generator=torch.Generator().manual_seed(derive_seed(seed, ipc, _REFRESH_TAG)),
+        device=device,
+        start=final,
+        feature_net=model,
+        image_step=run.image_step,
+    )
+    score = evaluate_set(
+        refreshed,
+        labels,
+        xt,
+        yt,
+        protocol=protocol,
+        seeds=ints(args.eval_seeds),
+        model_factory=factory,
+        device=device,
+    )
+    return {
+        "domain": domain,
+        "ipc": ipc,
+        "seed": seed,
+        "variant": f"{run.variant} +refresh",
+        "image_step": run.image_step,
+        "lr": run.lr,
+        "steps": run.steps,
+        "refresh_steps": args.refresh_steps,
+        "run_steps": run.steps,
+        "accuracies": list(score.accuracies),
+        "movement": relative_movement(refreshed, final[0]),
+        "distill_seconds": history.seconds,
+        "distill_cpu_seconds": history.cpu_seconds,
+        "initial_loss": history.initial_loss,
+        "final_loss": history.final_loss,
+        "eval_seconds": score.train_seconds,
+        "loadavg": os.getloadavg(),
+    }
+
+
 def run_grid(args: argparse.Namespace, info: dict[str, Any]) -> list[dict[str, Any]]:
     device = resolve_device(args.device)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -245,6 +327,8 @@ def run_grid(args: argparse.Namespace, info: dict[str, Any]) -> list[dict[str, A
                 for variant in variants:
                     run = plan(variant, ipc, args.steps, ints(args.snapshots))
                     keys = {(domain, ipc, seed, variant, k) for k in run.scored}
+                    if args.refresh_steps > 0:
+                        keys.add((domain, ipc, seed, f"{variant} +refresh", run.steps))
                     if keys <= done:
                         log.info(
                             "%s ipc %d seed %d %s: in --out, skipped", domain, ipc, seed, variant
@@ -283,7 +367,12 @@ def table(rows: list[dict[str, Any]]) -> str:
         "distill s (wall / CPU) | seeds |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for key in sorted(groups, key=lambda k: (k[0], k[1], order.get(k[2], 99), k[3])):
+
+    def sort_key(k: tuple[str, int, str, int]) -> tuple[str, int, int, int, str]:
+        # A refreshed set right after the set it continues.
+        return (k[0], k[1], order.get(k[2].split(" ")[0], 99), k[3], k[2])
+
+    for key in sorted(groups, key=sort_key):
         group = groups[key]
         n = len(group)
         acc = sum(_acc(r) for r in group) / n
@@ -292,7 +381,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             str(key[1]),
             key[2],
             f"{group[0]['lr']:g}",
-            str(key[3]),
+            f"{key[3]}+{group[0]['refresh_steps']}" if "refresh_steps" in group[0] else str(key[3]),
             f"{acc:.1f}",
             f"{sum(r['movement'] for r in group) / n:.2f}",
             f"{sum(r['distill_seconds'] for r in group) / n:.0f} / "

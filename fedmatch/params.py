@@ -115,14 +115,16 @@ class DistillParams(ParamsTable):
     lr: float = Field(0.0, ge=0)  # 0: the method's default (DM 1.0, NCFM 0.01)
     """distillation: image learning rate; 0 = the method's default (DM: SGD 1.0, momentum 0.5;
     NCFM: AdamW 0.01)"""
-    # DM's Eq. 4 matches class *means*, so each image's gradient shrinks as 1/IPC; 'per-image'
-    # weighs class c's term by n_c/10 (fedmatch/distill/dm.py; identical at IPC 10).
-    image_step: Literal["per-image", "class-mean"] = "per-image"
-    """DM (`train.distill`, `feddm`, FedLGD's warm-up and refreshes): 'per-image' weighs class c's
-    term of Eq. 4 by n_c/10 (n_c: its synthetic images), so each image steps as at IPC 10 whatever
-    the IPC (the same as lr × IPC/10 under DM's SGD); 'class-mean' is Eq. 4 as published, each
-    image's step ∝ 1/IPC (at IPC 50 a 200-step set barely leaves its start). Identical at IPC 10;
-    NCFM ignores it (AdamW's step does not depend on the loss scale)"""
+    # DM's Eq. 4 matches class *means*, so each image's gradient shrinks as 1/IPC; 'larger' weighs
+    # class c's term by max(1, n_c/10) (fedmatch/distill/dm.py; benchmarks/RESULTS.md, issue 29).
+    image_step: Literal["larger", "per-image", "class-mean"] = "larger"
+    """DM (`train.distill`, `feddm`, FedLGD's warm-up and refreshes): 'class-mean' is Eq. 4 as
+    published, each image's step ∝ 1/IPC (at IPC 50 a 200-step set barely leaves its start);
+    'per-image' weighs class c's term by n_c/10 (n_c: its synthetic images), so each image steps
+    as at IPC 10 whatever the IPC (the same as lr × IPC/10 under DM's SGD; a tenth of Eq. 4's step
+    at IPC 1); 'larger' (default) weighs it by max(1, n_c/10), the larger of the two steps: Eq. 4
+    up to IPC 10, 'per-image' from IPC 10 on. All three identical at IPC 10; NCFM ignores it
+    (AdamW's step does not depend on the loss scale)"""
     batch_real: int = Field(64, ge=1)
     """distillation: real images per class per step (DM/NCFM use 256/1024)"""
     init: Literal["real", "noise", "stats"] = "real"

@@ -60,10 +60,10 @@ def test_every_baseline_learns_and_writes_its_own_metrics(
             for name in STRATEGIES
         ]
         # The FedLGD protocol: SCAFFOLD on each client's local virtual data (5 DM images
-        # per class, distilled in the client's first round).  Eq. 4's class-mean step: at
-        # IPC 5 the per-image default steps each image half as far, and 10 steps then leave
-        # the set too close to its start for 2 rounds to rise above chance (this test is about
-        # SCAFFOLD on virtual data, not about DM's step).
+        # per class, distilled in the client's first round).  Eq. 4's class-mean step (also
+        # what the default 'larger' step is at IPC 5): 'per-image' steps each image half as
+        # far there, and 10 steps then leave the set too close to its start for 2 rounds to
+        # rise above chance (this test is about SCAFFOLD on virtual data, not about DM's step).
         + [
             CellSpec(
                 "scaffold-virtual",

@@ -77,6 +77,27 @@ def test_per_image_step_at_ipc_10_is_dm_bit_for_bit():
     assert history.losses == old_history.losses
 
 
+@pytest.mark.parametrize(
+    ("ipc", "same_as"), [(1, "class-mean"), (5, "class-mean"), (12, "per-image")]
+)
+def test_larger_step_is_eq_4_up_to_ipc_10_and_per_image_from_10(ipc, same_as):
+    # Weights max(1, n_c/10): exactly 1 (Eq. 4) at n_c <= 10, exactly n_c/10 at n_c >= 10.
+    larger, _, history = _distil(ipc, "larger")
+    other, _, other_history = _distil(ipc, same_as)
+    assert torch.equal(larger, other)
+    assert history.losses == other_history.losses
+
+
+def test_larger_weights_are_the_larger_of_the_two_steps_class_by_class():
+    syn_labels = torch.tensor([0] * 3 + [1] * 10 + [2] * 25)
+    weights = class_weights("larger", syn_labels, 4)
+    assert weights is not None
+    assert weights.tolist() == [1.0, 1.0, 2.5, 1.0]  # class 3 is absent: its term is 0
+    per_image = class_weights("per-image", syn_labels, 4)
+    assert per_image is not None
+    assert torch.equal(weights, torch.maximum(per_image, torch.ones(4)))
+
+
 def test_per_image_step_is_the_class_mean_step_at_lr_times_ipc_over_10():
     # SGD's momentum buffer is linear in the gradient: weighting the loss = scaling the lr.
     per_image, _, history = _distil(4, "per-image")
@@ -84,6 +105,28 @@ def test_per_image_step_is_the_class_mean_step_at_lr_times_ipc_over_10():
     torch.testing.assert_close(per_image, scaled, rtol=1e-4, atol=1e-5)
     # The recorded loss is Eq. 4 in both (not the weighted objective).
     assert history.losses == pytest.approx(scaled_history.losses, rel=1e-4)
+
+
+def test_a_continued_set_leaves_the_callers_tensor_as_it_was():
+    # distill_dm(start=...) steps a copy: FedLGD's refresh, and a benchmark that compares the
+    # refreshed set with the one it continued, keep the set they passed in.
+    images, labels = toy_digits(n_per_class=20)
+    start, start_labels, _ = _distil(2, "per-image", steps=1)
+    before = start.clone()
+    net = fresh_convnet(TINY_NET, in_channels=3, num_classes=3, image_size=12, seed=1, device="cpu")
+    refreshed, _, _ = distill_dm(
+        images,
+        labels,
+        2,
+        2,
+        batch_real=16,
+        net=TINY_NET,
+        generator=torch.Generator().manual_seed(1),
+        start=(start, start_labels),
+        feature_net=net,
+    )
+    assert torch.equal(start, before)
+    assert not torch.equal(refreshed, before)
 
 
 def _movement(ipc: int, image_step: str) -> float:
@@ -107,18 +150,19 @@ def test_a_set_at_ipc_50_moves_as_far_per_step_as_one_at_ipc_10():
     assert class_mean < 0.4, class_mean
 
 
-def test_image_step_key_defaults_to_per_image_and_refuses_other_values():
-    assert RunConfig().params(DistillParams).image_step == "per-image"
-    cfg = RunConfig.from_flower({"distill.image-step": "class-mean"})
-    assert cfg.params(DistillParams).image_step == "class-mean"
+def test_image_step_key_defaults_to_larger_and_refuses_other_values():
+    assert RunConfig().params(DistillParams).image_step == "larger"
+    for value in ("class-mean", "per-image"):
+        cfg = RunConfig.from_flower({"distill.image-step": value})
+        assert cfg.params(DistillParams).image_step == value
     with pytest.raises(ConfigError) as err:
         RunConfig.from_flower({"distill.image-step": "per-pixel"})
     message = str(err.value)
     assert "'distill.image-step' = 'per-pixel'" in message
-    assert "'per-image'" in message and "'class-mean'" in message
+    assert "'per-image'" in message and "'class-mean'" in message and "'larger'" in message
 
 
-@pytest.mark.parametrize("image_step", ["per-image", "class-mean"])
+@pytest.mark.parametrize("image_step", ["per-image", "class-mean", "larger"])
 def test_every_dm_run_takes_the_key(monkeypatch, image_step):
     """The distiller workload (FedDM, the warm-up of FedLGD and its baselines) and FedLGD's
     refreshes both hand ``distill.image-step`` to DM."""
@@ -158,9 +202,12 @@ def test_virtual_cache_never_serves_a_set_of_the_other_image_step(tmp_path):
     from clients.distiller import virtual_cache_file
 
     cfg = make_config(cache_dir=str(tmp_path))
-    other = with_values(cfg, **{"distill.image_step": "class-mean"})
     cpu = torch.device("cpu")
-    assert virtual_cache_file(cfg, 0, 5, cpu) != virtual_cache_file(other, 0, 5, cpu)
+    files = {
+        value: virtual_cache_file(with_values(cfg, **{"distill.image_step": value}), 0, 5, cpu)
+        for value in ("per-image", "class-mean", "larger")
+    }
+    assert len(set(files.values())) == 3
     assert virtual_cache_file(cfg, 0, 5, cpu) == virtual_cache_file(with_values(cfg), 0, 5, cpu)
 
 
@@ -200,6 +247,9 @@ def test_ipc_scaling_benchmark_scores_every_option_and_resumes(tmp_path, capsys,
         plain, lr1 = rows[("class-mean", k)], rows[("per-image-lr1", k)]
         assert lr1["movement"] == pytest.approx(plain["movement"], rel=1e-3)
         assert per_image["movement"] < 0.5 * plain["movement"]
+        # At IPC 1 the larger step is Eq. 4's, bit for bit.
+        assert rows[("larger", k)]["movement"] == plain["movement"]
+        assert rows[("larger", k)]["accuracies"] == plain["accuracies"]
     assert rows[("proportional", 1)]["movement"] == pytest.approx(
         rows[("class-mean", 1)]["movement"], rel=1e-6
     )
@@ -211,3 +261,36 @@ def test_ipc_scaling_benchmark_scores_every_option_and_resumes(tmp_path, capsys,
     assert "| mnist | 1 | per-image | 1 | 2 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="unknown 'steps-x5'"):
         bench.main([*argv, "--variants", "steps-x5"])
+
+
+def test_ipc_scaling_benchmark_refreshes_each_finished_set(tmp_path, monkeypatch):
+    """--refresh-steps: FedLGD's refresh on a proxy global model, one row per finished set."""
+    import importlib.util
+    import json
+    import sys
+
+    from fedmatch.localrun import REPO
+
+    spec = importlib.util.spec_from_file_location(
+        "dm_ipc_scaling", REPO / "benchmarks" / "dm_ipc_scaling.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "grid.json"
+    argv = [
+        "--domains", "mnist", "--ipc", "1", "--steps", "2", "--variants", "per-image",
+        "--refresh-steps", "2", "--batch-real", "4", "--width", "8", "--eval-width", "8",
+        "--eval-epochs", "1", "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+        "--resume",
+    ]  # fmt: skip
+    bench.main(argv)
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"per-image", "per-image +refresh"}
+    refreshed = rows["per-image +refresh"]
+    assert (refreshed["steps"], refreshed["refresh_steps"]) == (2, 2)
+    assert refreshed["image_step"] == "per-image" and refreshed["movement"] > 0
+    before = out.read_text()
+    bench.main(argv)  # both rows are in --out: nothing runs again
+    assert out.read_text() == before

@@ -35,8 +35,11 @@ start as an IPC-10 set (DM's code hides this behind 20,000 steps).  ``"per-image
 class c's term by n_c / :data:`REFERENCE_IPC`, which makes every image's gradient (2/10) ·
 J_i^T (mean_syn − mean_real) whatever the IPC; with SGD (momentum is linear in the gradient)
 that is the same as lr × n_c/10, up to rounding.  At IPC 10 the weights are 1 and the run is
-bit for bit DM's.  ``"class-mean"`` is Eq. 4 unweighted, as published.  The loss recorded in
-the history is Eq. 4 either way, so it compares across IPC and across the two choices.
+bit for bit DM's.  ``"class-mean"`` is Eq. 4 unweighted, as published.  ``"larger"`` takes the
+larger of the two steps, weight max(1, n_c / :data:`REFERENCE_IPC`): Eq. 4 bit for bit at n_c ≤ 10
+(where ``"per-image"`` would step each image n_c/10 as far as DM does, a tenth at IPC 1) and
+``"per-image"`` bit for bit at n_c ≥ 10.  The loss recorded in the history is Eq. 4 whatever the
+image step, so it compares across IPC and across the choices.
 """
 
 from __future__ import annotations
@@ -82,10 +85,12 @@ __all__ = [
     "dm_loss",
 ]
 
-# "per-image": each image's gradient independent of the IPC; "class-mean": Eq. 4 as published.
-ImageStep = Literal["per-image", "class-mean"]
-IMAGE_STEPS: tuple[ImageStep, ...] = ("per-image", "class-mean")
-# The IPC at which the two image steps coincide.  DM's lr 1.0 (main_DM.py ``lr_img``) and the
+# "per-image": each image's gradient independent of the IPC; "class-mean": Eq. 4 as published;
+# "larger": the larger of the two (Eq. 4 up to IPC 10, per-image from IPC 10 on; the run
+# config's default).
+ImageStep = Literal["larger", "per-image", "class-mean"]
+IMAGE_STEPS: tuple[ImageStep, ...] = ("larger", "per-image", "class-mean")
+# The IPC at which the image steps coincide.  DM's lr 1.0 (main_DM.py ``lr_img``) and the
 # CPU schedules here were set at IPC 10, so a per-image run at IPC 10 is unchanged bit for bit.
 REFERENCE_IPC = 10
 
@@ -146,13 +151,16 @@ def class_weights(
     ``"per-image"``: n_c / :data:`REFERENCE_IPC` with n_c the *stored* images of class c, so
     that the gradient on each stored image does not depend on n_c (with multi-formation each
     stored image is f² decoded ones, and the class mean is over the n_c·f² decoded images).
+    ``"larger"``: max(1, n_c / :data:`REFERENCE_IPC`), each image's step the larger of the
+    class-mean and the per-image one (weights of exactly 1 up to n_c = 10: Eq. 4 bit for bit).
     """
     if image_step == "class-mean":
         return None
-    if image_step != "per-image":
+    if image_step not in ("per-image", "larger"):
         raise ValueError(f"image_step must be one of {IMAGE_STEPS}, got {image_step!r}")
     counts = torch.bincount(stored_labels.long().cpu(), minlength=num_classes)
-    return counts.to(torch.float32) / REFERENCE_IPC
+    weights = counts.to(torch.float32) / REFERENCE_IPC
+    return weights if image_step == "per-image" else weights.clamp(min=1.0)
 
 
 def distill_dm(
@@ -192,7 +200,7 @@ def distill_dm(
     are matched, and returned, as ``ipc``·f² decoded images.
 
     ``image_step`` (module docstring): ``"class-mean"``, the default here, is Eq. 4 as
-    published; the run config's default (``distill.image-step``) is ``"per-image"``.
+    published; the run config's default (``distill.image-step``) is ``"larger"``.
     ``on_step(k, stored)`` is called with k = 0 (the start) and after every step k with the
     stored images (detached, on ``device``; do not modify them): snapshots for benchmarks.
     """
@@ -209,7 +217,8 @@ def distill_dm(
         classes = sorted(int(c) for c in torch.unique(labels.cpu()))
         syn_init, syn_labels = init_stored(images, labels, classes, ipc, init, generator, factor)
     else:
-        syn_init, syn_labels = start[0].detach().float(), start[1].long()
+        # A copy: the steps below are in place, and the caller's set must stay as it was.
+        syn_init, syn_labels = start[0].detach().float().clone(), start[1].long()
         check_dataset(syn_init, syn_labels, num_classes)
         classes = sorted(int(c) for c in torch.unique(syn_labels))
     if feature_net is not None:
