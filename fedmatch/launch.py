@@ -30,7 +30,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from fedmatch.config import ConfigError, RunConfig
 from fedmatch.localrun import (
@@ -53,6 +53,53 @@ _RUN_DIR = re.compile(r"run directory: (\S+)")
 INTERRUPTED_EXIT = 130
 
 
+def merged_overrides(run_config: Sequence[str]) -> dict[str, Any]:
+    """The ``--run-config`` items, TOML files and ``key=value`` strings alike, as one flat
+    dict in which a later item wins key by key.
+
+    ``flwr run`` refuses a TOML file beside key-value pairs, and merges repeated items table
+    by table (a later ``diffusion.x=1`` drops every other ``diffusion.*`` key given before),
+    so the wrapper merges them itself and hands Flower one string (:func:`override_string`).
+    """
+    import tomllib
+
+    from flwr.common.config import flatten_dict, parse_config_args
+
+    merged: dict[str, Any] = {}
+    for item in run_config:
+        try:
+            if item.strip().endswith(".toml") and "=" not in item:
+                path = Path(item.strip()).expanduser()
+                merged.update(flatten_dict(tomllib.loads(path.read_text())))
+            else:
+                merged.update(parse_config_args([item]))
+        except Exception as err:  # OS, TOML and Flower's click errors alike
+            raise ConfigError(f"--run-config {item!r}: {err}") from None
+    return merged
+
+
+def _toml_value(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str) and "\n" not in value:
+        if "'" not in value:
+            return f"'{value}'"  # a TOML literal string: no escapes
+        if '"' not in value and "\\" not in value:
+            return f'"{value}"'
+    raise ConfigError(
+        f"run-config key {key!r} = {value!r}: Flower's --run-config carries only booleans, "
+        "numbers and one-line strings without both kinds of quote"
+    )
+
+
+def override_string(overrides: dict[str, Any]) -> str:
+    """``overrides`` as the one ``key=value ...`` string ``flwr run --run-config`` parses back
+    to the same values."""
+    return " ".join(f"{key}={_toml_value(key, value)}" for key, value in overrides.items())
+
+
 def load_run_config(app: Path, run_config: Sequence[str]) -> RunConfig:
     """The run config ``flwr run <app> --run-config ...`` would give the ServerApp, validated.
 
@@ -60,7 +107,7 @@ def load_run_config(app: Path, run_config: Sequence[str]) -> RunConfig:
     """
     import tomllib
 
-    from flwr.common.config import flatten_dict, parse_config_args
+    from flwr.common.config import flatten_dict
 
     from fedmatch.data.loaders import available_domains
 
@@ -69,10 +116,8 @@ def load_run_config(app: Path, run_config: Sequence[str]) -> RunConfig:
         table = tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"]
     except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError) as err:
         raise ConfigError(f"{pyproject}: no [tool.flwr.app.config] table ({err})") from None
-    try:
-        overrides = parse_config_args(list(run_config) or None)
-    except Exception as err:  # Flower's parser raises click/TOML/OS errors of several kinds
-        raise ConfigError(f"--run-config {' '.join(run_config)!r}: {err}") from None
+    overrides = merged_overrides(run_config)
+    override_string(overrides)  # refuses a value Flower could not carry, before anything runs
     cfg = RunConfig.from_flower({**flatten_dict(table), **overrides})
     cfg.source_domains(available_domains(cfg.dataset))
     return cfg
@@ -113,8 +158,9 @@ def run(
     if connection is None:
         _restart_stale_superlink(out)
     command = ["flwr", "run", str(app), *([connection] if connection else []), "--stream"]
-    for item in run_config:
-        command += ["--run-config", item]
+    overrides = override_string(merged_overrides(run_config))
+    if overrides:
+        command += ["--run-config", overrides]
     if federation_config:
         command += ["--federation-config", federation_config]
     state = _Run(simulations_before=_local_simulations() if connection is None else set())

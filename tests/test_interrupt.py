@@ -20,7 +20,7 @@ import pytest
 from fedmatch import failpoints, launch
 from fedmatch.checkpoint import read_checkpoint
 from fedmatch.cli import main
-from fedmatch.config import RunConfig
+from fedmatch.config import ConfigError, RunConfig
 from fedmatch.results import MetricRow, RunRecorder, read_metrics
 from fedmatch.run_status import INTERRUPTED, mark_interrupted, run_state
 
@@ -187,6 +187,49 @@ def test_fedmatch_run_refuses_a_bad_config_before_starting_anything(monkeypatch,
 def test_later_run_config_arguments_override_earlier_ones():
     cfg = launch.load_run_config(REPO, ["lr=0.5 run-name='a'", "run-name='b' resume=true"])
     assert (cfg.lr, cfg.run_name, cfg.resume) == (0.5, "b", True)
+
+
+@pytest.mark.hostile("run-config")
+def test_a_preset_file_and_later_overrides_merge_key_by_key(tmp_path: Path, monkeypatch):
+    from flwr.common.config import parse_config_args
+
+    preset = tmp_path / "preset.toml"
+    preset.write_text(
+        'strategy = "diffusion-teacher"\nnum-server-rounds = 8\n'
+        "diffusion.teacher-steps = 20\ndiffusion.guidance-scale = 2.0\n"
+        "diffusion.teacher-cond-dropout = 0.1\n"
+    )
+    runs_dir = f"{tmp_path}/it's here"
+    items = [str(preset), f'diffusion.eval-every=4 runs-dir="{runs_dir}"', "num-server-rounds=12"]
+    cfg = launch.load_run_config(REPO, items)
+    diffusion = cfg.table("diffusion")
+    # flwr run would refuse the file beside pairs, and a later diffusion.* pair would drop
+    # the preset's other diffusion keys; here every key survives, later wins.
+    assert (cfg.num_server_rounds, diffusion.eval_every, diffusion.teacher_steps) == (12, 4, 20)
+    assert diffusion.guidance_scale == 2.0 and cfg.runs_dir == runs_dir
+    merged = launch.merged_overrides(items)
+    assert parse_config_args([launch.override_string(merged)]) == merged  # one string, same values
+
+    started: list[list[str]] = []
+
+    def record(command: list[str], **kwargs: object) -> None:
+        started.append(command)
+        raise KeyboardInterrupt  # stop right after the command line is known
+
+    monkeypatch.setattr(launch.subprocess, "Popen", record)
+    monkeypatch.setattr(launch, "_restart_stale_superlink", lambda out: None)
+    monkeypatch.setattr(launch, "_local_simulations", lambda: set())
+    with pytest.raises(KeyboardInterrupt):
+        launch.run(REPO, items, connection="no-such-connection")
+    assert started and started[0].count("--run-config") == 1
+    assert parse_config_args([started[0][started[0].index("--run-config") + 1]]) == merged
+
+    with pytest.raises(ConfigError, match=r"--run-config '.*missing\.toml'"):
+        launch.load_run_config(REPO, [str(tmp_path / "missing.toml")])
+    both_quotes = tmp_path / "quotes.toml"
+    both_quotes.write_text('runs-dir = "/a\'b\\"c"\n')  # fine in TOML, not as key=value
+    with pytest.raises(ConfigError, match=r"runs-dir.*one-line strings"):
+        launch.load_run_config(REPO, [str(preset), str(both_quotes)])
 
 
 def test_report_names_an_interrupted_run(tmp_path: Path):
