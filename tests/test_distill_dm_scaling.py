@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -213,20 +215,9 @@ def test_virtual_cache_never_serves_a_set_of_the_other_image_step(tmp_path):
 
 def test_ipc_scaling_benchmark_scores_every_option_and_resumes(tmp_path, capsys, monkeypatch):
     """benchmarks/dm_ipc_scaling.py on a tiny grid: the options are what they say they are."""
-    import importlib.util
     import json
-    import sys
 
-    from fedmatch.localrun import REPO
-
-    spec = importlib.util.spec_from_file_location(
-        "dm_ipc_scaling", REPO / "benchmarks" / "dm_ipc_scaling.py"
-    )
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    # Registered first: its dataclass looks its module up while it is defined.
-    monkeypatch.setitem(sys.modules, spec.name, bench)
-    spec.loader.exec_module(bench)
+    bench = _load_bench(monkeypatch)
     out = tmp_path / "grid.json"
     argv = [
         "--domains", "mnist", "--ipc", "1", "--steps", "2", "--snapshots", "1",
@@ -265,19 +256,9 @@ def test_ipc_scaling_benchmark_scores_every_option_and_resumes(tmp_path, capsys,
 
 def test_ipc_scaling_benchmark_refreshes_each_finished_set(tmp_path, monkeypatch):
     """--refresh-steps: FedLGD's refresh on a proxy global model, one row per finished set."""
-    import importlib.util
     import json
-    import sys
 
-    from fedmatch.localrun import REPO
-
-    spec = importlib.util.spec_from_file_location(
-        "dm_ipc_scaling", REPO / "benchmarks" / "dm_ipc_scaling.py"
-    )
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, bench)
-    spec.loader.exec_module(bench)
+    bench = _load_bench(monkeypatch)
     out = tmp_path / "grid.json"
     argv = [
         "--domains", "mnist", "--ipc", "1", "--steps", "2", "--variants", "per-image",
@@ -294,3 +275,21 @@ def test_ipc_scaling_benchmark_refreshes_each_finished_set(tmp_path, monkeypatch
     before = out.read_text()
     bench.main(argv)  # both rows are in --out: nothing runs again
     assert out.read_text() == before
+
+
+def _load_bench(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """benchmarks/dm_ipc_scaling.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+    import sys
+
+    from fedmatch.localrun import REPO
+
+    spec = importlib.util.spec_from_file_location(
+        "dm_ipc_scaling", REPO / "benchmarks" / "dm_ipc_scaling.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    # Registered first: its dataclass looks its module up while it is defined.
+    monkeypatch.setitem(sys.modules, spec.name, bench)
+    spec.loader.exec_module(bench)
+    return bench
