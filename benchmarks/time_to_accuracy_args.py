@@ -1,0 +1,121 @@
+"""The command line of ``distill_time_to_accuracy.py``: its arguments and ``--variant`` specs."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from distill_bench import ints
+from time_to_accuracy_official import OFFICIAL, OFFICIAL_DSA
+
+from fedmatch.distill.dm import IMAGE_STEPS
+from fedmatch.distill.dsa import parse_strategy
+
+METHODS = (OFFICIAL, "dm", "ncfm")
+# Arguments that change the results: a resumed --out must have been written with the same.
+RESULT_ARGS = (
+    "iterations",
+    "eval_at",
+    "ipc",
+    "per_class",
+    "test_size",
+    "split_seed",
+    "batch_real",
+    "width",
+    "eval_epochs",
+    "official_epochs",
+    "eval_models",
+    "official_dsa_strategy",
+    "variant",
+    "protocols",
+)
+# What a --variant may change in distill_dm, with the parser of each value.
+VARIANT_KEYS: dict[str, Callable[[str], Any]] = {
+    "batch_real": int,
+    "lr": float,
+    "momentum": float,
+    "dsa_strategy": str,
+    "image_step": str,
+}
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME:key=value,...`` -> (NAME, distill_dm keyword arguments), every value checked."""
+    name, sep, spec = text.partition(":")
+    name = name.strip()
+    if not sep or not name or name in METHODS:
+        raise ValueError(
+            f"--variant {text!r}: expected NAME:key=value,... with a NAME other than {METHODS}"
+        )
+    settings: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or key.strip() not in VARIANT_KEYS:
+            raise ValueError(
+                f"--variant {text!r}: {item!r} is not key=value with a key in {list(VARIANT_KEYS)}"
+            )
+        try:
+            settings[key.strip()] = VARIANT_KEYS[key.strip()](value.strip())
+        except ValueError as error:
+            raise ValueError(f"--variant {text!r}: {key.strip()}={value!r}: {error}") from None
+    if settings.get("batch_real", 1) < 1 or settings.get("lr", 1.0) <= 0:
+        raise ValueError(f"--variant {text!r}: batch_real must be >= 1 and lr > 0")
+    if "image_step" in settings and settings["image_step"] not in IMAGE_STEPS:
+        raise ValueError(f"--variant {text!r}: image_step must be one of {IMAGE_STEPS}")
+    if "dsa_strategy" in settings:
+        parse_strategy(settings["dsa_strategy"])
+    if not settings:
+        raise ValueError(f"--variant {text!r}: no setting given")
+    return name, settings
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--official", default="", help="checkout of VICO-UoE/DatasetCondensation")
+    p.add_argument("--seeds", default="0,1,2", help="comma list")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {METHODS}")
+    p.add_argument(
+        "--variant", action="append", default=[], help="NAME:key=value,... (fedmatch DM)"
+    )
+    p.add_argument("--iterations", type=int, default=300)
+    p.add_argument("--eval-at", default="0,50,100,200,300", help="comma list of iterations")
+    p.add_argument("--ipc", type=int, default=10)
+    p.add_argument("--per-class", type=int, default=400, help="training images per class")
+    p.add_argument("--test-size", type=int, default=1000, help="test digits (of the rest)")
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--batch-real", type=int, default=256, help="real images per class per step")
+    p.add_argument("--width", type=int, default=128, help="fedmatch ConvNet width (both uses)")
+    p.add_argument("--eval-epochs", type=int, default=300, help="project protocol epochs")
+    p.add_argument("--official-epochs", type=int, default=300, help="evaluate_synset epochs")
+    p.add_argument("--eval-models", type=int, default=1, help="fresh models per protocol")
+    p.add_argument(
+        "--protocols",
+        default="project,official",
+        help="scoring: project and/or official (official needs --official)",
+    )
+    p.add_argument("--official-dsa-strategy", default=OFFICIAL_DSA)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--log-every", type=int, default=25, help="fedmatch loss log period")
+    p.add_argument("--out", default="", help="JSON results (resumed from when it exists)")
+    args = p.parse_args(argv)
+    args.eval_at = sorted(set(ints(args.eval_at)) | {args.iterations})
+    if args.eval_at[0] < 0 or args.eval_at[-1] > args.iterations:
+        p.error(f"--eval-at must lie in 0..{args.iterations}, got {args.eval_at}")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if set(methods) - set(METHODS):
+        p.error(f"--methods: unknown {sorted(set(methods) - set(METHODS))}; allowed {METHODS}")
+    args.protocols = [x.strip() for x in args.protocols.split(",") if x.strip()]
+    if not args.official:  # the official DM and its evaluation need its code
+        methods = [m for m in methods if m != OFFICIAL]
+        args.protocols = [x for x in args.protocols if x != "official"]
+    if not args.protocols or set(args.protocols) - {"project", "official"}:
+        p.error(f"--protocols: a comma list of project, official; got {args.protocols}")
+    try:
+        args.variants = dict(parse_variant(v) for v in args.variant)
+    except ValueError as error:
+        p.error(str(error))
+    if len(args.variants) != len(args.variant):
+        p.error(f"--variant: names must differ, got {args.variant}")
+    args.methods = methods + list(args.variants)
+    return args

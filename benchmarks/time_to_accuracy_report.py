@@ -1,0 +1,109 @@
+"""Time to target and the table of ``distill_time_to_accuracy.py``'s rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from time_to_accuracy_official import OFFICIAL
+
+
+def mean(values: list[float]) -> float:
+    return float(np.mean(values))
+
+
+def time_to_target(curve: list[tuple[int, float, float]], target: float) -> dict | None:
+    """The first checkpoint (iteration, cumulative distillation seconds, accuracy) whose
+    accuracy reaches ``target``; None when none does.  Checkpoints only: no interpolation."""
+    for iteration, seconds, acc in sorted(curve):
+        if acc >= target:
+            return {"iteration": iteration, "seconds": seconds}
+    return None
+
+
+def summarize(rows: list[dict[str, Any]], iterations: int) -> dict[str, Any]:
+    """Per protocol: the target (official DM's mean accuracy at ``iterations`` over seeds) and
+    each method's time to it per seed, with the ratio to the official's time on that seed."""
+    out: dict[str, Any] = {}
+    for protocol in ("project", "official"):
+        key = f"acc_{protocol}"
+        finals = [
+            mean(r[key])
+            for r in rows
+            if r["method"] == OFFICIAL and r.get(key) and r["iteration"] == iterations
+        ]
+        if not finals:
+            continue
+        target = mean(finals)
+        curves: dict[str, dict[int, list]] = {}
+        for r in (r for r in rows if r.get(key)):
+            point = (r["iteration"], r["distill_seconds"], mean(r[key]))
+            curves.setdefault(r["method"], {}).setdefault(r["seed"], []).append(point)
+        reached = {
+            m: {s: time_to_target(c, target) for s, c in per.items()} for m, per in curves.items()
+        }
+        methods = {}
+        for m, per_seed in reached.items():
+            for s, hit in per_seed.items():
+                base = reached[OFFICIAL].get(s)
+                if hit is not None and base is not None and base["seconds"] > 0:
+                    hit["ratio"] = hit["seconds"] / base["seconds"]
+            hits = [h for h in per_seed.values() if h is not None]
+            ratios = [h["ratio"] for h in hits if "ratio" in h]
+            methods[m] = {
+                "per_seed": {str(s): h for s, h in sorted(per_seed.items())},
+                "reached": len(hits),
+                "seeds": len(per_seed),
+                "seconds": [
+                    mean([h["seconds"] for h in hits]),
+                    float(np.std([h["seconds"] for h in hits])),
+                ]
+                if hits
+                else None,
+                "ratio": [mean(ratios), float(np.std(ratios))] if ratios else None,
+            }
+        out[protocol] = {"target": target, "target_seeds": len(finals), "methods": methods}
+    return out
+
+
+def pm(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    return f"{scale * mean(values):.{digits}f} ± {scale * float(np.std(values)):.{digits}f}"
+
+
+def table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    """Markdown: accuracy (mean ± std over seeds) and distillation seconds per checkpoint,
+    then the time to the official DM's final accuracy."""
+    lines = [
+        "| method | iteration | seeds | project protocol % | official evaluate_synset % | "
+        "distill s | eval s (project / official) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["iteration"]), []).append(r)
+    # The official DM first: the curve the others are measured against.
+    for (m, it), group in sorted(groups.items(), key=lambda kv: (kv[0][0] != OFFICIAL, kv[0])):
+        accs, secs = [], []
+        for protocol in ("project", "official"):
+            scored = [r for r in group if r.get(f"acc_{protocol}")]
+            accs.append(pm([mean(r[f"acc_{protocol}"]) for r in scored], 100) if scored else "–")
+            secs.append(
+                f"{mean([r[f'eval_seconds_{protocol}'] for r in scored]):.0f}" if scored else "–"
+            )
+        lines.append(
+            f"| {m} | {it} | {len(group)} | {accs[0]} | {accs[1]} | "
+            f"{pm([r['distill_seconds'] for r in group], digits=0)} | {' / '.join(secs)} |"
+        )
+    for protocol, info in summary.items():
+        lines.append(
+            f"\nTime to the official DM's final accuracy, {protocol} protocol: "
+            f"{100 * info['target']:.2f} % (mean of {info['target_seeds']} seeds)"
+        )
+        for m, res in info["methods"].items():
+            secs = f"{res['seconds'][0]:.0f} ± {res['seconds'][1]:.0f} s" if res["seconds"] else "–"
+            ratio = f"{res['ratio'][0]:.2f} ± {res['ratio'][1]:.2f}" if res["ratio"] else "–"
+            lines.append(
+                f"- {m}: reached on {res['reached']}/{res['seeds']} seeds, {secs}, "
+                f"time / official's: {ratio}"
+            )
+    return "\n".join(lines)
