@@ -293,3 +293,26 @@ def _load_bench(monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setitem(sys.modules, spec.name, bench)
     spec.loader.exec_module(bench)
     return bench
+
+
+def test_smaller_real_batches_estimate_the_full_gradient_without_bias():
+    # The speed lever of issue 29: Eq. 4's gradient in S is linear in the real class means, so a
+    # batch of b real images per class gives the full-data gradient in expectation. Exactly: the
+    # gradients of the 4 batches of a partition of each class's 8 images into 2s average to it.
+    images, labels = toy_digits(n_per_class=8)
+    net = fresh_convnet(TINY_NET, in_channels=3, num_classes=3, image_size=12, seed=3, device="cpu")
+    syn_labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    syn = torch.randn(6, 3, 12, 12, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    embed_real = net.embed(images).detach()
+
+    def grad(rows: torch.Tensor) -> torch.Tensor:
+        loss = dm_loss(embed_real[rows], labels[rows], net.embed(syn), syn_labels, 3)
+        return torch.autograd.grad(loss, [syn])[0]
+
+    by_class = [torch.nonzero(labels == c).flatten() for c in range(3)]
+    order = [idx[torch.randperm(8, generator=torch.Generator().manual_seed(c))]
+             for c, idx in enumerate(by_class)]  # fmt: skip
+    batches = [torch.cat([idx[2 * k : 2 * k + 2] for idx in order]) for k in range(4)]
+    full = grad(torch.arange(len(labels)))
+    torch.testing.assert_close(torch.stack([grad(b) for b in batches]).mean(0), full)
+    assert not torch.allclose(grad(batches[0]), full, atol=1e-4)  # one batch alone is noisy
