@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedmatch.distill.common import DM_NET
+from fedmatch.distill.common import DM_NET, measure_peak_memory
 from fedmatch.distill.dm import distill_dm
 from fedmatch.distill.evaluate import EvalProtocol, convnet_factory, evaluate_set
 from fedmatch.distill.multiformation import init_stored
@@ -164,6 +164,7 @@ class Recorder:
         self.snapshots: dict[int, torch.Tensor] = {}
         self.wall: dict[int, float] = {}
         self.cpu: dict[int, float] = {}
+        self.peak_bytes, self.peak_kind = 0, ""
 
     def __call__(self, step: int, images: torch.Tensor) -> None:
         self.wall[step], self.cpu[step] = time.perf_counter(), time.process_time()
@@ -186,6 +187,25 @@ def run_method(
 ) -> Recorder:
     """One distillation from the shared start, recorded at ``--eval-at``."""
     record = Recorder(args.eval_at)
+    with measure_peak_memory(torch.device("cpu")) as peak:
+        _distil(method, args, seed, x, y, start, utils, record)
+    record.peak_bytes, record.peak_kind = peak.bytes, peak.kind
+    # fedmatch's methods draw their real init first from the same seeded generator.
+    if not torch.equal(record.snapshots[0], start):
+        raise RuntimeError(f"{method} did not start from the shared real subset")
+    return record
+
+
+def _distil(
+    method: str,
+    args: argparse.Namespace,
+    seed: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    start: torch.Tensor,
+    utils: ModuleType | None,
+    record: Recorder,
+) -> None:
     generator = torch.Generator().manual_seed(derive_seed(seed, 29))
     common = dict(
         batch_real=args.batch_real,
@@ -203,10 +223,6 @@ def run_method(
         )
     else:
         distill_dm(x, y, args.ipc, args.iterations, **{**common, **args.variants.get(method, {})})
-    # fedmatch's methods draw their real init first from the same seeded generator.
-    if not torch.equal(record.snapshots[0], start):
-        raise RuntimeError(f"{method} did not start from the shared real subset")
-    return record
 
 
 def run_seed(
@@ -242,7 +258,9 @@ def run_seed(
             result = score(record.snapshots[k], labels, tuple(test), args, utils, eval_seeds)
             rows.append(
                 {"method": m, "seed": seed, "iteration": k, "distill_seconds": wall,
-                 "distill_cpu_seconds": cpu, "shared_start": False, "loadavg": load, **result}
+                 "distill_cpu_seconds": cpu, "shared_start": False, "loadavg": load,
+                 "peak_memory_mb": record.peak_bytes / 2**20, "peak_memory_kind": record.peak_kind,
+                 **result}
             )  # fmt: skip
             save(rows)
     return rows

@@ -70,13 +70,19 @@ def pm(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{scale * mean(values):.{digits}f} ± {scale * float(np.std(values)):.{digits}f}"
 
 
+def peak(group: list[dict[str, Any]]) -> str:
+    """The largest peak memory of the runs in ``group`` ('–' for the shared start's rows)."""
+    values = [r["peak_memory_mb"] for r in group if r.get("peak_memory_mb")]
+    return f"{max(values):.0f}" if values else "–"
+
+
 def table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     """Markdown: accuracy (mean ± std over seeds) and distillation seconds per checkpoint,
     then the time to the official DM's final accuracy."""
     lines = [
         "| method | iteration | seeds | project protocol % | official evaluate_synset % | "
-        "distill s | eval s (project / official) |",
-        "|---|---|---|---|---|---|---|",
+        "distill s | peak MB | eval s (project / official) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in rows:
@@ -92,7 +98,8 @@ def table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
             )
         lines.append(
             f"| {m} | {it} | {len(group)} | {accs[0]} | {accs[1]} | "
-            f"{pm([r['distill_seconds'] for r in group], digits=0)} | {' / '.join(secs)} |"
+            f"{pm([r['distill_seconds'] for r in group], digits=0)} | "
+            f"{peak(group)} | {' / '.join(secs)} |"
         )
     for protocol, info in summary.items():
         lines.append(

@@ -238,7 +238,7 @@ def test_variants_run_from_the_same_start(bench, tmp_path: Path) -> None:
     }
     final = {r["method"]: r for r in rows if r["iteration"] == 2}
     assert all(final[m]["distill_seconds"] > 0 and final[m]["distill_cpu_seconds"] > 0
-               for m in final)  # fmt: skip
+               and final[m]["peak_memory_mb"] > 50 for m in final)  # fmt: skip
 
 
 @pytest.mark.parametrize(
