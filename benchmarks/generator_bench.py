@@ -304,12 +304,13 @@ class Bench:
                 ", ".join(f"{d} {v['samples']:.2f}" for d, v in accuracy.items()) or "-",
             )
 
-    def teacher_sampler(self, teacher, steps: int):
-        """DDIM with ``steps`` steps, classifier-free guided by ``--guidance-scale``."""
+    def teacher_sampler(self, teacher, steps: int, solver: str = "ddim"):
+        """DDIM (or ``solver``) with ``steps`` steps, guided by ``--guidance-scale``."""
         w, null = self.args.guidance_scale, self.spec.null_label
         return lambda labels, rng: ddim_sample(
-            teacher, labels, steps=steps, generator=rng, guidance_scale=w, null_label=null
-        )
+            teacher, labels, steps=steps, generator=rng, guidance_scale=w, null_label=null,
+            solver=solver,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ generators
 
@@ -431,6 +432,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--eval-ddim-steps", type=int, default=10)
     parser.add_argument("--skip", default="", help="comma list of: dmd2-1, dmd2-4, disback")
+    parser.add_argument(
+        "--dpm-steps", default="", help="also sample the teacher with DPM-Solver++(2M): steps list"
+    )
     for key, value in PRESETS["cpu"].items():
         kind = _flag if isinstance(value, bool) else type(value)  # bool("false") is True
         parser.add_argument("--" + key.replace("_", "-"), type=kind, default=None)
@@ -458,6 +462,11 @@ def main(argv: list[str] | None = None) -> None:
             bench.teacher_sampler(teacher, steps), grid=f"teacher-ddim{steps}"
         )
         log.info("teacher %d DDIM steps: %s", steps, results["teacher"][str(steps)])
+    for steps in (int(k) for k in args.dpm_steps.split(",") if k.strip()):
+        results["teacher"][f"dpm++2m-{steps}"] = bench.score(
+            bench.teacher_sampler(teacher, steps, "dpm++2m"), grid=f"teacher-dpm{steps}"
+        )
+        log.info("teacher %d DPM-Solver++ steps: %s", steps, results["teacher"][f"dpm++2m-{steps}"])
     skip = set(filter(None, args.skip.split(",")))
     for name, nfe, disback in (("dmd2-1", 1, False), ("dmd2-4", 4, False), ("disback", 1, True)):
         if name not in skip:
@@ -473,6 +482,11 @@ def print_table(results: dict[str, Any]) -> None:
     rows = [("teacher, 50 DDIM steps", results["teacher"]["50"])]
     rows += [("teacher, 10 DDIM steps", results["teacher"]["10"])]
     rows += [("teacher, 1 DDIM step", results["teacher"]["1"])]
+    rows += [
+        (f"teacher, {key.split('-')[-1]} DPM-Solver++(2M) steps", value)
+        for key, value in results["teacher"].items()
+        if key.startswith("dpm++2m-")
+    ]
     for name, label in (
         ("dmd2-1", "DMD2 one-step"),
         ("dmd2-4", "DMD2 4-step"),
