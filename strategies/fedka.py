@@ -342,36 +342,20 @@ class FedKAStrategy(FedMatchStrategy):
         client_accs = [accuracy(state) for state in client_states]
         truth = self._eval_train_labels[vote_idx]
         confident = int(mask.sum())
+
+        def server(metric: str, value: float) -> MetricRow:
+            return MetricRow(server_round, SERVER, name, metric, value)
+
         rows = [
-            MetricRow(server_round, SERVER, name, "target-accuracy-averaged", acc_averaged),
-            MetricRow(server_round, SERVER, name, "target-accuracy-finetuned", acc_finetuned),
-            MetricRow(
-                server_round,
-                SERVER,
-                name,
-                "pseudo-label-coverage",
-                confident / max(1, len(mask)),
-            ),
-            MetricRow(
-                server_round,
-                SERVER,
-                name,
-                "group-effect",
-                group_effect(acc_averaged, client_accs),
-            ),
-            MetricRow(
-                server_round,
-                SERVER,
-                name,
-                "group-effect-finetuned",
-                group_effect(acc_finetuned, client_accs),
-            ),
+            server("target-accuracy-averaged", acc_averaged),
+            server("target-accuracy-finetuned", acc_finetuned),
+            server("pseudo-label-coverage", confident / max(1, len(mask))),
+            server("group-effect", group_effect(acc_averaged, client_accs)),
+            server("group-effect-finetuned", group_effect(acc_finetuned, client_accs)),
         ]
         if confident:
             hits = int((pseudo[mask] == truth[mask]).sum())
-            rows.append(
-                MetricRow(server_round, SERVER, name, "pseudo-label-accuracy", hits / confident)
-            )
+            rows.append(server("pseudo-label-accuracy", hits / confident))
         rows += [
             MetricRow(server_round, pid, name, "target-accuracy", acc)
             for pid, acc in zip(partition_ids, client_accs, strict=True)
