@@ -1,7 +1,20 @@
-"""Time to target and the table of ``distill_time_to_accuracy.py``'s rows."""
+"""Time to target and the table of ``distill_time_to_accuracy.py``'s rows.
+
+Run as a script, it merges the ``--out`` files of several runs (say the official DM on one core
+and fedmatch's variants on the other, or one seed per run) into one table::
+
+    python benchmarks/time_to_accuracy_report.py seed0-official.json seed0-ours.json seed2.json
+
+The files must agree on every argument that changes results except the methods, variants and
+checkpoints; a (method, seed) may come from one file only.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -114,3 +127,67 @@ def table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
                 f"time / official's: {ratio}"
             )
     return "\n".join(lines)
+
+
+# Arguments the merged files must share: those of RESULT_ARGS that do not name what ran.
+SHARED_ARGS = (
+    "iterations",
+    "ipc",
+    "per_class",
+    "test_size",
+    "split_seed",
+    "batch_real",
+    "width",
+    "eval_epochs",
+    "official_epochs",
+    "eval_models",
+    "official_dsa_strategy",
+)
+
+
+def merge(paths: list[Path]) -> tuple[list[dict[str, Any]], int]:
+    """The rows of ``paths`` (``--out`` files) and their common iteration count; SystemExit
+    naming the file for one that is not this script's output, differs in a shared argument,
+    or repeats a (method, seed) another file holds."""
+    rows: list[dict[str, Any]] = []
+    first: dict[str, Any] | None = None
+    owner: dict[tuple[str, int], Path] = {}
+    for path in paths:
+        try:
+            info = json.loads(path.read_text())
+            args, file_rows = info["args"], info["rows"]
+            keys = {(str(r["method"]), int(r["seed"])) for r in file_rows}
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise SystemExit(
+                f"{path}: not distill_time_to_accuracy.py output ({error!r})"
+            ) from None
+        if first is None:
+            first = {"path": path, **{k: args.get(k) for k in SHARED_ARGS}}
+        changed = [k for k in SHARED_ARGS if args.get(k) != first[k]]
+        if changed:
+            diff = ", ".join(f"{k}={args.get(k)!r} (vs {first[k]!r})" for k in changed)
+            raise SystemExit(f"{path}: written with other {diff} than {first['path']}")
+        for key in sorted(keys):
+            if key in owner:
+                raise SystemExit(
+                    f"{path}: method {key[0]!r} seed {key[1]} is also in {owner[key]}; "
+                    "pass one of the two"
+                )
+            owner[key] = path
+        rows += file_rows
+    if first is None:
+        raise SystemExit("no files given")
+    return rows, int(first["iterations"])
+
+
+def main(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("files", nargs="+", type=Path, help="--out files of distill_time_to_accuracy.py")
+    rows, iterations = merge(p.parse_args(argv).files)
+    text = table(rows, summarize(rows, iterations))
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

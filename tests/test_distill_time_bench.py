@@ -301,3 +301,48 @@ def test_official_protocol_alone(bench, tmp_path: Path) -> None:
     assert "| – | " in bench.table(result["rows"], result["summary"])
     with pytest.raises(SystemExit):
         bench.parse_args([*TINY, "--protocols", "official"])  # nothing left without --official
+
+
+def _out_file(path: Path, rows: list[dict], **args) -> Path:
+    base = {"iterations": 300, "ipc": 10, "per_class": 400, "test_size": 1000, "split_seed": 0,
+            "batch_real": 256, "width": 128, "eval_epochs": 300, "official_epochs": 300,
+            "eval_models": 1, "official_dsa_strategy": "flip"}  # fmt: skip
+    path.write_text(json.dumps({"args": {**base, **args}, "rows": rows}))
+    return path
+
+
+def _row(method: str, seed: int, iteration: int, seconds: float, acc: float) -> dict:
+    return {"method": method, "seed": seed, "iteration": iteration, "distill_seconds": seconds,
+            "acc_official": [acc], "eval_seconds_official": 1.0}  # fmt: skip
+
+
+def test_report_merges_runs_into_per_seed_ratios(bench, tmp_path: Path, capsys) -> None:
+    """The official DM from one file, fedmatch's DM from another: the ratio is taken per seed
+    across the files, as if one run had held both."""
+    report = sys.modules["time_to_accuracy_report"]
+    official_rows = [
+        _row("official-dm", 0, 100, 300.0, 0.93),
+        _row("official-dm", 0, 300, 900.0, 0.95),
+    ]
+    official = _out_file(tmp_path / "official.json", official_rows)
+    ours_rows = [_row("dm", 0, 100, 100.0, 0.95), _row("dm", 0, 300, 300.0, 0.96)]
+    ours = _out_file(tmp_path / "ours.json", ours_rows, eval_at=[100, 300])
+    text = report.main([str(official), str(ours)])
+    assert "Time to the official DM's final accuracy, official protocol: 95.00 %" in text
+    assert "- dm: reached on 1/1 seeds, 100 ± 0 s, time / official's: 0.11 ± 0.00" in text
+    assert text in capsys.readouterr().out
+
+
+def test_report_refuses_files_that_do_not_compare(bench, tmp_path: Path) -> None:
+    report = sys.modules["time_to_accuracy_report"]
+    a = _out_file(tmp_path / "a.json", [_row("official-dm", 0, 300, 900.0, 0.95)])
+    wider = _out_file(tmp_path / "wider.json", [_row("dm", 0, 300, 300.0, 0.96)], width=64)
+    with pytest.raises(SystemExit, match=r"wider\.json: written with other width=64 \(vs 128\)"):
+        report.main([str(a), str(wider)])
+    again = _out_file(tmp_path / "again.json", [_row("official-dm", 0, 300, 800.0, 0.94)])
+    with pytest.raises(SystemExit, match=r"again\.json: method 'official-dm' seed 0 is also in"):
+        report.main([str(a), str(again)])
+    junk = tmp_path / "junk.json"
+    junk.write_text("[1, 2]")
+    with pytest.raises(SystemExit, match=r"junk\.json: not distill_time_to_accuracy\.py output"):
+        report.main([str(a), str(junk)])
