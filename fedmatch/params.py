@@ -267,8 +267,14 @@ class DiffusionParams(ParamsTable):
     the one they reuse)"""
     teacher_checkpoint: str = ""  # a teacher.pt to start from; "" = the cache
     """`dmd2`/`disback`: distil this `teacher-*.pt` instead of the cached one"""
-    teacher_ddim_steps: int = Field(10, ge=1)  # DDIM steps when the teacher is evaluated
-    """`diffusion-teacher`: DDIM steps (trailing spacing) when the teacher is evaluated"""
+    teacher_ddim_steps: int = Field(10, ge=1)  # sampler steps when the teacher is evaluated
+    """generators: network evaluations of the teacher's sampler (`teacher-sampler`) when the
+    teacher or its quantized copy draws samples, and the calibration timesteps of `diffusion-ptq`"""
+    # DPM-Solver++(2M) won at equal cost on the five-domain teacher (RESULTS.md, issue 28).
+    teacher_sampler: Literal["dpm++2m", "ddim"] = "dpm++2m"
+    """generators: the teacher's sampler: `dpm++2m` = DPM-Solver++(2M) (Lu et al. 2022) with steps
+    uniform in log-SNR, `ddim` = DDIM (η = 0, trailing spacing); used for the teacher's and the
+    quantized teacher's samples and `diffusion-ptq`'s calibration timesteps and trajectories"""
     fid_samples: int = Field(500, ge=10)  # generated images per FID evaluation
     """generators: images generated per server-side FID evaluation (balanced classes, fixed seed)"""
     fid_feature_steps: int = Field(500, ge=1)  # training steps of the FID feature network

@@ -53,7 +53,8 @@ class DiffusionStrategy(FedMatchStrategy):
         raise NotImplementedError
 
     def teacher_sampler(self, model: nn.Module) -> Sampler:
-        """DDIM with ``teacher-ddim-steps``, classifier-free guided by ``guidance-scale``."""
+        """``teacher-sampler`` with ``teacher-ddim-steps`` evaluations, classifier-free guided
+        by ``guidance-scale``."""
         params = self.cfg.params(DiffusionParams)
         return lambda labels, rng: ddim_sample(
             model,
@@ -62,6 +63,7 @@ class DiffusionStrategy(FedMatchStrategy):
             generator=rng,
             guidance_scale=params.guidance_scale,
             null_label=self.spec.null_label,
+            solver=params.teacher_sampler,
         )
 
     def extra_samplers(self, model: nn.Module) -> dict[str, Sampler]:

@@ -12,12 +12,22 @@ log-SNR returns s.
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import get_args
 
 import pytest
 import torch
 from torch import nn
 
-from fedmatch.diffusion.teacher import alphas_cumprod, ddim_sample, dpm_scheduler
+from fedmatch.config import ConfigError, RunConfig
+from fedmatch.diffusion.teacher import (
+    SOLVERS,
+    alphas_cumprod,
+    ddim_sample,
+    dpm_scheduler,
+    sampler_scheduler,
+)
+from fedmatch.params import DiffusionParams
+from fedmatch.quant.calibrate import local_batches, trajectory_batches
 
 MEANS = torch.tensor([-0.5, 0.3])  # per class
 SPREAD = 0.2
@@ -75,3 +85,36 @@ def test_dpm_steps_are_uniform_in_log_snr_and_end_at_the_image() -> None:
     with pytest.raises(ValueError, match="solver must be one of"):
         ddim_sample(GaussianOracle(), torch.zeros(1, dtype=torch.long), steps=2,
                     generator=torch.Generator(), solver="euler")  # fmt: skip
+
+
+def test_calibration_uses_the_timesteps_the_teacher_is_sampled_at() -> None:
+    """diffusion-ptq's time-aware ranges are keyed by t: its calibration inputs (trajectories
+    or noised client images) must sit at the timesteps of the sampler that will use them."""
+    per_solver = {}
+    for solver in SOLVERS:
+        expected = [int(t) for t in sampler_scheduler(10, solver).timesteps]
+        rng = torch.Generator().manual_seed(0)
+        trajectory, _ = trajectory_batches(
+            GaussianOracle(), torch.arange(2), steps=10, generator=rng, solver=solver
+        )
+        noised = local_batches(torch.zeros(4, 1, 28, 28), torch.arange(4) % 2, steps=10,
+                               per_step=2, generator=rng, solver=solver)  # fmt: skip
+        assert [b.t for b in trajectory] == [b.t for b in noised] == expected
+        per_solver[solver] = expected
+    assert per_solver["ddim"] != per_solver["dpm++2m"]  # the check above can tell them apart
+
+
+def test_teacher_sampler_key() -> None:
+    assert set(get_args(DiffusionParams.model_fields["teacher_sampler"].annotation)) == set(SOLVERS)
+    cfg = RunConfig.from_flower({"strategy": "diffusion-teacher"})
+    assert cfg.params(DiffusionParams).teacher_sampler == "dpm++2m"  # the default
+    with pytest.raises(
+        ConfigError, match=r"'diffusion\.teacher-sampler' = 'euler'.*'dpm\+\+2m' or 'ddim'"
+    ):
+        RunConfig.from_flower(
+            {"strategy": "diffusion-teacher", "diffusion.teacher-sampler": "euler"}
+        )
+    with pytest.raises(
+        ValueError, match=r"solver must be one of \('ddim', 'dpm\+\+2m'\), got 'heun'"
+    ):
+        sampler_scheduler(4, "heun")

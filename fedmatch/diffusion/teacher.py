@@ -92,6 +92,17 @@ def dpm_scheduler(steps: int) -> DPMSolverMultistepScheduler:
     return scheduler
 
 
+def sampler_scheduler(
+    steps: int, solver: Solver = "ddim"
+) -> DDIMScheduler | DPMSolverMultistepScheduler:
+    """A fresh scheduler of ``solver`` over ``steps`` network evaluations: trailing DDIM
+    (:func:`ddim_scheduler`) or DPM-Solver++(2M) (:func:`dpm_scheduler`).  Fresh per
+    trajectory: the multistep solver keeps the previous model outputs in its state."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    return ddim_scheduler(steps) if solver == "ddim" else dpm_scheduler(steps)
+
+
 def alphas_cumprod() -> torch.Tensor:
     """ᾱ_t for t = 0..999 (float32, CPU)."""
     return ddpm_scheduler().alphas_cumprod.float()
@@ -324,13 +335,12 @@ def ddim_sample(
     guided with scale ``guidance_scale`` (:func:`guided_output`) when it is > 0.
     ``solver="dpm++2m"``: DPM-Solver++(2M) steps uniform in log-SNR (:func:`dpm_scheduler`)
     instead of DDIM, the same number of network evaluations."""
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    sampler_scheduler(steps, solver)  # a bad solver fails before any work
     device = next(unet.parameters()).device
     unet.eval()
     out = []
     for chunk in labels.split(batch_size):
-        scheduler = ddim_scheduler(steps) if solver == "ddim" else dpm_scheduler(steps)
+        scheduler = sampler_scheduler(steps, solver)
         x = torch.randn((len(chunk), unet.config.in_channels, 32, 32), generator=generator)
         x = x.to(device)
         y = chunk.to(device)

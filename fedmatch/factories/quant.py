@@ -5,9 +5,9 @@ calibration set and observe it; return only **statistics**: every activation qua
 per-timestep min/max (per channel and per pixel for DGQ), plus, for EDA-DM, the client's TDAC
 weights over the sampling steps.  No image, latent or label leaves the client.
 
-- ``quant-calibration-source = local``: the client's own images noised to the sampler's
-  timesteps (its domain);
-- ``trajectory``: the teacher's DDIM trajectories for labels drawn from the client's label
+- ``quant-calibration-source = local``: the client's own images noised to the timesteps of the
+  teacher's sampler (``teacher-sampler``; its domain);
+- ``trajectory``: the teacher's sampler trajectories for labels drawn from the client's label
   distribution (data-free but client-specific).
 
 Either way N = ``quant-calibration-samples`` inputs are spread over the T = ``teacher-ddim-steps``
@@ -88,6 +88,7 @@ def step_counts(
         feature_hook=FEATURE_HOOK,
         guidance_scale=cfg.params(DiffusionParams).guidance_scale,
         null_label=unet_spec(cfg).null_label,
+        solver=cfg.params(DiffusionParams).teacher_sampler,
     )
     weights = tdac_weights(features, lam=cfg.table("quant").tdac_lambda)
     return allocate(weights, total), weights
@@ -114,6 +115,7 @@ def calibration_batches(
             steps=cfg.params(DiffusionParams).teacher_ddim_steps,
             per_step=per_step,
             generator=generator,
+            solver=cfg.params(DiffusionParams).teacher_sampler,
         )
     else:
         pool, _ = trajectory_batches(
@@ -123,6 +125,7 @@ def calibration_batches(
             generator=generator,
             guidance_scale=cfg.params(DiffusionParams).guidance_scale,
             null_label=unet_spec(cfg).null_label,
+            solver=cfg.params(DiffusionParams).teacher_sampler,
         )
     batches = select_samples(pool, counts, generator)
     null_label = unet_spec(cfg).null_label

@@ -25,7 +25,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedmatch.diffusion.teacher import add_noise, alphas_cumprod, ddim_scheduler, guided_output
+from fedmatch.diffusion.teacher import (
+    Solver,
+    add_noise,
+    alphas_cumprod,
+    guided_output,
+    sampler_scheduler,
+)
 from fedmatch.diffusion.unet import pad_images
 from fedmatch.quant.dgq import GroupActQuantizer
 from fedmatch.quant.qmodules import act_quantizers, set_timestep
@@ -51,15 +57,17 @@ def trajectory_batches(
     feature_hook: str | None = None,
     guidance_scale: float = 0.0,
     null_label: int | None = None,
+    solver: Solver = "ddim",
 ) -> tuple[list[CalibBatch], list[torch.Tensor]]:
-    """The DDIM trajectory of ``labels`` from noise: one :class:`CalibBatch` per step.
+    """The sampler's trajectory of ``labels`` from noise (``solver``: the teacher's sampler,
+    DDIM or DPM-Solver++(2M), ``steps`` evaluations): one :class:`CalibBatch` per step.
 
     ``feature_hook`` names a submodule (e.g. ``"mid_block"``) whose input is returned per step
     (EDA-DM's TDAC measures density and diversity on it).  With ``guidance_scale`` > 0 the
     trajectory is the classifier-free-guided one the quantized teacher will follow (the null
     condition's inputs are added by :func:`with_null_condition`).
     """
-    scheduler = ddim_scheduler(steps)
+    scheduler = sampler_scheduler(steps, solver)
     x = torch.randn((len(labels), unet.config.in_channels, 32, 32), generator=generator)
     features: list[torch.Tensor] = []
     handle = None
@@ -87,11 +95,13 @@ def local_batches(
     steps: int,
     per_step: int,
     generator: torch.Generator,
+    solver: Solver = "ddim",
 ) -> list[CalibBatch]:
-    """A client's own images (28x28 in [-1, 1]) noised to every DDIM timestep (Ho et al., Eq. 4)."""
+    """A client's own images (28x28 in [-1, 1]) noised to every timestep of the teacher's
+    sampler (``solver``, ``steps`` evaluations; Ho et al., Eq. 4)."""
     ac = alphas_cumprod()
     out = []
-    for t in ddim_scheduler(steps).timesteps:
+    for t in sampler_scheduler(steps, solver).timesteps:
         index = torch.randint(0, len(labels), (per_step,), generator=generator)
         x0 = pad_images(images[index])
         noise = torch.randn(x0.shape, generator=generator)
