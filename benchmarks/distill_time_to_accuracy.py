@@ -70,7 +70,7 @@ from fedmatch.seeding import derive_seed
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # Scripts beside this one, not a package:
 from distill_bench import ints
-from time_to_accuracy_args import RESULT_ARGS, parse_args
+from time_to_accuracy_args import RESULT_ARGS, checkpoints, iterations, parse_args
 from time_to_accuracy_official import (
     OFFICIAL,
     OFFICIAL_FILES,
@@ -185,8 +185,8 @@ def run_method(
     start: torch.Tensor,
     utils: ModuleType | None,
 ) -> Recorder:
-    """One distillation from the shared start, recorded at ``--eval-at``."""
-    record = Recorder(args.eval_at)
+    """One distillation from the shared start, recorded at its checkpoints."""
+    record = Recorder(checkpoints(args, method))
     with measure_peak_memory(torch.device("cpu")) as peak:
         _distil(method, args, seed, x, y, start, utils, record)
     record.peak_bytes, record.peak_kind = peak.bytes, peak.kind
@@ -222,7 +222,8 @@ def _distil(
             x, y, args.ipc, args.iterations, clamp=(float(x.min()), float(x.max())), **common
         )
     else:
-        distill_dm(x, y, args.ipc, args.iterations, **{**common, **args.variants.get(method, {})})
+        settings = {k: v for k, v in args.variants.get(method, {}).items() if k != "iterations"}
+        distill_dm(x, y, args.ipc, iterations(args, method), **{**common, **settings})
 
 
 def run_seed(
@@ -249,10 +250,10 @@ def run_seed(
     save(rows)
     shift = seed % len(args.methods)  # rotate who goes first from seed to seed
     for m in args.methods[shift:] + args.methods[:shift]:
-        log.info("seed %d: %s, %d iterations", seed, m, args.iterations)
+        log.info("seed %d: %s, %d iterations", seed, m, iterations(args, m))
         load = os.getloadavg()
         record = run_method(m, args, seed, x, y, start, utils)
-        for k in (k for k in args.eval_at if k > 0):
+        for k in (k for k in checkpoints(args, m) if k > 0):
             wall, cpu = record.seconds(k)
             log.info("seed %d: scoring %s at iteration %d (%.0f s)", seed, m, k, wall)
             result = score(record.snapshots[k], labels, tuple(test), args, utils, eval_seeds)
@@ -283,7 +284,8 @@ def resumed_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         changed.append("official")
     if changed:
         raise SystemExit(f"--out {args.out} was written with other {changed}: move it away")
-    per_seed = len(args.methods) * len(args.eval_at)
+    # the shared start's row, then one per later checkpoint, for every method
+    per_seed = sum(1 + sum(k > 0 for k in checkpoints(args, m)) for m in args.methods)
     counts: dict[int, int] = {}
     for r in old_rows:
         counts[r["seed"]] = counts.get(r["seed"], 0) + 1

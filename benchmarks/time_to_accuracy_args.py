@@ -37,6 +37,9 @@ VARIANT_KEYS: dict[str, Callable[[str], Any]] = {
     "momentum": float,
     "dsa_strategy": str,
     "image_step": str,
+    # Its own step budget (the official's is --iterations): a faster step can run longer in
+    # the official's time; its checkpoints are the --eval-at points up to it, and its end.
+    "iterations": int,
 }
 
 
@@ -61,6 +64,8 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
             raise ValueError(f"--variant {text!r}: {key.strip()}={value!r}: {error}") from None
     if settings.get("batch_real", 1) < 1 or settings.get("lr", 1.0) <= 0:
         raise ValueError(f"--variant {text!r}: batch_real must be >= 1 and lr > 0")
+    if settings.get("iterations", 1) < 1:
+        raise ValueError(f"--variant {text!r}: iterations must be >= 1")
     if "image_step" in settings and settings["image_step"] not in IMAGE_STEPS:
         raise ValueError(f"--variant {text!r}: image_step must be one of {IMAGE_STEPS}")
     if "dsa_strategy" in settings:
@@ -99,9 +104,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=25, help="fedmatch loss log period")
     p.add_argument("--out", default="", help="JSON results (resumed from when it exists)")
     args = p.parse_args(argv)
-    args.eval_at = sorted(set(ints(args.eval_at)) | {args.iterations})
-    if args.eval_at[0] < 0 or args.eval_at[-1] > args.iterations:
-        p.error(f"--eval-at must lie in 0..{args.iterations}, got {args.eval_at}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if set(methods) - set(METHODS):
         p.error(f"--methods: unknown {sorted(set(methods) - set(METHODS))}; allowed {METHODS}")
@@ -118,4 +120,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if len(args.variants) != len(args.variant):
         p.error(f"--variant: names must differ, got {args.variant}")
     args.methods = methods + list(args.variants)
+    longest = max([args.iterations] + [iterations(args, m) for m in args.methods])
+    args.eval_at = sorted(set(ints(args.eval_at)) | {args.iterations})
+    if args.eval_at[0] < 0 or args.eval_at[-1] > longest:
+        p.error(f"--eval-at must lie in 0..{longest} (the longest run), got {args.eval_at}")
     return args
+
+
+def iterations(args: argparse.Namespace, method: str) -> int:
+    """The steps ``method`` runs: its variant's ``iterations``, else ``--iterations``."""
+    return int(args.variants.get(method, {}).get("iterations", args.iterations))
+
+
+def checkpoints(args: argparse.Namespace, method: str) -> list[int]:
+    """The iterations at which ``method`` is scored: the ``--eval-at`` points it reaches, and
+    its last step."""
+    last = iterations(args, method)
+    return sorted({k for k in args.eval_at if k <= last} | {last})

@@ -241,9 +241,32 @@ def test_variants_run_from_the_same_start(bench, tmp_path: Path) -> None:
                and final[m]["peak_memory_mb"] > 50 for m in final)  # fmt: skip
 
 
+def test_a_variant_runs_its_own_step_budget(bench, tmp_path: Path) -> None:
+    """A cheaper step may run longer than the official's --iterations: its rows reach its own
+    budget, checkpoints past --iterations are its alone, and a resumed file counts its rows."""
+    out = tmp_path / "long.json"
+    argv = [*TINY, "--methods", "dm", "--eval-at", "0,1,3", "--out", str(out),
+            "--variant", "dm-long:batch_real=4,iterations=4"]  # fmt: skip
+    result = bench.main(argv)
+    its = {m: sorted(r["iteration"] for r in result["rows"] if r["method"] == m)
+           for m in ("dm", "dm-long")}  # fmt: skip
+    # --iterations (2) is always a checkpoint: where the official stops
+    assert its == {"dm": [0, 1, 2], "dm-long": [0, 1, 2, 3, 4]}
+    long = {
+        r["iteration"]: r["distill_seconds"] for r in result["rows"] if r["method"] == "dm-long"
+    }
+    assert long[1] < long[3] < long[4]
+    again = bench.main(argv)  # complete: kept, not re-run
+    assert again["rows"] == json.loads(out.read_text())["rows"]
+    assert [r["distill_seconds"] for r in again["rows"]] == [
+        r["distill_seconds"] for r in result["rows"]
+    ]
+
+
 @pytest.mark.parametrize(
     ("variant", "message"),
     [
+        ("v:iterations=0", "iterations must be >= 1"),
         ("dm-x", "NAME:key=value"),
         ("dm:lr=2", "NAME other than"),
         ("v:speed=2", "key in"),
@@ -258,6 +281,12 @@ def test_bad_variants_are_refused(bench, variant: str, message: str, capsys) -> 
     with pytest.raises(SystemExit):
         bench.parse_args([*TINY, "--variant", variant])
     assert message in capsys.readouterr().err
+
+
+def test_checkpoints_past_every_run_are_refused(bench, capsys) -> None:
+    with pytest.raises(SystemExit):
+        bench.parse_args([*TINY, "--eval-at", "0,5", "--variant", "v:iterations=4"])
+    assert "--eval-at must lie in 0..4 (the longest run)" in capsys.readouterr().err
 
 
 def test_on_step_sees_every_step_of_dm_and_ncfm() -> None:
