@@ -53,6 +53,12 @@ class QuantParams(ParamsTable):
     method: Literal["naive", "edadm", "dgq"] = "naive"
     """`diffusion-ptq`: min-max baseline; EDA-DM (TDAC sample selection + block reconstruction);
     DGQ (outlier-aware activation groups)"""
+    # The ablation that separates the shared clipping search from each method's own part.
+    weight_clipping: Literal["method", "minmax", "mse"] = "method"
+    """`diffusion-ptq`: weight scales per output channel: `method` = each paper's choice (min-max
+    for naive, the MSE clipping search for EDA-DM and DGQ), `minmax` = max|w|, `mse` = the clipping
+    ratio in [0.5, 1] of max|w| with the least squared weight error; set it to compare methods
+    on the same weights (naive + `mse` is the clipping search alone)"""
     groups: int = Field(8, ge=1)  # DGQ: activation groups per layer (1 = per-tensor)
     """`dgq`: activation groups per layer (k-means over channels or pixels; 1 = per-tensor)"""
     per_timestep: bool = True  # one activation range per sampling step
@@ -60,7 +66,7 @@ class QuantParams(ParamsTable):
     steps"""
     calibration_source: Literal["local", "trajectory"] = "local"
     """`diffusion-ptq`: calibrate on the client's own images noised to the sampler's timesteps, or
-    on teacher DDIM trajectories for the client's labels"""
+    on the teacher's sampler trajectories for the client's labels"""
     calibration_samples: int = Field(256, ge=1)  # per client, over all timesteps
     """`diffusion-ptq`: calibration inputs per client, spread over the `teacher-ddim-steps`
     timesteps"""

@@ -476,3 +476,52 @@ def test_client_calibration_of_a_cross_attention_teacher(method):
         out = quantized(x, t, class_labels=y).sample
         ref = teacher(x, t, class_labels=y).sample
     assert float((out - ref).pow(2).mean() / ref.pow(2).mean()) < 5e-2
+
+
+@pytest.mark.parametrize(
+    ("method", "clipping", "expected"),
+    [
+        ("naive", "method", "minmax"),
+        ("edadm", "method", "mse"),
+        ("dgq", "method", "mse"),
+        ("naive", "mse", "mse"),  # the shared clipping search alone
+        ("edadm", "minmax", "minmax"),  # EDA-DM without it
+        ("dgq", "minmax", "minmax"),
+    ],
+)
+def test_weight_clipping_key_sets_the_weight_scales(method, clipping, expected):
+    from fedmatch.factories.quant import quant_spec
+
+    cfg = make_config(strategy="diffusion-ptq",
+                      **{"quant.method": method, "quant.weight-clipping": clipping})  # fmt: skip
+    spec = quant_spec(cfg)
+    assert spec.weight_init == expected
+    q = quantize_unet(build_unet(TINY, 0), QuantSpec(4, 8, method, weight_init=spec.weight_init))
+    layers = list(quant_layers(q))
+    assert layers
+    other = "mse" if expected == "minmax" else "minmax"
+    differs = False
+    for _, lay in layers:  # every wrapped layer carries the scales of the chosen search
+        ref = WeightQuantizer(lay.module.weight, lay.wq.bits, init=expected).scale
+        assert torch.equal(lay.wq.scale, ref)
+        alt = WeightQuantizer(lay.module.weight, lay.wq.bits, init=other).scale
+        differs |= not torch.equal(lay.wq.scale, alt)
+    assert differs  # the two searches give different scales on these weights
+
+
+def test_mse_clipping_never_loses_to_minmax_per_channel():
+    """The search includes ratio 1 (min-max), so its per-channel error is never larger, and on
+    heavy-tailed weights it clips: a smaller scale and a smaller total error at 4 bits."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 8, 3, 3, generator=gen)
+    w[:, 0, 0, 0] *= 8  # one outlier per channel
+    errors, scales = {}, {}
+    for init in ("minmax", "mse"):
+        q = WeightQuantizer(w, 4, init=init)
+        errors[init] = (q(w) - w).pow(2).flatten(1).sum(dim=1)
+        scales[init] = q.scale.flatten()
+    assert (errors["mse"] <= errors["minmax"] + 1e-6).all()
+    assert errors["mse"].sum() < 0.9 * errors["minmax"].sum()  # measured: 0.85
+    assert (scales["mse"] < scales["minmax"]).all()  # every channel clips its outlier
+    with pytest.raises(Exception, match=r"quant\.weight-clipping.*'method', 'minmax' or 'mse'"):
+        make_config(strategy="diffusion-ptq", **{"quant.weight-clipping": "percentile"})

@@ -53,15 +53,24 @@ _TDAC_FEATURE_SAMPLES = 16
 FEATURE_HOOK = "mid_block"
 
 
+def weight_init(method: str, clipping: str) -> str:
+    """The weight scales' initialisation: ``clipping``, or for ``"method"`` each paper's
+    (EDA-DM and DGQ start from the MSE clipping search, the naive baseline from min-max)."""
+    if clipping != "method":
+        return clipping
+    return "minmax" if method == "naive" else "mse"
+
+
 def quant_spec(cfg: RunConfig) -> QuantSpec:
-    w, a = parse_bits(cfg.table("quant").bits)
+    quant = cfg.table("quant")
+    w, a = parse_bits(quant.bits)
     return QuantSpec(
         weight_bits=w,
         act_bits=a,
-        method=cfg.table("quant").method,
-        groups=cfg.table("quant").groups,
-        per_timestep=cfg.table("quant").per_timestep,
-        weight_init="minmax" if cfg.table("quant").method == "naive" else "mse",
+        method=quant.method,
+        groups=quant.groups,
+        per_timestep=quant.per_timestep,
+        weight_init=weight_init(quant.method, quant.weight_clipping),
     ).validate()
 
 
