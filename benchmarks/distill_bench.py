@@ -33,12 +33,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
 import json
 import logging
 import os
-import pickle
 import platform
 import shlex
 import sys
@@ -49,7 +46,6 @@ from typing import Any
 
 import torch
 
-from fedmatch.atomic import atomic_torch_save
 from fedmatch.config import RunConfig
 from fedmatch.data.loaders import load_client_data, load_domains, to_tensors
 from fedmatch.distill.common import DM_NET
@@ -61,7 +57,6 @@ from fedmatch.distill.evaluate import (
     evaluate_set,
     random_real_subset,
 )
-from fedmatch.distill.feature_nets import FeatureNetPool, pretrain_feature_nets
 from fedmatch.distill.ncfm import distill_ncfm
 from fedmatch.factories.distill import distill_from_config, eval_protocol
 from fedmatch.factories.models import model_from_config
@@ -69,82 +64,13 @@ from fedmatch.params import DistillParams
 from fedmatch.seeding import derive_seed
 from fedmatch.train import resolve_device
 
-METHODS = ("dm", "ncfm", "random", "full")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Scripts beside this one, not a package:
+from distill_bench_args import METHODS, parse_args
+from distill_bench_pool import feature_net_pool
+from distill_bench_report import summarize, table, variant
 
 log = logging.getLogger("distill_bench")
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--domains", default="mnist,street-digits")
-    p.add_argument("--ipc", default="1,10,50", help="comma list")
-    p.add_argument("--seeds", default="0,1,2", help="comma list")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {METHODS}")
-    p.add_argument("--steps", type=int, default=20000, help="distillation steps (DM: 20000)")
-    p.add_argument("--batch-real", type=int, default=256, help="real images per class per step")
-    p.add_argument("--width", type=int, default=128, help="distillation ConvNet width")
-    p.add_argument("--dm-lr", type=float, default=1.0)
-    p.add_argument("--ncfm-lr", type=float, default=0.01)
-    p.add_argument("--ncfm-alpha", type=float, default=0.5)
-    p.add_argument("--ncfm-frequencies", type=int, default=1024)
-    p.add_argument("--ncfm-psi-lr", type=float, default=1e-3)
-    p.add_argument("--ncfm-frequency-scale", type=float, default=1.0, help="t -> scale * t")
-    p.add_argument(
-        "--ncfm-feature-nets",
-        type=int,
-        default=0,
-        help="NCFM embeds with blends of this many ConvNets trained on the domain (0: fresh "
-        "random ConvNet per step, like DM)",
-    )
-    p.add_argument(
-        "--ncfm-step-per-class",
-        action="store_true",
-        help="NCFM: one image step per class per iteration, as the released code",
-    )
-    p.add_argument("--ncfm-feature-epochs", type=int, default=20, help="epochs per feature net")
-    p.add_argument(
-        "--ncfm-calibration",
-        type=float,
-        default=0.0,
-        help="weight of NCFM's calibration step (the code's calib_weight, 1); needs feature nets",
-    )
-    p.add_argument(
-        "--ncfm-factor",
-        type=int,
-        default=1,
-        help="NCFM multi-formation factor (the paper's rho: 2): each stored image decodes to "
-        "factor^2 images",
-    )
-    p.add_argument(
-        "--dm-factor", type=int, default=1, help="DM multi-formation factor (a control; DM: 1)"
-    )
-    p.add_argument("--eval-epochs", type=int, default=1000, help="protocol epochs (DM: 1000)")
-    p.add_argument("--full-epochs", type=int, default=0, help="epochs for full data (0: same)")
-    p.add_argument("--eval-width", type=int, default=128)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument(
-        "--log-every",
-        type=int,
-        default=50,
-        help="log the distillation loss every N steps (0: never)",
-    )
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--cache-dir", default="~/.cache/fedmatch")
-    p.add_argument(
-        "--no-pool-cache",
-        dest="pool_cache",
-        action="store_false",
-        help="train NCFM's feature networks even when --cache-dir holds them",
-    )
-    p.add_argument("--out", default="", help="write all results as JSON here")
-    p.add_argument("--client-default", action="store_true", help="time the CPU default")
-    p.add_argument(
-        "--summarize",
-        nargs="+",
-        metavar="JSON",
-        help="print the mean ± std table of these --out files (no runs)",
-    )
-    return p.parse_args(argv)
 
 
 def ints(text: str) -> list[int]:
@@ -310,159 +236,6 @@ def run_grid(
     return rows
 
 
-def feature_net_pool(
-    domain: str,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    seed: int,
-    args: argparse.Namespace,
-    net: dict[str, Any],
-    device: torch.device,
-) -> tuple[FeatureNetPool, float, bool]:
-    """NCFM's feature networks for (domain, seed), their training seconds, and whether they
-    came from the cache.
-
-    The pool is a function of the data, the seed, its settings and the device kind (a GPU
-    trains to other bits), so pilots that vary only NCFM's own knobs reuse it from
-    ``--cache-dir`` (it costs 5 to 6 minutes per domain and seed on one CPU core);
-    ``--no-pool-cache`` always trains.  The seconds of a cached pool are its original ones.
-    """
-    settings = {
-        "domain": domain,
-        "seed": seed,
-        "count": args.ncfm_feature_nets,
-        "epochs": args.ncfm_feature_epochs,
-        "net": net,
-        "device": device.type,
-    }
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(args.cache_dir).expanduser() / "ncfm-feature-nets" / f"{domain}-{digest}.pt"
-    if args.pool_cache and path.exists():
-        cached = _read_pool(path)
-        if cached is not None:
-            print(f"  {domain}: {len(cached[0])} NCFM feature nets from {path}", flush=True)
-            return cached[0], cached[1], True
-    started = time.perf_counter()
-    pool = pretrain_feature_nets(
-        x,
-        y,
-        args.ncfm_feature_nets,
-        args.ncfm_feature_epochs,
-        net=net,
-        generator=torch.Generator().manual_seed(derive_seed(seed, 3)),
-        device=device,
-    )
-    seconds = time.perf_counter() - started
-    print(
-        f"  {domain}: {len(pool)} NCFM feature nets, {args.ncfm_feature_epochs} epochs, train "
-        f"accuracy {[round(a, 3) for a in pool.train_accuracy]}, {seconds:.0f} s",
-        flush=True,
-    )
-    if args.pool_cache:
-        # Plain fields, not the dataclass: the cache then loads with weights_only=True.
-        fields = {f.name: getattr(pool, f.name) for f in dataclasses.fields(pool)}
-        atomic_torch_save({"pool": {**fields, "net": dict(pool.net)}, "seconds": seconds}, path)
-    return pool, seconds, False
-
-
-def _read_pool(path: Path) -> tuple[FeatureNetPool, float] | None:
-    """A cached pool, or None (retrain) for a file that would have to be unpickled to load:
-    caches written before the format change pickled the FeatureNetPool object itself."""
-    try:
-        saved = torch.load(path, weights_only=True)
-    except pickle.UnpicklingError:
-        print(f"  {path}: not loadable without unpickling, retraining the pool", flush=True)
-        return None
-    return FeatureNetPool(**saved["pool"]), float(saved["seconds"])
-
-
-def variant(method: str, args: dict[str, Any]) -> str:
-    """The method and the settings that change what it computes, e.g. ``ncfm lr0.03 fn5 ρ2``
-    (``args``: the script's arguments; files from before a flag existed lack it: default)."""
-    if method not in ("dm", "ncfm"):
-        return method
-    parts = [method]
-    if method == "dm":
-        if args.get("dm_lr", 1.0) != 1.0:
-            parts.append(f"lr{args['dm_lr']:g}")
-        factor = args.get("dm_factor", 1)
-    else:
-        parts.append(f"lr{args.get('ncfm_lr', 0.01):g}")
-        if args.get("ncfm_feature_nets", 0):
-            parts.append(f"fn{args['ncfm_feature_nets']}")
-        if args.get("ncfm_frequency_scale", 1.0) != 1.0:
-            parts.append(f"scale{args['ncfm_frequency_scale']:g}")
-        if args.get("ncfm_alpha", 0.5) != 0.5:
-            parts.append(f"α{args['ncfm_alpha']:g}")
-        if args.get("ncfm_frequencies", 1024) != 1024:
-            parts.append(f"{args['ncfm_frequencies']}t")
-        if args.get("ncfm_calibration", 0.0):
-            parts.append(f"calib{args['ncfm_calibration']:g}")
-        if args.get("ncfm_step_per_class", False):
-            parts.append("per-class")
-        factor = args.get("ncfm_factor", 1)
-    if factor > 1:
-        parts.append(f"ρ{factor}")
-    parts.append(f"{args['steps']} steps")
-    return " ".join(parts)
-
-
-def summarize(paths: list[str]) -> list[dict[str, Any]]:
-    """The rows of benchmark JSON files (``--out``), each labelled with its variant."""
-    rows: list[dict[str, Any]] = []
-    for path in paths:
-        info = json.loads(Path(path).read_text())
-        if "rows" not in info:
-            raise SystemExit(f"--summarize: {path} holds no grid rows (a --client-default file?)")
-        for row in info["rows"]:
-            rows.append({**row, "variant": variant(row["method"], info["args"]), "file": path})
-    return rows
-
-
-def _mean(group: list[dict[str, Any]], key: str) -> float:
-    return sum(r[key] for r in group) / len(group)
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    """Mean ± std over seeds per (domain, ipc, variant, eval epochs), as a Markdown table."""
-    groups: dict[tuple[str, str, str, int], list[dict[str, Any]]] = {}
-    for row in rows:
-        key = (
-            row["domain"],
-            str(row["ipc"]),
-            row.get("variant", row["method"]),
-            row["eval_epochs"],
-        )
-        groups.setdefault(key, []).append(row)
-    lines = [
-        "| domain | IPC | method | test acc % (mean ± std) | seeds | eval epochs | s/step | "
-        "distill s (wall / CPU) | peak memory MB |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for (domain, ipc, method, epochs), group in sorted(groups.items()):
-        accs = torch.tensor([a for r in group for a in r["accuracies"]], dtype=torch.float64)
-        std = float(accs.std(unbiased=False)) if len(accs) > 1 else 0.0
-        cells = [
-            domain,
-            ipc,
-            method,
-            f"{100 * float(accs.mean()):.2f} ± {100 * std:.2f}",
-            ", ".join(str(r["seed"]) for r in group),
-            str(epochs),
-        ]
-        if "seconds_per_step" in group[0]:
-            cells += [
-                f"{_mean(group, 'seconds_per_step'):.3f}",
-                f"{_mean(group, 'distill_seconds'):.0f} / "
-                f"{_mean(group, 'distill_cpu_seconds'):.0f}",
-                f"{max(r['peak_memory_mb'] for r in group):.0f}",
-            ]
-        else:
-            cells += ["–", "–", "–"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def client_default(args: argparse.Namespace) -> dict[str, Any]:
     """One client's IPC-10 distillation with the run-config defaults, timed and scored."""
     cfg = RunConfig(cache_dir=args.cache_dir, device=args.device)
@@ -528,7 +301,7 @@ def client_default(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = parse_args(argv, description=__doc__)
     if args.summarize:
         print(table(summarize(args.summarize)))
         return

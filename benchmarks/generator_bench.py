@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import logging
 import platform
@@ -45,6 +44,10 @@ from typing import Any
 
 import torch
 from bench_scoring import SampleScorer  # benchmarks/ (this script's folder)
+
+# PRESETS is imported from here by quant_bench.py.
+from generator_bench_args import PRESETS, parse_args, teacher_digest  # noqa: F401
+from generator_bench_report import print_table
 
 from fedmatch.config import RunConfig
 from fedmatch.data.loaders import load_domains, to_images
@@ -59,63 +62,6 @@ from fedmatch.logs import setup_logging
 from fedmatch.seeding import derive_seed
 
 log = logging.getLogger("fedmatch.bench")
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {
-        # Two grayscale clients; 3 levels (8x8 bottleneck): 0.62M parameters at the step cost
-        # of the 2-level (16, 32) UNet; 20 rounds x 40 steps x 2 clients = 1,600 DDPM steps
-        # (~6 min at one thread), cosine LR 2e-3 -> 1e-4, no EMA (a per-round EMA lagged the
-        # raw model at every round: benchmarks/RESULTS.md, generators).
-        "domains": "mnist,optdigits",
-        "channels": "16,32,64",
-        "teacher_rounds": 20,
-        "teacher_steps": 40,
-        "teacher_lr": 2e-3,
-        "teacher_lr_final": 1e-4,
-        "teacher_ema": 0.0,
-        "teacher_conditioning": False,
-        "teacher_keep_optimizer": False,
-        "teacher_cond_dropout": 0.0,
-        "guidance_scale": 0.0,
-        "batch_size": 32,
-        "rounds": 6,
-        "generator_steps": 6,
-        "critic_steps": 5,
-        "generator_batch": 16,
-        "generator_lr": 3e-4,
-        "disback_nodes": 3,
-        "disback_steps": 150,
-        "fid_samples": 500,
-        "feature_steps": 400,
-        "accuracy_epochs": 3,
-        "threads": 1,
-    },
-    "gpu": {
-        "domains": "all",
-        "channels": "32,64,64",
-        "teacher_rounds": 20,
-        "teacher_steps": 500,
-        "teacher_lr": 1e-3,
-        "teacher_lr_final": 1e-3,
-        "teacher_ema": 0.0,
-        "teacher_conditioning": True,
-        "teacher_keep_optimizer": True,
-        "teacher_cond_dropout": 0.1,
-        "guidance_scale": 2.0,
-        "batch_size": 128,
-        "rounds": 20,
-        "generator_steps": 100,
-        "critic_steps": 5,
-        "generator_batch": 64,
-        "generator_lr": 1e-4,
-        "disback_nodes": 5,
-        "disback_steps": 2000,
-        "fid_samples": 5000,
-        "feature_steps": 3000,
-        "accuracy_epochs": 3,
-        "threads": 8,
-    },
-}
 
 
 def fedavg(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
@@ -135,31 +81,6 @@ def ema_update(ema: dict[str, torch.Tensor], state: dict[str, torch.Tensor], dec
             ema[k].mul_(decay).add_(v.to(ema[k].dtype), alpha=1 - decay)
         else:
             ema[k].copy_(v)
-
-
-TEACHER_KEYS = (
-    "domains",
-    "seed",
-    "channels",
-    "teacher_rounds",
-    "teacher_steps",
-    "teacher_lr",
-    "teacher_lr_final",
-    "teacher_ema",
-    "batch_size",
-)
-# Keys that enter the digest only when true, so teachers cached before they existed keep theirs.
-TEACHER_FLAGS = ("teacher_conditioning", "teacher_keep_optimizer")
-
-
-def teacher_digest(args: argparse.Namespace) -> str:
-    """Short digest of everything the teacher depends on, so a cached teacher is reused only
-    for the same data, architecture and schedule (not, e.g., after ``--domains`` changed)."""
-    keys = {key: getattr(args, key) for key in TEACHER_KEYS}
-    keys.update({key: True for key in TEACHER_FLAGS if getattr(args, key, False)})
-    if getattr(args, "teacher_cond_dropout", 0.0):  # only when set: older digests stay valid
-        keys["teacher_cond_dropout"] = args.teacher_cond_dropout
-    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def timed(fn, *args, **kwargs) -> tuple[Any, float]:
@@ -413,35 +334,8 @@ class Bench:
         )
 
 
-def _flag(value: str) -> bool:
-    if value.lower() not in ("true", "false", "1", "0"):
-        raise argparse.ArgumentTypeError(f"{value!r}: expected true or false")
-    return value.lower() in ("true", "1")
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--cache-dir", default="~/.cache/fedmatch")
-    parser.add_argument("--out-dir", default=str(Path(__file__).parent))
-    parser.add_argument("--retrain-teacher", action="store_true")
-    parser.add_argument(
-        "--eval-rounds", default="", help="teacher rounds after which to log FID (comma list)"
-    )
-    parser.add_argument("--eval-ddim-steps", type=int, default=10)
-    parser.add_argument("--skip", default="", help="comma list of: dmd2-1, dmd2-4, disback")
-    parser.add_argument(
-        "--dpm-steps", default="", help="also sample the teacher with DPM-Solver++(2M): steps list"
-    )
-    for key, value in PRESETS["cpu"].items():
-        kind = _flag if isinstance(value, bool) else type(value)  # bool("false") is True
-        parser.add_argument("--" + key.replace("_", "-"), type=kind, default=None)
-    args = parser.parse_args(argv)
-    for key, value in PRESETS[args.preset].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    args = parse_args(argv, __doc__.split("\n")[0], out_dir=str(Path(__file__).parent))
     setup_logging()
     torch.set_num_threads(args.threads)
     total = time.perf_counter()
@@ -476,38 +370,6 @@ def main(argv: list[str] | None = None) -> None:
     out.write_text(json.dumps(results, indent=2))
     log.info("wrote %s (%.0f s)", out, results["total_seconds"])
     print_table(results)
-
-
-def print_table(results: dict[str, Any]) -> None:
-    rows = [("teacher, 50 DDIM steps", results["teacher"]["50"])]
-    rows += [("teacher, 10 DDIM steps", results["teacher"]["10"])]
-    rows += [("teacher, 1 DDIM step", results["teacher"]["1"])]
-    rows += [
-        (f"teacher, {key.split('-')[-1]} DPM-Solver++(2M) steps", value)
-        for key, value in results["teacher"].items()
-        if key.startswith("dpm++2m-")
-    ]
-    for name, label in (
-        ("dmd2-1", "DMD2 one-step"),
-        ("dmd2-4", "DMD2 4-step"),
-        ("disback", "DisBack one-step"),
-    ):
-        if name in results:
-            rows.append((label, results[name]["curve"][-1]))
-    # Per-domain class accuracy of samples, the header giving the real test accuracy.
-    accuracy = rows[0][1].get("class_accuracy", {})
-    heads = "".join(f" {d} (real {v['real']:.3f}) |" for d, v in accuracy.items())
-    lines = [
-        f"| sampler | FID-digits | precision | recall | ms / image |{heads}",
-        "|---|---|---|---|---|" + "---|" * len(accuracy),
-    ]
-    for label, r in rows:
-        cells = "".join(f" {v['samples']:.3f} |" for v in r.get("class_accuracy", {}).values())
-        lines.append(
-            f"| {label} | {r['fid']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} "
-            f"| {r['ms_per_image']:.2f} |{cells}"
-        )
-    log.info("\n%s", "\n".join(lines))
 
 
 if __name__ == "__main__":

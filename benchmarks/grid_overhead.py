@@ -46,7 +46,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
-from overhead import TAG_VAR, ForeignCpu, Phase  # noqa: E402
+from overhead_load import TAG_VAR, ForeignCpu, Phase  # noqa: E402
 
 from fedmatch.bench.launch import snapshot_app  # noqa: E402
 from fedmatch.bench.runner import run_suite  # noqa: E402

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 import torch
-from generator_bench import PRESETS  # benchmarks/ (this script's folder)
+from generator_bench_args import PRESETS  # benchmarks/ (this script's folder)
 
 from fedmatch.diffusion.unet import UNetSpec, build_unet, parse_channels
 from fedmatch.logs import setup_logging

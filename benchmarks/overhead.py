@@ -50,14 +50,11 @@ import argparse
 import copy
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -76,9 +73,12 @@ from fedmatch.localrun import PrivateFlower  # noqa: E402
 from fedmatch.results import read_metrics  # noqa: E402
 from fedmatch.seeding import derive_seed  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Scripts beside this one, not a package:
+from overhead_load import TAG_VAR, ForeignCpu, Phase  # noqa: E402
+from overhead_report import Measurement, fmt_seconds, print_report  # noqa: E402
+
 VARIANTS = ("train-only", "full")
-# Every process this script starts (flwr run, its SuperLink, Ray workers) inherits this.
-TAG_VAR = "FEDMATCH_OVERHEAD_TAG"
 EVAL_BATCH_SIZE = 256  # what the ClientApp and the ServerApp use
 
 # Runs in a fresh interpreter: a Ray actor with the clients' CPU share reports its threads.
@@ -102,28 +102,6 @@ ray.shutdown()
 """
 
 
-@dataclass
-class Measurement:
-    """Figures of one side (Flower or plain) of one variant."""
-
-    round_seconds: list[float]
-    train_seconds_per_round: list[float]  # Σ over clients of the time inside the train loop
-    accuracy_per_domain: dict[str, float]
-    wall_seconds: float | None = None  # end-to-end `flwr run` (Flower only)
-
-    @property
-    def per_round(self) -> float:
-        return sum(self.round_seconds) / len(self.round_seconds)
-
-    @property
-    def train_per_round(self) -> float:
-        return sum(self.train_seconds_per_round) / len(self.train_seconds_per_round)
-
-    @property
-    def mean_accuracy(self) -> float:
-        return sum(self.accuracy_per_domain.values()) / len(self.accuracy_per_domain)
-
-
 def run_config(args: argparse.Namespace, variant: str, runs_dir: Path) -> dict[str, object]:
     """The run-config overrides of one variant (everything else: pyproject defaults)."""
     config: dict[str, object] = {
@@ -142,98 +120,6 @@ def run_config(args: argparse.Namespace, variant: str, runs_dir: Path) -> dict[s
     if variant == "train-only":
         config.update({"server-eval": False, "fraction-evaluate": 0.0})
     return config
-
-
-# ----------------------------------------------------------------------------- machine load
-
-
-class ForeignCpu:
-    """CPU seconds used by processes that are not this benchmark's, sampled from /proc.
-
-    A process is ours when it is this process or carries ``TAG_VAR=<tag>`` in its
-    environment (everything ``flwr run`` starts inherits it).  Processes that start and end
-    between two samples are missed, so this is a lower bound.
-    """
-
-    def __init__(self, tag: str, interval: float = 1.0) -> None:
-        self.tag = f"{TAG_VAR}={tag}".encode()
-        self.interval = interval
-        self.ticks = os.sysconf("SC_CLK_TCK")
-        self.foreign_seconds = 0.0
-        self._last: dict[int, float] = {}
-        self._ours: dict[int, bool] = {}
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _is_ours(self, pid: int) -> bool:
-        if pid not in self._ours:
-            try:
-                env = Path(f"/proc/{pid}/environ").read_bytes()
-            except OSError:
-                env = b""
-            self._ours[pid] = pid == os.getpid() or self.tag in env.split(b"\0")
-        return self._ours[pid]
-
-    def _sample(self) -> None:
-        current: dict[int, float] = {}
-        foreign = 0.0
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            pid = int(entry.name)
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            cpu = (int(fields[11]) + int(fields[12])) / self.ticks  # utime + stime
-            current[pid] = cpu
-            if pid in self._last and not self._is_ours(pid):
-                foreign += max(0.0, cpu - self._last[pid])
-        with self._lock:
-            self.foreign_seconds += foreign
-        self._last = current
-        self._ours = {pid: ours for pid, ours in self._ours.items() if pid in current}
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def start(self) -> ForeignCpu:
-        self._sample()
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-    def read(self) -> float:
-        with self._lock:
-            return self.foreign_seconds
-
-
-class Phase:
-    """Wall time and other people's CPU seconds over one timed phase."""
-
-    def __init__(self, sampler: ForeignCpu, label: str) -> None:
-        self.sampler, self.label = sampler, label
-
-    def __enter__(self) -> Phase:
-        self.start, self.cpu0 = time.perf_counter(), self.sampler.read()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall = time.perf_counter() - self.start
-        self.foreign = self.sampler.read() - self.cpu0
-
-    def describe(self) -> str:
-        share = self.foreign / (self.wall * (os.cpu_count() or 1))
-        return (
-            f"{self.label}: {self.foreign:.1f} CPU-s by other processes in {self.wall:.0f} s "
-            f"({share:.0%} of the machine)"
-        )
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -407,85 +293,6 @@ def run_plain(
     )
 
 
-# ----------------------------------------------------------------------------- report
-
-
-def print_report(
-    args: argparse.Namespace,
-    results: dict[str, tuple[Measurement, Measurement]],
-    probe: dict[str, object],
-    loads: list[tuple[str, tuple[float, float, float]]],
-    phases: list[Phase],
-) -> None:
-    import flwr
-
-    print()
-    print(
-        f"Flower overhead: {args.clients} clients (domain partitioning), {args.rounds} rounds, "
-        f"FedAvg, ConvNet width {args.model_width}, 1 local epoch, "
-        f"train-subset {args.train_subset or 'all'}"
-    )
-    print(
-        f"machine: {os.cpu_count()} CPU cores, {platform.machine()}, no GPU used; torch "
-        f"{torch.__version__}, flwr {flwr.__version__}, python {platform.python_version()}"
-    )
-    print(
-        f"Flower: Ray actors with num_cpus={args.cpus_per_client}; inside such an actor "
-        f"OMP_NUM_THREADS={probe.get('OMP_NUM_THREADS')}, "
-        f"torch.get_num_threads()={probe.get('torch_threads', probe.get('error'))} (Ray probe)"
-    )
-    print(
-        f"plain loop: one process, clients sequential, torch.set_num_threads({args.plain_threads})"
-    )
-    print()
-    header = (
-        f"{'variant':<11} {'Flower s/round':>14} {'plain s/round':>13} {'ratio':>6} "
-        f"{'Flower wall':>11} {'start-up':>8} {'Flower train':>12} {'plain train':>11} "
-        f"{'Flower acc':>10} {'plain acc':>9}"
-    )
-    print(header)
-    print("-" * len(header))
-    for variant, (fl, pl) in results.items():
-        assert fl.wall_seconds is not None
-        startup = fl.wall_seconds - sum(fl.round_seconds)
-        print(
-            f"{variant:<11} {fl.per_round:>14.2f} {pl.per_round:>13.2f} "
-            f"{fl.per_round / pl.per_round:>6.2f} {fl.wall_seconds:>11.1f} {startup:>8.1f} "
-            f"{fl.train_per_round:>12.2f} {pl.train_per_round:>11.2f} "
-            f"{fl.mean_accuracy:>10.4f} {pl.mean_accuracy:>9.4f}"
-        )
-    print()
-    print("columns: s/round = mean wall seconds per round (Flower: mean round-seconds of")
-    print("metrics.jsonl); ratio = Flower/plain; Flower wall = whole `flwr run` command;")
-    print("start-up = wall - sum(round-seconds) (everything outside the rounds); train = sum")
-    print("over clients of seconds inside the local training loop per round (Flower:")
-    print("train-seconds rows; these run in parallel actors); acc = mean over domains of the")
-    print("final global model's test accuracy (evaluated here, outside all timings).")
-    for variant, (fl, pl) in results.items():
-        print(
-            f"per-round seconds {variant}: Flower {_fmt(fl.round_seconds)}, "
-            f"plain {_fmt(pl.round_seconds)}"
-        )
-        print(
-            f"per-domain accuracy {variant}: Flower {_fmt_acc(fl.accuracy_per_domain)}; "
-            f"plain {_fmt_acc(pl.accuracy_per_domain)}"
-        )
-    print(
-        "load average (1, 5, 15 min): "
-        + "; ".join(f"{label} {a:.2f} {b:.2f} {c:.2f}" for label, (a, b, c) in loads)
-    )
-    for phase in phases:
-        print("machine use " + phase.describe())
-
-
-def _fmt(values: list[float]) -> str:
-    return "[" + ", ".join(f"{v:.2f}" for v in values) + "]"
-
-
-def _fmt_acc(values: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.3f}" for k, v in values.items())
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -544,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
                     flower = run_flower(args, variant, work, test_sets)
                 phases.append(phase)
                 print(
-                    f"  flower {variant}: rounds {_fmt(flower.round_seconds)} s, "
+                    f"  flower {variant}: rounds {fmt_seconds(flower.round_seconds)} s, "
                     f"wall {flower.wall_seconds:.1f} s; {phase.describe()}",
                     flush=True,
                 )
