@@ -222,7 +222,10 @@ def _distil(
             x, y, args.ipc, args.iterations, clamp=(float(x.min()), float(x.max())), **common
         )
     else:
-        settings = {k: v for k, v in args.variants.get(method, {}).items() if k != "iterations"}
+        settings = dict(args.variants.get(method, {}))
+        settings.pop("iterations", None)
+        if "net_padding" in settings:
+            settings["net"] = {**common["net"], "first_padding": settings.pop("net_padding")}
         distill_dm(x, y, args.ipc, iterations(args, method), **{**common, **settings})
 
 

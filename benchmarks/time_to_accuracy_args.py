@@ -37,6 +37,8 @@ VARIANT_KEYS: dict[str, Callable[[str], Any]] = {
     "momentum": float,
     "dsa_strategy": str,
     "image_step": str,
+    # The matching ConvNet's first-conv padding: 3 is the official MNIST network (28 -> 32).
+    "net_padding": int,
     # Its own step budget (the official's is --iterations): a faster step can run longer in
     # the official's time; its checkpoints are the --eval-at points up to it, and its end.
     "iterations": int,

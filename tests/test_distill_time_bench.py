@@ -228,13 +228,14 @@ def test_summary_ratios(bench) -> None:
 def test_variants_run_from_the_same_start(bench, tmp_path: Path) -> None:
     result = bench.main(
         [*TINY, "--methods", "dm", "--variant", "dm-b4:batch_real=4,lr=3",
-         "--variant", "dm-flip:dsa_strategy=flip"]
+         "--variant", "dm-flip:dsa_strategy=flip", "--variant", "dm-pad:net_padding=3"]
     )  # fmt: skip
     rows = result["rows"]
-    assert {r["method"] for r in rows} == {"dm", "dm-b4", "dm-flip"}
+    assert {r["method"] for r in rows} == {"dm", "dm-b4", "dm-flip", "dm-pad"}
     assert result["args"]["variants"] == {
         "dm-b4": {"batch_real": 4, "lr": 3.0},
         "dm-flip": {"dsa_strategy": "flip"},
+        "dm-pad": {"net_padding": 3},
     }
     final = {r["method"]: r for r in rows if r["iteration"] == 2}
     assert all(final[m]["distill_seconds"] > 0 and final[m]["distill_cpu_seconds"] > 0

@@ -77,6 +77,22 @@ def test_convnet_instancenorm_is_per_channel_groupnorm() -> None:
     assert all(m.num_groups == m.num_channels == 32 and m.affine for m in norms)
 
 
+def test_convnet_first_padding_is_the_reference_mnist_network() -> None:
+    """first_padding=3: 28 -> 32 -> 16 -> 8 -> 4 (the reference code's MNIST ConvNet); the
+    default pools 28 -> 14 -> 7 -> 3.  Same layers in the same order, so the same seed gives
+    the same weights whatever the padding."""
+    torch.manual_seed(0)
+    padded = ConvNet(in_channels=1, first_padding=3)
+    torch.manual_seed(0)
+    plain = ConvNet(in_channels=1)
+    assert padded.feature_shape == (128, 4, 4) and plain.feature_shape == (128, 3, 3)
+    assert padded.features[0].padding == (3, 3) and padded.features[4].padding == (1, 1)
+    assert torch.equal(padded.features[0].weight, plain.features[0].weight)
+    assert padded.embed(torch.randn(2, 1, 28, 28)).shape == (2, 128 * 16)
+    with pytest.raises(ValueError, match="first_padding must be >= 0, got -1"):
+        ConvNet(first_padding=-1)
+
+
 def test_convnet_single_channel_and_other_sizes() -> None:
     model = ConvNet(in_channels=1, num_classes=7, width=8, image_size=32)
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 7)

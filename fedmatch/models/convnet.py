@@ -76,9 +76,10 @@ class ConvNet(nn.Module):
 
     With the defaults a 3x28x28 input gives 128x3x3 features (28 -> 14 -> 7 -> 3).
 
-    Unlike the reference code, which pretends 28x28 inputs are 32x32 and pads the first conv
-    by 3 only for greyscale data, the feature size is computed from the real ``image_size``
-    so 3-channel 28x28 digits work without padding tricks.
+    The feature size is computed from the real ``image_size``.  ``first_padding=3`` is the
+    reference code's MNIST network (it treats 28x28 inputs as 32x32 and pads the first conv by
+    3): 28 -> 32 -> 16 -> 8 -> 4, 128x4x4 features, where the default padding of 1 pools
+    28 -> 14 -> 7 -> 3 and the last pooling drops the 7th row and column.
     """
 
     def __init__(
@@ -91,8 +92,11 @@ class ConvNet(nn.Module):
         act: str = "relu",
         pooling: str = "avgpool",
         image_size: int | tuple[int, int] = 28,
+        first_padding: int = 1,
     ) -> None:
         super().__init__()
+        if first_padding < 0:
+            raise ValueError(f"first_padding must be >= 0, got {first_padding}")
         if depth < 1 or width < 1 or in_channels < 1 or num_classes < 1:
             raise ValueError(
                 "in_channels, num_classes, width and depth must be positive, got "
@@ -101,8 +105,10 @@ class ConvNet(nn.Module):
         height, wide = (image_size, image_size) if isinstance(image_size, int) else image_size
         layers: list[nn.Module] = []
         channels = in_channels
-        for _ in range(depth):
-            layers.append(nn.Conv2d(channels, width, kernel_size=3, padding=1))
+        for i in range(depth):
+            padding = first_padding if i == 0 else 1
+            layers.append(nn.Conv2d(channels, width, kernel_size=3, padding=padding))
+            height, wide = height + 2 * padding - 2, wide + 2 * padding - 2
             # Like the DC code, "none" adds no layer at all (not even an Identity).
             if norm != "none":
                 layers.append(make_norm2d(norm, width, (height, wide)))
