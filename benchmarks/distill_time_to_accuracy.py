@@ -168,7 +168,7 @@ class Recorder:
 
     def __call__(self, step: int, images: torch.Tensor) -> None:
         self.wall[step], self.cpu[step] = time.perf_counter(), time.process_time()
-        if step in self.checkpoints:
+        if step == 0 or step in self.checkpoints:  # the start: checked against the shared one
             self.snapshots[step] = images.detach().cpu().clone()
 
     def seconds(self, step: int) -> tuple[float, float]:

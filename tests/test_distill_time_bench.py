@@ -376,3 +376,12 @@ def test_report_refuses_files_that_do_not_compare(bench, tmp_path: Path) -> None
     junk.write_text("[1, 2]")
     with pytest.raises(SystemExit, match=r"junk\.json: not distill_time_to_accuracy\.py output"):
         report.main([str(a), str(junk)])
+
+
+def test_checkpoints_without_the_start_still_check_the_shared_start(bench) -> None:
+    """--eval-at without 0 (it crashed after distilling): the start is still recorded and
+    checked against the shared real subset, and scored once as every method's iteration 0."""
+    argv = [a for a in TINY if a != "0,1"]
+    argv[argv.index("--eval-at") + 1 : argv.index("--eval-at") + 1] = ["1"]
+    result = bench.main([*argv, "--methods", "dm"])
+    assert sorted(r["iteration"] for r in result["rows"] if r["method"] == "dm") == [0, 1, 2]
