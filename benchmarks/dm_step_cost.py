@@ -47,6 +47,10 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def net_spec(args: argparse.Namespace) -> dict[str, Any]:
+    return {**DM_NET, "width": args.width, "first_padding": args.net_padding}
+
+
 def step_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     x = torch.randn(10 * args.per_class, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     y = torch.arange(10).repeat_interleave(args.per_class)
@@ -54,7 +58,7 @@ def step_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     for batch_real in args.batch_real:
         _, _, history = distill_dm(
             x, y, args.ipc, args.steps, batch_real=batch_real,
-            net={**DM_NET, "width": args.width}, generator=torch.Generator().manual_seed(0),
+            net=net_spec(args), generator=torch.Generator().manual_seed(0),
         )  # fmt: skip
         seconds = history.seconds / args.steps
         rows.append({"group": "step", "variant": f"batch_real={batch_real}", "seconds": seconds,
@@ -66,7 +70,7 @@ def step_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 def forward_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     def make_net() -> torch.nn.Module:  # the same weights every call (seed 0)
         return fresh_convnet(
-            {**DM_NET, "width": args.width}, in_channels=1, num_classes=10, image_size=28,
+            net_spec(args), in_channels=1, num_classes=10, image_size=28,
             seed=0, device=torch.device("cpu"),
         )  # fmt: skip
 
@@ -116,6 +120,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--width", type=int, default=128, help="ConvNet width (DM: 128)")
+    p.add_argument(
+        "--net-padding",
+        type=int,
+        default=1,
+        help="first conv padding (3: DM's MNIST network, distill.net-padding)",
+    )
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--per-class", type=int, default=400, help="real images per class")
     p.add_argument("--batch-real", default="256,128,64,32", help="comma list")

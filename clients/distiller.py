@@ -154,6 +154,7 @@ _VIRTUAL_KEYS = (
     "distill.lr",
     "distill.image-step",
     "distill.batch-real",
+    "distill.net-padding",
     "distill.factor",
     "distill.dsa-strategy",
     "distill.ncfm-alpha",

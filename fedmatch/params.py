@@ -127,6 +127,12 @@ class DistillParams(ParamsTable):
     (AdamW's step does not depend on the loss scale)"""
     batch_real: int = Field(64, ge=1)
     """distillation: real images per class per step (DM/NCFM use 256/1024)"""
+    # DM's code treats 28x28 MNIST as 32x32 (first conv padded by 3: 4x4 features); padding 1
+    # pools 28 -> 14 -> 7 -> 3 and the last pooling drops a row and column of every feature map.
+    net_padding: int = Field(1, ge=0, le=8)
+    """distillation: padding of the embedding ConvNet's first convolution; 3 is DM's code for
+    28x28 digits (as 32x32: 28 -> 32 -> 16 -> 8 -> 4, 2,048 features at width 128), 1 pools
+    28 -> 14 -> 7 -> 3 (1,152 features)"""
     init: Literal["real", "noise", "stats"] = "real"
     """distillation (`train.distill`, `feddm`): start from random real images, N(0, 1) noise, or
     per-class, per-channel Gaussian noise with the data's mean and std"""

@@ -213,6 +213,24 @@ def test_virtual_cache_never_serves_a_set_of_the_other_image_step(tmp_path):
     assert virtual_cache_file(cfg, 0, 5, cpu) == virtual_cache_file(with_values(cfg), 0, 5, cpu)
 
 
+def test_net_padding_builds_the_reference_network_and_keys_the_cache(tmp_path):
+    from clients.distiller import virtual_cache_file
+    from fedmatch.factories.distill import distill_net
+
+    cfg = make_config(cache_dir=str(tmp_path))
+    padded = with_values(cfg, **{"distill.net_padding": 3})
+    assert distill_net(cfg)["first_padding"] == 1
+    net = fresh_convnet(
+        distill_net(padded), in_channels=3, num_classes=10, image_size=28, seed=0, device="cpu"
+    )
+    # DM's MNIST network: 28 -> 32 -> 16 -> 8 -> 4 (the default pools to 3x3).
+    assert net.embed(torch.zeros(1, 3, 28, 28)).shape[1] == cfg.model_width * 4 * 4
+    cpu = torch.device("cpu")
+    assert virtual_cache_file(padded, 0, 5, cpu) != virtual_cache_file(cfg, 0, 5, cpu)
+    with pytest.raises(ConfigError, match="net-padding"):
+        with_values(cfg, **{"distill.net_padding": -1})
+
+
 def test_ipc_scaling_benchmark_scores_every_option_and_resumes(tmp_path, capsys, monkeypatch):
     """benchmarks/dm_ipc_scaling.py on a tiny grid: the options are what they say they are."""
     import json

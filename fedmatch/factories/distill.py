@@ -28,12 +28,18 @@ def method_lr(cfg: RunConfig) -> float:
 
 
 def distill_net(cfg: RunConfig) -> dict[str, Any]:
-    """The ConvNet both methods embed with: the run's width, depth and normalisation.
+    """The ConvNet both methods embed with: the run's width, depth and normalisation, and
+    ``distill.net-padding`` for its first convolution.
 
     Distillation always uses a ConvNet, even when ``model`` is ResNet-18: DM and its
     successors fail to distil through BatchNorm ResNets (see the DM issue tracker).
     """
-    return {"width": cfg.model_width, "depth": cfg.model_depth, "norm": cfg.model_norm}
+    return {
+        "width": cfg.model_width,
+        "depth": cfg.model_depth,
+        "norm": cfg.model_norm,
+        "first_padding": cfg.params(DistillParams).net_padding,
+    }
 
 
 def eval_protocol(cfg: RunConfig) -> EvalProtocol:
