@@ -5,7 +5,8 @@ autograd and the synthetic set with it, through a fresh random ConvNet.  This sc
 one process and one run, on random 28x28 one-channel images (the cost does not depend on the
 pixel values):
 
-- ``step``: whole ``distill_dm`` steps at each ``--batch-real`` (IPC ``--ipc``, 10 classes,
+- ``step``: whole ``distill_dm`` steps at each ``--batch-real``, eager and (unless
+  ``--no-compile``) with ``compile=True`` (IPC ``--ipc``, 10 classes,
   ConvNet of ``--width`` channels, DM's defaults otherwise): the real batch is the lever, since
   Eq. 4's gradient is linear in the real class means and any batch size estimates it without
   bias (tests/test_distill_dm_scaling.py);
@@ -22,6 +23,7 @@ first row of their group.  Pin it to an idle core (``taskset -c 0``, ``--threads
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -52,18 +54,26 @@ def net_spec(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def step_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Whole DM steps; ``seconds`` is the median step after the first, ``first_seconds`` the
+    first (with ``compile`` it carries the compilation)."""
     x = torch.randn(10 * args.per_class, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     y = torch.arange(10).repeat_interleave(args.per_class)
     rows = []
     for batch_real in args.batch_real:
-        _, _, history = distill_dm(
-            x, y, args.ipc, args.steps, batch_real=batch_real,
-            net=net_spec(args), generator=torch.Generator().manual_seed(0),
-        )  # fmt: skip
-        seconds = history.seconds / args.steps
-        rows.append({"group": "step", "variant": f"batch_real={batch_real}", "seconds": seconds,
-                     "peak_memory_mb": history.peak_memory_bytes / 2**20})  # fmt: skip
-        print(f"step batch_real={batch_real}: {seconds:.3f} s", file=sys.stderr)
+        for compiled in (False, True) if args.compile else (False,):
+            stamps: list[float] = []
+            _, _, history = distill_dm(
+                x, y, args.ipc, args.steps, batch_real=batch_real,
+                net=net_spec(args), generator=torch.Generator().manual_seed(0),
+                compile=compiled, on_step=lambda _k, _s, to=stamps: to.append(time.perf_counter()),
+            )  # fmt: skip
+            steps = [b - a for a, b in itertools.pairwise(stamps)]
+            seconds = statistics.median(steps[1:]) if len(steps) > 1 else steps[0]
+            variant = f"batch_real={batch_real}" + (" compiled" if compiled else "")
+            rows.append({"group": "step", "variant": variant, "seconds": seconds,
+                         "first_seconds": steps[0],
+                         "peak_memory_mb": history.peak_memory_bytes / 2**20})  # fmt: skip
+            print(f"step {variant}: {seconds:.3f} s (first {steps[0]:.1f} s)", file=sys.stderr)
     return rows
 
 

@@ -30,6 +30,14 @@ RESULT_ARGS = (
     "variant",
     "protocols",
 )
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise ValueError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
+
+
 # What a --variant may change in distill_dm, with the parser of each value.
 VARIANT_KEYS: dict[str, Callable[[str], Any]] = {
     "batch_real": int,
@@ -39,6 +47,9 @@ VARIANT_KEYS: dict[str, Callable[[str], Any]] = {
     "image_step": str,
     # The matching ConvNet's first-conv padding: 3 is the official MNIST network (28 -> 32).
     "net_padding": int,
+    # One torch.compile'd embedding for every step's network (fedmatch/distill/compiled.py);
+    # the first step's clock includes the compilation.
+    "compile": parse_bool,
     # Its own step budget (the official's is --iterations): a faster step can run longer in
     # the official's time; its checkpoints are the --eval-at points up to it, and its end.
     "iterations": int,

@@ -155,6 +155,7 @@ _VIRTUAL_KEYS = (
     "distill.image-step",
     "distill.batch-real",
     "distill.net-padding",
+    "distill.compile",
     "distill.factor",
     "distill.dsa-strategy",
     "distill.ncfm-alpha",

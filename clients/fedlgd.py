@@ -122,6 +122,7 @@ def _refresh(
         start=virtual,
         feature_net=model,
         image_step=cfg.params(DistillParams).image_step,
+        compile=cfg.params(DistillParams).compile,
     )
     log.info(
         "client %d (%s): round %d refreshed %d local virtual images by DM in the global "

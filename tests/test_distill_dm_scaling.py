@@ -164,32 +164,43 @@ def test_image_step_key_defaults_to_larger_and_refuses_other_values():
     assert "'per-image'" in message and "'class-mean'" in message and "'larger'" in message
 
 
-@pytest.mark.parametrize("image_step", ["per-image", "class-mean", "larger"])
-def test_every_dm_run_takes_the_key(monkeypatch, image_step):
+@pytest.mark.parametrize(
+    ("image_step", "compile", "padding"),
+    [("per-image", False, 1), ("class-mean", True, 3), ("larger", False, 3)],
+)
+def test_every_dm_run_takes_the_keys(monkeypatch, image_step, compile, padding):
     """The distiller workload (FedDM, the warm-up of FedLGD and its baselines) and FedLGD's
-    refreshes both hand ``distill.image-step`` to DM."""
+    refreshes both hand ``distill.image-step``, ``-compile`` and ``-net-padding`` to DM (the
+    distillation itself runs eagerly here: tests/test_distill_compile.py covers compiling)."""
     from types import SimpleNamespace
 
     import clients.fedlgd as fedlgd_client
     import fedmatch.factories.distill as factory
 
-    seen: list[str] = []
+    seen: list[tuple[str, bool, int]] = []
 
     def spy(*args, **kwargs):
-        seen.append(kwargs["image_step"])
-        return distill_dm(*args, **kwargs)
+        seen.append((kwargs["image_step"], kwargs["compile"], kwargs["net"]["first_padding"]))
+        return distill_dm(*args, **{**kwargs, "compile": False})
 
     monkeypatch.setattr(factory, "distill_dm", spy)
     monkeypatch.setattr(fedlgd_client, "distill_dm", spy)
     cfg = make_config(model_width=8, model_depth=2, ipc=1, distill_steps=1, distill_batch_real=4)
-    cfg = with_values(cfg, **{"distill.image_step": image_step})
+    cfg = with_values(
+        cfg,
+        **{
+            "distill.image_step": image_step,
+            "distill.compile": compile,
+            "distill.net_padding": padding,
+        },
+    )
     images, labels = toy_digits(n_per_class=4)
     syn, syn_labels, _ = factory.distill_from_config(
         cfg, images, labels, seed=0, device=torch.device("cpu")
     )
     data = SimpleNamespace(train=SimpleNamespace(tensors=(images, labels)), domain="toy")
     model = fresh_convnet(
-        {"width": 8, "depth": 2, "norm": "instancenorm"},
+        {"width": 8, "depth": 2, "norm": "instancenorm", "first_padding": padding},
         in_channels=3,
         num_classes=10,
         image_size=12,
@@ -197,7 +208,7 @@ def test_every_dm_run_takes_the_key(monkeypatch, image_step):
         device="cpu",
     )
     fedlgd_client._refresh(cfg, data, model, (syn, syn_labels), 0, 2, torch.device("cpu"))
-    assert seen == [image_step, image_step]
+    assert seen == [(image_step, compile, padding)] * 2
 
 
 def test_virtual_cache_never_serves_a_set_of_the_other_image_step(tmp_path):

@@ -228,14 +228,15 @@ def test_summary_ratios(bench) -> None:
 def test_variants_run_from_the_same_start(bench, tmp_path: Path) -> None:
     result = bench.main(
         [*TINY, "--methods", "dm", "--variant", "dm-b4:batch_real=4,lr=3",
-         "--variant", "dm-flip:dsa_strategy=flip", "--variant", "dm-pad:net_padding=3"]
+         "--variant", "dm-flip:dsa_strategy=flip",
+         "--variant", "dm-pad:net_padding=3,compile=false"]
     )  # fmt: skip
     rows = result["rows"]
     assert {r["method"] for r in rows} == {"dm", "dm-b4", "dm-flip", "dm-pad"}
     assert result["args"]["variants"] == {
         "dm-b4": {"batch_real": 4, "lr": 3.0},
         "dm-flip": {"dsa_strategy": "flip"},
-        "dm-pad": {"net_padding": 3},
+        "dm-pad": {"net_padding": 3, "compile": False},
     }
     final = {r["method"]: r for r in rows if r["iteration"] == 2}
     assert all(final[m]["distill_seconds"] > 0 and final[m]["distill_cpu_seconds"] > 0
@@ -274,6 +275,7 @@ def test_a_variant_runs_its_own_step_budget(bench, tmp_path: Path) -> None:
         ("v:lr=fast", "lr='fast'"),
         ("v:lr=-1", "lr > 0"),
         ("v:image_step=sideways", "image_step must be one of"),
+        ("v:compile=yes", "expected true or false, got 'yes'"),
         ("v:dsa_strategy=wobble", "unknown transform"),
         ("v:", "no setting"),
     ],

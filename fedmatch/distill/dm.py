@@ -63,6 +63,7 @@ from fedmatch.distill.common import (
     fresh_convnet,
     measure_peak_memory,
 )
+from fedmatch.distill.compiled import Embedder
 from fedmatch.distill.dsa import DIGIT_STRATEGY, sample_dsa
 from fedmatch.distill.multiformation import (
     check_factor,
@@ -184,6 +185,7 @@ def distill_dm(
     factor: int = 1,
     image_step: ImageStep = "class-mean",
     on_step: Callable[[int, torch.Tensor], None] | None = None,
+    compile: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, DistillHistory]:
     """Distil ``(images, labels)`` to ``ipc`` images per class with DM.
 
@@ -203,6 +205,9 @@ def distill_dm(
     published; the run config's default (``distill.image-step``) is ``"larger"``.
     ``on_step(k, stored)`` is called with k = 0 (the start) and after every step k with the
     stored images (detached, on ``device``; do not modify them): snapshots for benchmarks.
+    ``compile`` embeds through one ``torch.compile``d graph shared by every step's network
+    (:mod:`fedmatch.distill.compiled`): the same loss up to float rounding, faster after a
+    one-time compilation.
     """
     check_dataset(images, labels, num_classes)
     if steps < 0:
@@ -234,27 +239,31 @@ def distill_dm(
     image_size = (images.shape[2], images.shape[3])
     history = DistillHistory("dm")
 
+    def new_net(seed: int) -> nn.Module:
+        return fresh_convnet(
+            net,
+            in_channels=images.shape[1],
+            num_classes=num_classes,
+            image_size=images.shape[2],
+            seed=seed,
+            device=device,
+        )
+
+    embed = Embedder(
+        feature_net if feature_net is not None else new_net(0) if compile else nn.Identity(),
+        compile=compile,
+    )
+
     if on_step is not None:
         on_step(0, syn.detach())
     with measure_peak_memory(device) as peak, Stopwatch(device) as watch:
         for step in range(steps):
-            model = (
-                feature_net
-                if feature_net is not None
-                else fresh_convnet(
-                    net,
-                    in_channels=images.shape[1],
-                    num_classes=num_classes,
-                    image_size=images.shape[2],
-                    seed=draw_seed(generator),
-                    device=device,
-                )
-            )
+            model = feature_net if feature_net is not None else new_net(draw_seed(generator))
             augment = sample_dsa(dsa_strategy, generator, image_size=image_size)
             idx = sampler.sample(generator).to(device)
             with torch.no_grad():
-                embed_real = model.embed(augment(images[idx]))
-            embed_syn = model.embed(augment(decode_images(syn, factor)))
+                embed_real = embed(model, augment(images[idx]))
+            embed_syn = embed(model, augment(decode_images(syn, factor)))
             terms = dm_class_terms(embed_real, labels[idx], embed_syn, decoded_labels, num_classes)
             loss = terms.sum()  # Eq. 4, recorded whatever the image step
             objective = loss if weights is None else (terms * weights).sum()

@@ -86,6 +86,7 @@ def distill_from_config(
             cfg.params(DistillParams).ipc,
             cfg.params(DistillParams).steps,
             image_step=cfg.params(DistillParams).image_step,
+            compile=cfg.params(DistillParams).compile,
             **common,
         )
     pool = None
