@@ -47,19 +47,22 @@ class Embedder:
     """``embedder(model, x)`` is ``model.embed(x)``, compiled once for the template's architecture.
 
     ``model`` must have the template's architecture (the same parameter names and shapes); its
-    weights may differ from call to call.  With ``compile=False`` it is ``model.embed(x)``.
+    weights may differ from call to call.  With ``compile=False`` (or no template) it is
+    ``model.embed(x)``.
     """
 
-    def __init__(self, template: nn.Module, *, compile: bool) -> None:
-        self._wrapper = _EmbedModule(template)
+    def __init__(self, template: nn.Module | None, *, compile: bool) -> None:
         self._compiled: Callable[..., torch.Tensor] | None = None
-        if compile and any(True for _ in template.buffers()):
+        if template is None or not compile:
+            return
+        self._wrapper = _EmbedModule(template)
+        if any(True for _ in template.buffers()):
             log.info(
                 "distillation: the embedding network has running statistics (%s); "
                 "embedding eagerly, without torch.compile",
                 type(template).__name__,
             )
-        elif compile:
+        else:
             self._compiled = torch.compile(self._call, dynamic=False)
 
     @property

@@ -249,10 +249,9 @@ def distill_dm(
             device=device,
         )
 
-    embed = Embedder(
-        feature_net if feature_net is not None else new_net(0) if compile else nn.Identity(),
-        compile=compile,
-    )
+    # The compiled graph is traced from one network of the run's architecture (never stepped).
+    template = feature_net if feature_net is not None else new_net(0) if compile else None
+    embed = Embedder(template, compile=compile)
 
     if on_step is not None:
         on_step(0, syn.detach())
