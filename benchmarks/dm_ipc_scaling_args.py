@@ -72,6 +72,11 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     p.add_argument("--eval-epochs", type=int, default=40)
     p.add_argument("--eval-width", type=int, default=64)
     p.add_argument("--eval-seeds", default="0", help="protocol seeds, comma list")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="distil with distill_dm(compile=True) (distill.compile; the clock includes it)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--log-every", type=int, default=50, help="log the DM loss every N steps")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))

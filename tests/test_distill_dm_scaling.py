@@ -304,6 +304,20 @@ def test_ipc_scaling_benchmark_refreshes_each_finished_set(tmp_path, monkeypatch
     before = out.read_text()
     bench.main(argv)  # both rows are in --out: nothing runs again
     assert out.read_text() == before
+    # --compile: rows of their own in the same file, both distillations compiled (run eagerly
+    # here; tests/test_distill_compile.py covers compiling).
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["compile"])
+        return distill_dm(*args, **{**kwargs, "compile": False})
+
+    monkeypatch.setattr(bench, "distill_dm", spy)
+    bench.main([*argv, "--compile"])
+    assert seen == [True, True]
+    rows = {r["variant"] for r in json.loads(out.read_text())["rows"]}
+    assert rows == {"per-image", "per-image +refresh", "per-image compiled",
+                    "per-image compiled +refresh"}  # fmt: skip
 
 
 def _load_bench(monkeypatch: pytest.MonkeyPatch) -> Any:
