@@ -30,6 +30,10 @@ on the finished set stands for the global model, N DM steps continue the set in 
 with the same image step and lr (``clients/fedlgd.py``), and the refreshed set is scored (row
 option ``<option> +refresh``, movement from the finished set).
 
+``--compile`` distils (and refreshes) with ``distill_dm(compile=True)`` (``distill.compile``):
+the same steps up to float rounding, timed with the compilation; its rows are named
+``<option> compiled``, so one ``--out`` can hold both.
+
 Progress goes to stderr; each scored set is written to ``--out`` at once, and ``--resume``
 skips the sets the file already holds.  Usage::
 
