@@ -37,13 +37,8 @@ from tests.flower_harness import make_config, with_values
 TINY_NET = {"width": 8, "depth": 2, "norm": "instancenorm"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These tensors are tiny: on a busy machine, thread barriers cost 20x the arithmetic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: on a busy machine, thread barriers would cost more than the arithmetic.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def toy_digits(n_per_class: int = 20, classes: int = 3, seed: int = 0):

@@ -13,13 +13,8 @@ from fedmatch.distill.compiled import Embedder
 from fedmatch.distill.dm import distill_dm
 from tests.test_distill import TINY_NET, toy_digits
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: on a busy machine, thread barriers would cost more than the arithmetic.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _net(seed: int, norm: str = "instancenorm") -> torch.nn.Module:

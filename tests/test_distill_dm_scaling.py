@@ -14,14 +14,8 @@ from fedmatch.params import DistillParams
 from tests.flower_harness import make_config, with_values
 from tests.test_distill import TINY_NET, toy_digits
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: thread barriers would cost more than the arithmetic on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: on a busy machine, thread barriers would cost more than the arithmetic.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _image_gradients(syn: torch.Tensor, syn_labels: torch.Tensor, weights) -> torch.Tensor:

@@ -29,6 +29,7 @@ __all__ = [
     "PeakMemory",
     "RealSampler",
     "check_dataset",
+    "convnet_for",
     "draw_seed",
     "fresh_convnet",
     "init_synthetic",
@@ -130,6 +131,25 @@ def fresh_convnet(
     model.to(device).train()
     model.requires_grad_(False)
     return model
+
+
+def convnet_for(
+    images: torch.Tensor,
+    net: Mapping[str, Any],
+    *,
+    num_classes: int,
+    seed: int,
+    device: torch.device,
+) -> nn.Module:
+    """:func:`fresh_convnet` sized for ``images`` (N, C, H, W): C input channels, H pixels."""
+    return fresh_convnet(
+        net,
+        in_channels=images.shape[1],
+        num_classes=num_classes,
+        image_size=images.shape[2],
+        seed=seed,
+        device=device,
+    )
 
 
 class RealSampler:

@@ -59,8 +59,8 @@ from fedmatch.distill.common import (
     RealSampler,
     Stopwatch,
     check_dataset,
+    convnet_for,
     draw_seed,
-    fresh_convnet,
     measure_peak_memory,
 )
 from fedmatch.distill.compiled import Embedder
@@ -240,14 +240,7 @@ def distill_dm(
     history = DistillHistory("dm")
 
     def new_net(seed: int) -> nn.Module:
-        return fresh_convnet(
-            net,
-            in_channels=images.shape[1],
-            num_classes=num_classes,
-            image_size=images.shape[2],
-            seed=seed,
-            device=device,
-        )
+        return convnet_for(images, net, num_classes=num_classes, seed=seed, device=device)
 
     # The compiled graph is traced from one network of the run's architecture (never stepped).
     template = feature_net if feature_net is not None else new_net(0) if compile else None

@@ -65,8 +65,8 @@ from fedmatch.distill.common import (
     RealSampler,
     Stopwatch,
     check_dataset,
+    convnet_for,
     draw_seed,
-    fresh_convnet,
     measure_peak_memory,
 )
 from fedmatch.distill.dsa import DIGIT_STRATEGY, sample_dsa
@@ -266,14 +266,7 @@ def distill_ncfm(
         if feature_nets is not None:
             # The pool draws from the run's generator (pair and blend weight); ``seed`` unused.
             return feature_nets.draw(generator, device)
-        return fresh_convnet(
-            net,
-            in_channels=images.shape[1],
-            num_classes=num_classes,
-            image_size=images.shape[2],
-            seed=seed,
-            device=device,
-        )
+        return convnet_for(images, net, num_classes=num_classes, seed=seed, device=device)
 
     sampler: FrequencySampler | None = None
     sampler_optimizer = None
