@@ -11,11 +11,9 @@ from fedmatch.distill.multiformation import decode, decode_images, encode, init_
 from fedmatch.distill.ncfm import distill_ncfm
 from fedmatch.factories.distill import distill_from_config
 from tests.flower_harness import make_config
-from tests.test_distill import (
-    TINY_NET,
-    one_thread,  # noqa: F401  (autouse: one torch thread here too)
-    toy_digits,
-)
+from tests.test_distill import TINY_NET, toy_digits
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def bar_digits() -> tuple[torch.Tensor, torch.Tensor]:
