@@ -63,6 +63,11 @@ class RayHead:
             # Fixed defaults (52365, 10001) would collide with another Ray on this machine.
             f"--dashboard-agent-listen-port={free_port()}",
             f"--ray-client-server-port={free_port()}",
+            # Workers and drivers bind ports the OS picks: the default range starts at 10002
+            # in every cluster, so two grids started together both gave their first driver
+            # port 10002 and one simulation died before its first round.
+            "--min-worker-port=0",
+            "--max-worker-port=0",
             "--disable-usage-stats",
         ]
         if num_gpus >= 0:
