@@ -9,6 +9,10 @@ seeds each row covers are printed.
 
     python benchmarks/fedlgd_table.py                       # runs/bench/... of this checkout
     python benchmarks/fedlgd_table.py --bench-dir other/bench
+    python benchmarks/fedlgd_table.py --ipc50-perimage benchmarks/fedlgd_ipc50_perimage
+
+``--ipc50-perimage DIR`` prints instead the IPC-50 rows of ``fedlgd-digits-ipc50-perimage`` (DM's
+per-image step, issue 29) from the ``seed-S_STRATEGY.json`` summaries kept in DIR.
 """
 
 from __future__ import annotations
@@ -46,10 +50,36 @@ def row(label: str, ipc: str, summaries: dict[int, dict], extra: str = "") -> st
     return f"| {label} | {ipc} | {seeds} | " + " | ".join(per_domain) + f" | **{mean}**{extra} |"
 
 
+def margin_note(lgd: dict[int, dict], avg: dict[int, dict]) -> str:
+    """FedLGD's margin over FedAvg on the same virtual data, paired by seed."""
+    margins = [100 * (lgd[s]["mean_accuracy"] - avg[s]["mean_accuracy"]) for s in lgd if s in avg]
+    if not margins:
+        return ""
+    per_seed = ", ".join(f"{m:+.1f}" for m in margins)
+    return f" ({statistics.mean(margins):+.1f} vs FedAvg; per seed {per_seed})"
+
+
+def perimage_rows(folder: Path) -> None:
+    """The IPC-50 rows of the per-image grid from its kept summaries."""
+    print("| method | IPC | seeds | " + " | ".join(DOMAINS) + " | **mean** |")
+    print("|---" * (len(DOMAINS) + 4) + "|")
+    found = {
+        method: {seed: s for seed in SEEDS if (s := read(folder / f"seed-{seed}_{method}.json"))}
+        for method in ("fedavg", "fedlgd")
+    }
+    print(row(METHODS["fedavg"], "50", found["fedavg"]))
+    margin = margin_note(found["fedlgd"], found["fedavg"])
+    print(row(METHODS["fedlgd"], "50", found["fedlgd"], margin))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bench-dir", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--ipc50-perimage", type=Path, default=None)
     args = parser.parse_args()
+    if args.ipc50_perimage is not None:
+        perimage_rows(args.ipc50_perimage)
+        return
     virtual = args.bench_dir / "fedlgd-digits" / "runs"
     real = args.bench_dir / "fedlgd-digits-real" / "runs"
     print("| method | IPC | seeds | " + " | ".join(DOMAINS) + " | **mean** |")
@@ -64,20 +94,7 @@ def main() -> None:
         for method, label in METHODS.items():
             if not found[method]:
                 continue
-            extra = ""
-            if method == "fedlgd":
-                lgd, avg = found["fedlgd"], found["fedavg"]
-                margins = [
-                    100 * (lgd[s]["mean_accuracy"] - avg[s]["mean_accuracy"])
-                    for s in lgd
-                    if s in avg
-                ]
-                if margins:
-                    extra = (
-                        f" ({statistics.mean(margins):+.1f} vs FedAvg; per seed "
-                        + ", ".join(f"{m:+.1f}" for m in margins)
-                        + ")"
-                    )
+            extra = margin_note(found["fedlgd"], found["fedavg"]) if method == "fedlgd" else ""
             print(row(label, str(ipc), found[method], extra))
     reference = {seed: s for seed in SEEDS if (s := read(real / f"seed-{seed}" / "summary.json"))}
     if reference:

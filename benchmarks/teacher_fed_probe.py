@@ -38,7 +38,7 @@ from generator_bench import ema_update, fedavg
 
 from fedmatch.config import RunConfig
 from fedmatch.data.loaders import load_domains, to_images
-from fedmatch.diffusion.teacher import cosine_round_lr, ddim_sample, train_denoiser
+from fedmatch.diffusion.teacher import SOLVERS, cosine_round_lr, ddim_sample, train_denoiser
 from fedmatch.diffusion.unet import (
     UNetSpec,
     build_unet,
@@ -76,9 +76,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated guidance scales w, each scored (needs --cond-dropout > 0)",
     )
     p.add_argument("--min-snr", type=float, default=0.0, help="Min-SNR-γ loss weight; 0 = off")
+    p.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast")
     p.add_argument("--ema", type=float, default=0.0, help="server EMA decay per round; 0 = off")
     p.add_argument("--samples", type=int, default=250)
-    p.add_argument("--ddim-steps", type=int, default=10)
+    p.add_argument("--ddim-steps", type=int, default=10, help="sampler steps")
+    p.add_argument(
+        "--solver", choices=SOLVERS, default="ddim", help="the sampler (the preset's: dpm++2m)"
+    )
     p.add_argument("--feature-steps", type=int, default=400)
     p.add_argument("--accuracy-epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
@@ -108,6 +112,7 @@ def score(
         generator=rng,
         guidance_scale=guidance_scale,
         null_label=null_label,
+        solver=args.solver,
     )
     seconds = time.perf_counter() - start
     if args.grid_dir is not None:
@@ -209,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
                 cond_dropout=args.cond_dropout,
                 null_label=spec.null_label,
                 min_snr_gamma=args.min_snr,
+                bf16=args.bf16,
             )
             if args.keep_optimizer:
                 optimizer_states[i] = history.optimizer_state

@@ -275,8 +275,12 @@ def train_denoiser(
     cond_dropout: float = 0.0,
     null_label: int | None = None,
     min_snr_gamma: float = 0.0,
+    bf16: bool = False,
 ) -> TrainHistory:
     """``steps`` AdamW steps of :func:`denoising_loss` on (images in [-1, 1], labels).
+
+    ``bf16``: the UNet's forward and backward under bfloat16 autocast (weights, AdamW and the
+    loss stay float32), the usual mixed-precision training of diffusion models.
 
     ``cond_dropout`` / ``null_label``: classifier-free guidance training (:func:`drop_conditions`);
     ``min_snr_gamma``: Min-SNR loss weighting (:func:`denoising_loss`).
@@ -298,16 +302,17 @@ def train_denoiser(
     start = time.perf_counter()
     for _ in range(steps):
         x0, y = sample_batch(images, labels, batch_size, generator)
-        loss = denoising_loss(
-            unet,
-            x0.to(device),
-            y.to(device),
-            ac,
-            generator,
-            cond_dropout=cond_dropout,
-            null_label=null_label,
-            min_snr_gamma=min_snr_gamma,
-        )
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = denoising_loss(
+                unet,
+                x0.to(device),
+                y.to(device),
+                ac,
+                generator,
+                cond_dropout=cond_dropout,
+                null_label=null_label,
+                min_snr_gamma=min_snr_gamma,
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
