@@ -14,6 +14,7 @@ client: no images, no labels.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flwr.app import Context, Message, MetricRecord
 
@@ -59,6 +60,18 @@ def _round_lr(job: ClientJob, cfg: RunConfig) -> float:
     return float(value)
 
 
+def teacher_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The run config's part of one client's teacher round (:func:`train_denoiser` keywords)."""
+    params = cfg.params(DiffusionParams)
+    return {
+        "steps": params.teacher_steps,
+        "batch_size": cfg.batch_size,
+        "cond_dropout": params.teacher_cond_dropout,
+        "null_label": unet_spec(cfg).null_label,
+        "bf16": params.teacher_bf16,
+    }
+
+
 def handle_teacher(msg: Message, context: Context) -> Message:
     job, cfg, data, partition_id, server_round = _setup(msg, context)
     device = job.device
@@ -72,13 +85,10 @@ def handle_teacher(msg: Message, context: Context) -> Message:
         unet,
         images,
         labels,
-        steps=cfg.params(DiffusionParams).teacher_steps,
         lr=lr,
-        batch_size=cfg.batch_size,
         seed=derive_seed(cfg.seed, server_round, partition_id, _TEACHER_TAG),
         device=device,
-        cond_dropout=cfg.params(DiffusionParams).teacher_cond_dropout,
-        null_label=spec.null_label,
+        **teacher_settings(cfg),
     )
     log.info(
         "client %d (%s): teacher %d steps, loss %.4f, %.1f s",

@@ -266,6 +266,11 @@ class DiffusionParams(ParamsTable):
     samples; 0 = the plain conditional model; > 0 needs `teacher-cond-dropout` > 0"""
     teacher_steps: int = Field(200, ge=1)  # local DDPM steps per teacher round
     """generators: local DDPM (v-prediction) steps per teacher round (`train.teacher`)"""
+    # Mixed precision: ~1.3x per CPU step with AVX512-BF16 (RESULTS.md, issue 28); slower without.
+    teacher_bf16: bool = False
+    """generators: train the teacher under bfloat16 autocast (float32 weights and AdamW): faster
+    on GPUs and on CPUs with bfloat16 instructions (AVX512-BF16/AMX), slower on other CPUs. A
+    teacher cached without it is never reused"""
     teacher_lr: float = Field(1e-3, gt=0)
     """generators: teacher AdamW learning rate (also DisBack's degradation)"""
     teacher_lr_final: float = Field(0.0, ge=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fedmatch.diffusion.teacher import alphas_cumprod, denoising_loss, train_denoiser
@@ -68,3 +69,24 @@ def test_bf16_training_keeps_float32_weights_and_learns_like_float32():
     assert losses[True] != losses[False]  # the bf16 run is its own run
     assert after[False] < 0.8 * before and after[True] < 0.8 * before
     assert abs(after[True] - after[False]) < 0.1 * after[False]
+
+
+def test_run_config_key_reaches_the_client_round_and_the_cache_key():
+    from clients.generator import teacher_settings
+    from fedmatch.config import ConfigError, RunConfig
+    from fedmatch.factories.diffusion import teacher_key
+
+    plain = RunConfig.from_flower({"diffusion.unet-channels": "8,16"})
+    mixed = RunConfig.from_flower(
+        {"diffusion.unet-channels": "8,16", "diffusion.teacher-bf16": True}
+    )
+    assert teacher_settings(plain)["bf16"] is False
+    assert teacher_settings(mixed)["bf16"] is True
+    assert teacher_key(plain, 2, 2) != teacher_key(mixed, 2, 2)
+    # Unset, the key is the one every teacher cached before it existed had.
+    explicit = RunConfig.from_flower(
+        {"diffusion.unet-channels": "8,16", "diffusion.teacher-bf16": False}
+    )
+    assert teacher_key(plain, 2, 2) == teacher_key(explicit, 2, 2)
+    with pytest.raises(ConfigError, match="teacher-bf16"):
+        RunConfig.from_flower({"diffusion.teacher-bf16": "sometimes"})

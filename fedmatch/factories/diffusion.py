@@ -165,6 +165,8 @@ def teacher_key(cfg: RunConfig, rounds: int, num_clients: int) -> str:
     lr_final = cfg.params(DiffusionParams).teacher_lr_final
     if lr_final:  # likewise
         blob["lr-final"] = lr_final
+    if cfg.params(DiffusionParams).teacher_bf16:  # likewise
+        blob["bf16"] = True
     digest = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
     return f"teacher-{digest}"
 
