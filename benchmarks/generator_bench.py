@@ -177,6 +177,7 @@ class Bench:
                     optimizer_state=optimizer_states[i],
                     cond_dropout=a.teacher_cond_dropout,
                     null_label=self.spec.null_label,
+                    bf16=a.teacher_bf16,
                 )
                 if getattr(a, "teacher_keep_optimizer", False):
                     optimizer_states[i] = h.optimizer_state

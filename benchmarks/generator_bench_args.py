@@ -22,6 +22,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "teacher_ema": 0.0,
         "teacher_conditioning": False,
         "teacher_keep_optimizer": False,
+        "teacher_bf16": False,
         "teacher_cond_dropout": 0.0,
         "guidance_scale": 0.0,
         "batch_size": 32,
@@ -47,6 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "teacher_ema": 0.0,
         "teacher_conditioning": True,
         "teacher_keep_optimizer": True,
+        "teacher_bf16": False,
         "teacher_cond_dropout": 0.1,
         "guidance_scale": 2.0,
         "batch_size": 128,
@@ -77,7 +79,7 @@ TEACHER_KEYS = (
     "batch_size",
 )
 # Keys that enter the digest only when true, so teachers cached before they existed keep theirs.
-TEACHER_FLAGS = ("teacher_conditioning", "teacher_keep_optimizer")
+TEACHER_FLAGS = ("teacher_conditioning", "teacher_keep_optimizer", "teacher_bf16")
 
 
 def teacher_digest(args: argparse.Namespace) -> str:
