@@ -26,7 +26,7 @@ from fedmatch.quant.calibrate import CalibBatch, trajectory_batches, with_null_c
 GUIDED = UNetSpec(channels=(8, 16), guidance=True)
 
 
-def _perturbed(spec: UNetSpec, seed: int = 0) -> torch.nn.Module:
+def perturbed_unet(spec: UNetSpec, seed: int = 0) -> torch.nn.Module:
     """A UNet whose output depends on its condition (diffusers zero-initialises conv_out)."""
     unet = build_unet(spec, seed)
     with torch.no_grad():
@@ -60,7 +60,7 @@ def test_added_domain_embedding_null_row_is_its_own():
 
 
 def test_guided_output_is_eq6_from_two_separate_passes():
-    unet = _perturbed(GUIDED)
+    unet = perturbed_unet(GUIDED)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(4, 3, 32, 32, generator=gen)
     t = torch.tensor([999, 600, 200, 10])
@@ -108,7 +108,7 @@ def test_condition_dropout_rate_null_row_trains_and_zero_keeps_the_stream():
 
 
 def test_guided_sampling_differs_and_is_reproducible():
-    unet = _perturbed(GUIDED)
+    unet = perturbed_unet(GUIDED)
     y = torch.arange(4)
 
     def draw(w: float) -> torch.Tensor:
@@ -120,7 +120,7 @@ def test_guided_sampling_differs_and_is_reproducible():
 
 
 def test_dmd2_real_score_is_guided_and_fake_score_is_not():
-    real, fake = _perturbed(GUIDED, 0), _perturbed(GUIDED, 1)
+    real, fake = perturbed_unet(GUIDED, 0), perturbed_unet(GUIDED, 1)
     ac = alphas_cumprod()
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     y = torch.tensor([1, 2, 3])
@@ -165,7 +165,7 @@ def test_run_config_keys_validate_and_reach_spec_key_and_dmd2():
 
 
 def test_calibration_follows_the_guided_trajectory_and_sees_the_null_pass():
-    unet = _perturbed(GUIDED)
+    unet = perturbed_unet(GUIDED)
     y = torch.tensor([0, 5])
 
     def first_steps(w: float) -> list[CalibBatch]:
@@ -184,7 +184,7 @@ def test_calibration_follows_the_guided_trajectory_and_sees_the_null_pass():
 
 
 def test_min_snr_weighting_matches_hand_computed_weights():
-    unet = _perturbed(UNetSpec(channels=(8, 16)))
+    unet = perturbed_unet(UNetSpec(channels=(8, 16)))
     ac = alphas_cumprod()
     x0 = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(6)) * 2 - 1
     y, t = torch.tensor([1, 2, 3]), torch.tensor([5, 400, 990])

@@ -7,18 +7,9 @@ import torch
 
 from fedmatch.diffusion.teacher import alphas_cumprod, denoising_loss, train_denoiser
 from fedmatch.diffusion.unet import UNetSpec, build_unet, pad_images
+from tests.test_guidance import perturbed_unet
 
 SPEC = UNetSpec(channels=(8, 16))
-
-
-def _perturbed(seed: int = 0) -> torch.nn.Module:
-    """A UNet with a non-zero output layer (diffusers zero-initialises conv_out)."""
-    unet = build_unet(SPEC, seed)
-    with torch.no_grad():
-        gen = torch.Generator().manual_seed(seed + 100)
-        for p in unet.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return unet
 
 
 def _loss_and_grad(unet: torch.nn.Module, bf16: bool) -> tuple[float, torch.Tensor]:
@@ -34,7 +25,7 @@ def _loss_and_grad(unet: torch.nn.Module, bf16: bool) -> tuple[float, torch.Tens
 
 
 def test_bf16_loss_and_gradient_match_float32_within_bf16_precision():
-    unet = _perturbed()
+    unet = perturbed_unet(SPEC).train()
     loss32, grad32 = _loss_and_grad(unet, bf16=False)
     loss16, grad16 = _loss_and_grad(unet, bf16=True)
     assert loss16 != loss32  # autocast really ran the network in bfloat16
