@@ -56,7 +56,7 @@ from fedmatch.diffusion.dmd2 import DMD2Settings, GanHead, generate, train_dmd2
 from fedmatch.diffusion.fid import FIDScorer
 from fedmatch.diffusion.teacher import cosine_round_lr, ddim_sample, train_denoiser
 from fedmatch.diffusion.unet import UNetSpec, build_unet, condition_labels
-from fedmatch.factories.diffusion import sampling_labels
+from fedmatch.factories.diffusion import load_teacher, sampling_labels
 from fedmatch.factories.diffusion_eval import balanced_labels, save_grid
 from fedmatch.logs import setup_logging
 from fedmatch.seeding import derive_seed
@@ -151,6 +151,8 @@ class Bench:
     def teacher(self) -> torch.nn.Module:
         a = self.args
         path = Path(a.out_dir) / f"generator_bench_teacher_{a.preset}_{teacher_digest(a)}.pt"
+        if getattr(a, "teacher_checkpoint", ""):
+            return self.read_teacher(Path(a.teacher_checkpoint).expanduser())
         unet = build_unet(self.spec, derive_seed(a.seed, 0))
         if path.exists() and not a.retrain_teacher:
             unet.load_state_dict(torch.load(path, weights_only=True))
@@ -202,6 +204,20 @@ class Bench:
         self.teacher_seconds = time.perf_counter() - start
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(unet.state_dict(), path)
+        return unet.to(self.device).eval()
+
+    def read_teacher(self, path: Path) -> torch.nn.Module:
+        """The teacher in ``path``: a ``diffusion-teacher`` run's file (its UNet spec checked
+        against this benchmark's) or a bare state dict this script saved."""
+        if not path.is_file():
+            raise SystemExit(f"--teacher-checkpoint / --teacher {path}: no such file")
+        saved = torch.load(path, weights_only=True)
+        if isinstance(saved, dict) and "spec" in saved:
+            unet = load_teacher(path, self.spec)
+        else:
+            unet = build_unet(self.spec, 0)
+            unet.load_state_dict(saved, strict=True)
+        log.info("teacher: %s", path)
         return unet.to(self.device).eval()
 
     def eval_teacher(self, unet, ema, server_round: int) -> None:

@@ -109,6 +109,12 @@ def parse_args(argv: list[str] | None, description: str, out_dir: str) -> argpar
     parser.add_argument("--out-dir", default=out_dir)
     parser.add_argument("--retrain-teacher", action="store_true")
     parser.add_argument(
+        "--teacher-checkpoint",
+        default="",
+        help="a teacher saved by a 'diffusion-teacher' run (cache-dir/diffusion/teacher-*.pt) "
+        "instead of training one here; its UNet must match --channels/--teacher-* ",
+    )
+    parser.add_argument(
         "--eval-rounds", default="", help="teacher rounds after which to log FID (comma list)"
     )
     parser.add_argument("--eval-ddim-steps", type=int, default=10)

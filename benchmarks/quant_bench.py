@@ -43,7 +43,6 @@ from quant_bench_report import print_summary, print_table  # benchmarks/ (this f
 
 from fedmatch.config import RunConfig
 from fedmatch.diffusion.teacher import ddim_sample
-from fedmatch.diffusion.unet import build_unet
 from fedmatch.factories.quant import client_calibration, server_quantize
 from fedmatch.logs import setup_logging
 from fedmatch.quant.qmodules import model_size_bytes
@@ -82,7 +81,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher-cond-dropout", type=float, default=None)
     parser.add_argument("--guidance-scale", type=float, default=None)
     parser.add_argument("--channels", default=None, help="UNet widths (default: the preset's)")
-    parser.add_argument("--teacher", default="", help="a teacher state dict (default: cached)")
+    parser.add_argument(
+        "--teacher",
+        default="",
+        help="a teacher: a diffusion-teacher run's file or a state dict (default: cached)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     unknown = set(args.calibrations.split(",")) - {"federated", "pooled"}
@@ -126,12 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.teacher_conditioning is not None:
         bargs.teacher_conditioning = args.teacher_conditioning == "true"
     bench = Bench(bargs)
-    if args.teacher:
-        teacher = build_unet(bench.spec, 0)
-        teacher.load_state_dict(torch.load(args.teacher, weights_only=True))
-        teacher.eval()
-    else:
-        teacher = bench.teacher().eval()
+    teacher = bench.read_teacher(Path(args.teacher)) if args.teacher else bench.teacher()
     steps = args.ddim_steps
     guidance, null_label = bargs.guidance_scale, bench.spec.null_label
 

@@ -551,3 +551,40 @@ def test_generator_config_errors_name_key_value_and_allowed(overrides, fragments
         RunConfig.from_flower(overrides)
     for fragment in fragments:
         assert fragment in str(err.value)
+
+
+def test_load_teacher_refuses_a_file_that_is_not_a_teacher(tmp_path):
+    from fedmatch.factories.diffusion import load_teacher
+
+    path = tmp_path / "weights.pt"
+    torch.save({"conv.weight": torch.zeros(2)}, path)  # a bare state dict: no spec, no state
+    with pytest.raises(ValueError, match=r"weights\.pt: not a fedmatch teacher"):
+        load_teacher(path, TINY)
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(ValueError, match="not a fedmatch teacher"):
+        load_teacher(path, TINY)
+
+
+def test_generator_bench_reads_a_run_teacher_and_a_bare_state_dict(tmp_path):
+    """The benchmarks take the teacher a ``diffusion-teacher`` run saved (spec checked)."""
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from fedmatch.factories.diffusion import save_teacher
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from generator_bench import Bench
+
+    bench = SimpleNamespace(spec=TINY, device=torch.device("cpu"))
+    unet = build_unet(TINY, seed=5)
+    run_file, bare = tmp_path / "teacher-abc.pt", tmp_path / "bare.pt"
+    save_teacher(run_file, unet, TINY, {"run-dir": "x"})
+    torch.save(unet.state_dict(), bare)
+    for path in (run_file, bare):
+        loaded = Bench.read_teacher(bench, path)
+        assert all(torch.equal(a, b) for a, b in zip(loaded.parameters(), unet.parameters()))
+    with pytest.raises(ValueError, match="UNet"):
+        Bench.read_teacher(SimpleNamespace(spec=TINY_XATTN, device=bench.device), run_file)
+    with pytest.raises(SystemExit, match="no such file"):
+        Bench.read_teacher(bench, tmp_path / "missing.pt")

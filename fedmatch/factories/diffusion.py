@@ -187,6 +187,11 @@ def save_teacher(path: Path, unet: DiffusionUNet, spec: UNetSpec, meta: dict) ->
 def load_teacher(path: Path, spec: UNetSpec) -> DiffusionUNet:
     """The teacher saved at ``path``; its UNet spec must be ``spec`` (named if not)."""
     saved = torch.load(path, weights_only=True)
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+        raise ValueError(
+            f"teacher checkpoint {path}: not a fedmatch teacher (allowed: the file a "
+            "'diffusion-teacher' run saves, a dict with 'spec' and 'state')"
+        )
     if saved.get("spec") != spec.to_dict():
         raise ValueError(
             f"teacher checkpoint {path} was built with UNet {saved.get('spec')}, but the run "
