@@ -295,7 +295,9 @@ class Bench:
         target = teacher
         for r in range(1, a.rounds + 1):
             if path is not None:
-                index = backtrack_target(a.disback_nodes, r - 1, a.rounds)
+                index = backtrack_target(
+                    a.disback_nodes, r - 1, a.rounds, getattr(a, "disback_path_fraction", 0.0)
+                )
                 target = build_unet(self.spec, 0).to(self.device)
                 target.load_state_dict(path[index])
             states, weights = [], []

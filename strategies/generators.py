@@ -183,9 +183,20 @@ class DisBackParams(ParamsTable):
     """`disback`: move the target one node back every `num-server-rounds / disback-nodes` rounds
     (Alg. 1), or once the round's mean DM-gradient norm stops improving by 1 % (forced when the
     rounds left equal the nodes left, so the last round distils the teacher)"""
+    # The paper's released run spends ~10 % of its iterations on the path (10 nodes x 1,000 of
+    # 100K); equal stages spend (N-1)/N of them there.
+    path_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    """`disback`: share of the rounds whose target is a degraded node, shared equally by nodes
+    N−1 … 1, the teacher taking the rest (the released run: about 0.1); 0 = equal stages of
+    `num-server-rounds / disback-nodes` rounds (switch = "schedule" only)"""
 
     @model_validator(mode="after")
     def _steps_per_node(self) -> DisBackParams:
+        if self.path_fraction and self.switch == "converged":
+            raise ValueError(
+                f"disback.path-fraction = {self.path_fraction} needs disback.switch = "
+                "'schedule' ('converged' moves the target when the generator stops improving)"
+            )
         if self.degradation_steps < self.nodes:
             raise ValueError(
                 f"disback.degradation-steps = {self.degradation_steps} is smaller than "
@@ -203,8 +214,9 @@ class DisBackStrategy(DMD2Strategy):
     def __init__(self, cfg: RunConfig, nodes: list[NodeInfo]) -> None:
         super().__init__(cfg, nodes)
         self.path: list[dict[str, torch.Tensor]] | None = None
+        params = cfg.params(DisBackParams)
         self.controller = BacktrackController(
-            cfg.params(DisBackParams).nodes, cfg.num_server_rounds, cfg.params(DisBackParams).switch
+            params.nodes, cfg.num_server_rounds, params.switch, path_fraction=params.path_fraction
         )
 
     def prepare(self, recorder: RunRecorder) -> None:

@@ -583,8 +583,40 @@ def test_generator_bench_reads_a_run_teacher_and_a_bare_state_dict(tmp_path):
     torch.save(unet.state_dict(), bare)
     for path in (run_file, bare):
         loaded = Bench.read_teacher(bench, path)
-        assert all(torch.equal(a, b) for a, b in zip(loaded.parameters(), unet.parameters()))
+        assert all(
+            torch.equal(a, b) for a, b in zip(loaded.parameters(), unet.parameters(), strict=True)
+        )
     with pytest.raises(ValueError, match="UNet"):
         Bench.read_teacher(SimpleNamespace(spec=TINY_XATTN, device=bench.device), run_file)
     with pytest.raises(SystemExit, match="no such file"):
         Bench.read_teacher(bench, tmp_path / "missing.pt")
+
+
+def test_backtrack_path_fraction_gives_the_path_that_share_of_the_steps():
+    from fedmatch.diffusion.disback import BacktrackController
+
+    # 0.1 of 40 rounds: nodes 2 and 1 two rounds each, then the teacher for 36 rounds.
+    targets = [backtrack_target(3, step, 40, path_fraction=0.1) for step in range(40)]
+    assert targets[:4] == [2, 2, 1, 1] and targets[4:] == [0] * 36
+    # A fraction of (N-1)/N is the equal-stage schedule.
+    equal = [backtrack_target(4, s, 20) for s in range(20)]
+    assert [backtrack_target(4, s, 20, path_fraction=0.75) for s in range(20)] == equal
+    with pytest.raises(ValueError, match=r"path-fraction=0.05 .* fewer than its 3 degraded"):
+        backtrack_target(4, 0, 20, path_fraction=0.05)
+    with pytest.raises(ValueError, match="allowed 0 <= value < 1"):
+        backtrack_target(4, 0, 20, path_fraction=1.0)
+    ctl = BacktrackController(3, 40, path_fraction=0.1)
+    assert [ctl.target(r) for r in range(1, 6)] == [2, 2, 1, 1, 0]
+    with pytest.raises(ValueError, match="needs disback-switch='schedule'"):
+        BacktrackController(3, 40, mode="converged", path_fraction=0.1)
+
+
+def test_disback_path_fraction_key_is_validated():
+    from strategies.generators import DisBackParams
+
+    assert DisBackParams().path_fraction == 0.0
+    assert DisBackParams(path_fraction=0.1).path_fraction == 0.1
+    with pytest.raises(ValueError, match=r"path.fraction"):
+        DisBackParams(path_fraction=1.5)
+    with pytest.raises(ValueError, match=r"needs disback\.switch = 'schedule'"):
+        DisBackParams(path_fraction=0.1, switch="converged")

@@ -93,22 +93,43 @@ def record_degradation(
     return path, history
 
 
-def backtrack_target(num_nodes: int, step: int, total_steps: int) -> int:
+def backtrack_target(
+    num_nodes: int, step: int, total_steps: int, path_fraction: float = 0.0
+) -> int:
     """Index of the target node at generator step ``step`` of ``total_steps`` (Alg. 1, stage 2).
 
-    Targets run N−1, N−2, …, 0 (0 = the teacher), each for ``total_steps / N`` steps; the
-    fake score starts at node N.  Steps past the end stay on the teacher.
+    Targets run N−1, N−2, …, 0 (0 = the teacher); the fake score starts at node N.  With
+    ``path_fraction`` 0 each target holds ``total_steps / N`` steps (equal stages).  Otherwise
+    the degraded nodes N−1 … 1 share the first ``round(path_fraction · total_steps)`` steps
+    equally and the teacher the rest: the released run's proportions are about 0.1 (≈ 10 nodes,
+    one every 1,000 of 100K iterations, ``../shared/notes/diffusion.md`` §B).  Steps past the
+    end stay on the teacher.
     """
     if num_nodes < 1 or total_steps < 1:
         raise ValueError(f"num_nodes={num_nodes}, total_steps={total_steps}: both must be >= 1")
-    stage = min(num_nodes - 1, max(0, step) * num_nodes // total_steps)
-    return num_nodes - 1 - stage
+    if not 0.0 <= path_fraction < 1.0:
+        raise ValueError(f"disback path-fraction={path_fraction}: allowed 0 <= value < 1")
+    if path_fraction == 0.0:
+        stage = min(num_nodes - 1, max(0, step) * num_nodes // total_steps)
+        return num_nodes - 1 - stage
+    path_steps = round(path_fraction * total_steps)
+    if path_steps < num_nodes - 1:
+        raise ValueError(
+            f"disback path-fraction={path_fraction} of {total_steps} steps gives {path_steps} "
+            f"steps on the path, fewer than its {num_nodes - 1} degraded nodes: allowed "
+            f"path-fraction >= {(num_nodes - 1 - 0.5) / total_steps:.3g} (or fewer nodes, "
+            "more rounds)"
+        )
+    if step >= path_steps:
+        return 0
+    return num_nodes - 1 - max(0, step) * (num_nodes - 1) // path_steps
 
 
 class BacktrackController:
     """The target node round by round: on Alg. 1's schedule, or when the generator converges.
 
-    ``mode='schedule'``: :func:`backtrack_target` over ``total_rounds``.
+    ``mode='schedule'``: :func:`backtrack_target` over ``total_rounds`` (``path_fraction`` as
+    there).
     ``mode='converged'``: the target moves one node back once the generator has converged on
     the current one, i.e. when the round's distribution-matching gradient norm (the distance
     between fake and target score the generator still sees) fails to improve on the best of
@@ -117,10 +138,22 @@ class BacktrackController:
     """
 
     def __init__(
-        self, num_nodes: int, total_rounds: int, mode: str = "schedule", tolerance: float = 0.01
+        self,
+        num_nodes: int,
+        total_rounds: int,
+        mode: str = "schedule",
+        tolerance: float = 0.01,
+        path_fraction: float = 0.0,
     ) -> None:
         if mode not in ("schedule", "converged"):
             raise ValueError(f"disback-switch={mode!r}: allowed 'schedule', 'converged'")
+        if mode == "converged" and path_fraction:
+            raise ValueError(
+                f"disback path-fraction={path_fraction} needs disback-switch='schedule' "
+                "('converged' moves the target when the generator stops improving)"
+            )
+        backtrack_target(num_nodes, 0, total_rounds, path_fraction)  # names a bad fraction
+        self.path_fraction = path_fraction
         self.num_nodes = num_nodes
         self.total_rounds = total_rounds
         self.mode = mode
@@ -131,7 +164,9 @@ class BacktrackController:
     def target(self, server_round: int) -> int:
         """The node index distilled in round ``server_round`` (1-based)."""
         if self.mode == "schedule":
-            return backtrack_target(self.num_nodes, server_round - 1, self.total_rounds)
+            return backtrack_target(
+                self.num_nodes, server_round - 1, self.total_rounds, self.path_fraction
+            )
         return self.index
 
     def observe(self, server_round: int, grad_norm: float) -> None:
