@@ -52,7 +52,14 @@ class SampleScorer:
             seed=seed,
         )
         self.test = torch.cat([to_images(d.x_test) for d in domains])
-        self.fid = FIDScorer(net, {"all": self.test})
+        # Per domain too: a conditioned model's samples of domain d against d's test split,
+        # beside the floor of as many of d's real training images (FID is biased at small n).
+        self.fid = FIDScorer(
+            net, {"all": self.test, **{d.name: to_images(d.x_test) for d in domains}}
+        )
+        self.train = {d.name: x for d, (x, _) in zip(domains, train, strict=True)}
+        self.seed = seed
+        self._floors: dict[tuple[str, int], float] = {}
         self.accuracy = None
         if accuracy_epochs:
             # Seed 0 whatever the run's seed: the classifiers are a fixed ruler.
@@ -68,14 +75,27 @@ class SampleScorer:
     def score(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
         precision, recall = self.fid.precision_recall(images, "all")
         out: dict = {
-            "fid": self.fid.score(images)["all"],
+            "fid": self.fid.score_each({"all": images})["all"],
             "precision": precision,
             "recall": recall,
         }
+        per_domain = samples_by_domain(images, labels, self.names, self.conditioned)
+        if self.conditioned:
+            own = {d: x for d, (x, _) in per_domain.items() if len(x) >= 2}
+            out["fid_domain"] = {
+                d: {"fid": fid, "floor": self.floor(d, len(own[d]))}
+                for d, fid in self.fid.score_each(own).items()
+            }
         if self.accuracy is not None:
-            per_domain = samples_by_domain(images, labels, self.names, self.conditioned)
             out["class_accuracy"] = {
                 name: {"samples": acc.samples, "real": acc.real}
                 for name, acc in self.accuracy.score(per_domain).items()
             }
         return out
+
+    def floor(self, domain: str, count: int) -> float:
+        """FID-digits of ``count`` real training images of ``domain`` against its test split."""
+        key = (domain, min(count, len(self.train[domain])))
+        if key not in self._floors:
+            self._floors[key] = self.fid.real_floor(domain, self.train[domain], key[1], self.seed)
+        return self._floors[key]

@@ -29,6 +29,10 @@ with the project's protocol (``fedmatch.distill.evaluate``, ``--eval-epochs``) a
 ``--official``, the checkout's ``evaluate_synset`` (``--official-epochs``, DSA, ConvNet-128 as
 its defaults).  Iteration 0 (the shared start) is scored once.
 
+``--save-sets DIR`` keeps every checkpoint's set (``time_to_accuracy_sets.py``) so that
+``time_to_accuracy_rescore.py`` can score it again with several evaluation models;
+``--protocols none`` then leaves the scoring to it.
+
 The official code seeds its networks and DSA draws from the clock, so its runs are not
 reproducible; fedmatch's side is (seeded generators).  Results are written to ``--out`` after
 every checkpoint; a re-run resumes from it, keeping complete seeds and re-running the others.
@@ -79,6 +83,7 @@ from time_to_accuracy_official import (
     official_dm,
 )
 from time_to_accuracy_report import summarize, table
+from time_to_accuracy_sets import save_set, set_path
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the official get_dataset('MNIST') normalisation
 
@@ -251,11 +256,16 @@ def run_seed(
         for m in args.methods
     ]  # fmt: skip
     save(rows)
+    if args.save_sets:
+        save_set(set_path(args.save_sets, seed, "", 0), start, labels)
     shift = seed % len(args.methods)  # rotate who goes first from seed to seed
     for m in args.methods[shift:] + args.methods[:shift]:
         log.info("seed %d: %s, %d iterations", seed, m, iterations(args, m))
         load = os.getloadavg()
         record = run_method(m, args, seed, x, y, start, utils)
+        if args.save_sets:
+            for k in (k for k in checkpoints(args, m) if k > 0):
+                save_set(set_path(args.save_sets, seed, m, k), record.snapshots[k], labels)
         for k in (k for k in checkpoints(args, m) if k > 0):
             wall, cpu = record.seconds(k)
             log.info("seed %d: scoring %s at iteration %d (%.0f s)", seed, m, k, wall)

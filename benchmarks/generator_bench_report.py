@@ -37,4 +37,16 @@ def print_table(results: dict[str, Any]) -> None:
             f"| {label} | {r['fid']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} "
             f"| {r['ms_per_image']:.2f} |{cells}"
         )
+    # A conditioned teacher: each domain's FID from its own samples, in multiples of its floor.
+    floors = rows[0][1].get("fid_domain", {})
+    if floors:
+        heads = "".join(f" {d} (floor {v['floor']:.1f}) |" for d, v in floors.items())
+        lines += ["", f"| sampler: FID-digits per domain (× floor) |{heads}"]
+        lines.append("|---|" + "---|" * len(floors))
+        for label, r in rows:
+            cells = "".join(
+                f" {v['fid']:.1f} ({v['fid'] / v['floor']:.1f}×) |"
+                for v in r.get("fid_domain", {}).values()
+            )
+            lines.append(f"| {label} |{cells}")
     log.info("\n%s", "\n".join(lines))

@@ -110,12 +110,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--protocols",
         default="project,official",
-        help="scoring: project and/or official (official needs --official)",
+        help="scoring: project and/or official (official needs --official), or none",
     )
     p.add_argument("--official-dsa-strategy", default=OFFICIAL_DSA)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--log-every", type=int, default=25, help="fedmatch loss log period")
     p.add_argument("--out", default="", help="JSON results (resumed from when it exists)")
+    p.add_argument(
+        "--save-sets",
+        default="",
+        help="folder: keep every checkpoint's set (safetensors), to score again later with "
+        "time_to_accuracy_rescore.py; with --protocols none nothing is scored here",
+    )
     args = p.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if set(methods) - set(METHODS):
@@ -124,7 +130,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.official:  # the official DM and its evaluation need its code
         methods = [m for m in methods if m != OFFICIAL]
         args.protocols = [x for x in args.protocols if x != "official"]
-    if not args.protocols or set(args.protocols) - {"project", "official"}:
+    if args.protocols == ["none"]:  # distil and keep the sets; score them later
+        if not args.save_sets:
+            p.error("--protocols none scores nothing: give --save-sets DIR to keep the sets")
+        args.protocols = []
+    elif not args.protocols or set(args.protocols) - {"project", "official"}:
         p.error(f"--protocols: a comma list of project, official; got {args.protocols}")
     try:
         args.variants = dict(parse_variant(v) for v in args.variant)

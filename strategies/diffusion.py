@@ -40,6 +40,7 @@ class DiffusionStrategy(FedMatchStrategy):
         self.num_clients = len(nodes)
         self.last_fid: dict[str, float] = {}
         self.last_accuracy: dict[str, dict[str, float]] = {}
+        self.last_floor: dict[str, float] = {}
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -102,9 +103,20 @@ class DiffusionStrategy(FedMatchStrategy):
                 score = evaluator.score(
                     conditioned_sampler, server_round, grid_path if not suffix else None
                 )
+                images, condition = drawn[-1]
+                per_domain = samples_by_domain(images, condition, scored, conditioned)
+                fid = dict(score.fid)
+                if conditioned:  # each domain's FID from its own samples, not every domain's
+                    fid.update(evaluator.domain_fid({d: x for d, (x, _) in per_domain.items()}))
+                if not suffix:
+                    counts = {d: len(x) for d, (x, _) in per_domain.items()}
+                    counts[evaluator.all_key] = len(images)
+                    self.last_floor = {
+                        d: evaluator.floor(d, counts.get(d, len(images))) for d in fid
+                    }
+                    for domain, floor in self.last_floor.items():
+                        rows.append(MetricRow(server_round, SERVER, domain, "fid-floor", floor))
                 if accuracy is not None and not suffix:
-                    images, condition = drawn[-1]
-                    per_domain = samples_by_domain(images, condition, scored, conditioned)
                     self.last_accuracy = {}
                     for domain, acc in accuracy.score(per_domain).items():
                         rows.append(
@@ -114,7 +126,7 @@ class DiffusionStrategy(FedMatchStrategy):
                             MetricRow(server_round, SERVER, domain, "real-accuracy", acc.real)
                         )
                         self.last_accuracy[domain] = {"samples": acc.samples, "real": acc.real}
-                for domain, value in score.fid.items():
+                for domain, value in fid.items():
                     rows.append(MetricRow(server_round, SERVER, domain, f"fid{suffix}", value))
                 for metric, value in (
                     ("precision", score.precision),
@@ -125,7 +137,7 @@ class DiffusionStrategy(FedMatchStrategy):
                         MetricRow(server_round, SERVER, evaluator.all_key, metric + suffix, value)
                     )
                 if not suffix:
-                    self.last_fid = dict(score.fid)
+                    self.last_fid = fid
             return rows
 
         return server_evaluate
@@ -134,6 +146,8 @@ class DiffusionStrategy(FedMatchStrategy):
         return {
             "final_fid_per_domain": self.last_fid,
             "fid_kind": "FID-digits (not Inception)",
+            # {domain: FID-digits of as many real training images}: what each FID is read against
+            "final_fid_floor_per_domain": self.last_floor,
             # {domain: {"samples": class accuracy of samples, "real": of real test images}}
             "final_sample_accuracy_per_domain": self.last_accuracy,
         }

@@ -494,6 +494,31 @@ def test_torchmetrics_fid_with_custom_features_matches_the_closed_form():
     assert scorer.score(real)["ref"] < 1e-6
 
 
+def test_score_each_reads_each_set_against_its_own_reference_and_the_floor_is_real_images():
+    g = torch.Generator().manual_seed(0)
+    d = 4
+    shift = torch.tensor([3.0, 0.0, -2.0, 1.0]).view(1, 1, 1, d)
+    a_test, a_train = (torch.randn(2000, 1, 1, d, generator=g) for _ in range(2))
+    b_test, b_train = (torch.randn(2000, 1, 1, d, generator=g) + shift for _ in range(2))
+    scorer = FIDScorer(Flatten(d), {"a": a_test, "b": b_test})
+    fake_a, fake_b = a_train[:300] * 1.5, b_train[:300] * 1.5 + shift * 0.5
+    each = scorer.score_each({"a": fake_a, "b": fake_b})
+    assert each == {"a": scorer.score(fake_a)["a"], "b": scorer.score(fake_b)["b"]}
+    assert scorer.score(fake_a)["b"] > 5 * each["a"]  # a's samples are far from b's reference
+    # The floor: held-out real images of the same count, close to 0 and below any fake set.
+    floor = scorer.real_floor("a", a_train, 300, seed=1)
+    assert floor == scorer.real_floor("a", a_train, 300, seed=1)  # seeded
+    assert 0 < floor < 0.25 * each["a"]
+    # Fewer images, higher floor: FID is biased upwards at small counts.
+    assert scorer.real_floor("a", a_train, 20, seed=1) > floor
+    with pytest.raises(KeyError, match=r"no reference set \['c'\]"):
+        scorer.score_each({"c": fake_a})
+    with pytest.raises(ValueError, match="3000 images asked, 2000 given"):
+        scorer.real_floor("a", a_train, 3000)
+    with pytest.raises(ValueError, match=">= 2 images"):
+        scorer.score_each({"a": fake_a[:1]})
+
+
 def test_precision_recall_of_identical_and_disjoint_sets():
     g = torch.Generator().manual_seed(0)
     real = torch.randn(200, 8, generator=g)

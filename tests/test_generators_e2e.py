@@ -148,5 +148,9 @@ def test_teacher_then_one_step_generator_and_disback_through_flwr_run(
     guided = [s for s in saved if s["spec"].get("guidance")]
     assert len(guided) == 1 and "class_embedding.null" in guided[0]["state"]
     assert set(values("fid", 2)) == {("server", d) for d in (*DOMAINS, "all")}
+    # Each FID beside its real floor (as many real training images), far below the samples'.
+    floor, fid = values("fid-floor", 2), values("fid", 2)
+    assert set(floor) == set(fid) and all(0 < floor[k] < fid[k] for k in fid), (floor, fid)
+    assert set(summary["final_fid_floor_per_domain"]) == {*DOMAINS, "all"}
     assert values("fid", 0) and not values("fid", 1)  # eval-every = 2: before round 1, last
     assert len(list((data_cache / "diffusion").glob("teacher-*.pt"))) == 2

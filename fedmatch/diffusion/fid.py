@@ -181,13 +181,35 @@ class FIDScorer:
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> dict[str, float]:
         """FID of ``images`` (28x28 in [-1, 1]) against every reference set."""
-        out = {}
-        for name, metric in self.metrics.items():
-            metric.reset()
-            for chunk in images.split(self.batch_size):
-                metric.update(chunk.float(), real=False)
-            out[name] = float(metric.compute())
-        return out
+        return {name: self._fid(name, images) for name in self.metrics}
+
+    @torch.no_grad()
+    def score_each(self, images: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """FID of each set against the reference set of the same name (e.g. the samples a
+        domain-conditioned model drew for domain d against d's test split)."""
+        unknown = sorted(set(images) - set(self.metrics))
+        if unknown:
+            raise KeyError(f"no reference set {unknown}; references: {sorted(self.metrics)}")
+        return {name: self._fid(name, x) for name, x in images.items()}
+
+    def _fid(self, name: str, images: torch.Tensor) -> float:
+        if len(images) < 2:
+            raise ValueError(f"FID against {name!r} needs >= 2 images, got {len(images)}")
+        metric = self.metrics[name]
+        metric.reset()
+        for chunk in images.split(self.batch_size):
+            metric.update(chunk.float(), real=False)
+        return float(metric.compute())
+
+    def real_floor(self, name: str, real: torch.Tensor, count: int, seed: int = 0) -> float:
+        """FID of ``count`` real images drawn (by ``seed``) from ``real`` against reference
+        ``name``: what a sampler of the true distribution scores at this sample count.  FID is
+        biased upwards at small counts, so a sample's FID is read against this floor at the same
+        count; ``real`` must be held out from the reference (e.g. the training split)."""
+        if count > len(real):
+            raise ValueError(f"real floor of {name!r}: {count} images asked, {len(real)} given")
+        pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:count]
+        return self._fid(name, real[pick])
 
     def precision_recall(self, images: torch.Tensor, reference: str, k: int = 3):
         """k-NN precision and recall of ``images`` against one reference set."""

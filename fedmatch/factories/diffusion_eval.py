@@ -3,14 +3,16 @@
 Every evaluation draws ``fid-samples`` images with balanced classes from the same seed, so the
 rounds of a run (and runs with the same seed) are compared on the same noise.  FID is
 computed against each domain's test split and against their union (``all``) with the cached
-feature network of ``fedmatch.diffusion.fid`` (FID-digits, not Inception-FID).
+feature network of ``fedmatch.diffusion.fid`` (FID-digits, not Inception-FID); a
+domain-conditioned model's samples of domain d are scored against d's test split alone.  Beside
+each FID goes its real floor: as many real training images, scored the same way.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,10 +74,28 @@ class DiffusionEvaluator:
             seed=cfg.seed,
         )
         references = {d.name: to_images(d.x_test) for d in domains}
+        # Held-out real images for the floors: the training splits.
+        self.train = {d.name: to_images(d.x_train) for d in domains}
         if len(domains) > 1:
             references[ALL] = torch.cat(list(references.values()))
+            self.train[ALL] = torch.cat(list(self.train.values()))
         self.scorer = FIDScorer(net, references)
         self.all_key = ALL if len(domains) > 1 else domains[0].name
+        self._floors: dict[tuple[str, int], float] = {}
+
+    def floor(self, name: str, count: int) -> float:
+        """FID-digits of ``count`` real training images of ``name`` against its test split:
+        the floor a sample of that size is read against (computed once per count)."""
+        key = (name, min(count, len(self.train[name])))
+        if key not in self._floors:
+            real = self.train[name]
+            self._floors[key] = self.scorer.real_floor(name, real, key[1], self.cfg.seed)
+        return self._floors[key]
+
+    def domain_fid(self, per_domain: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """FID-digits of each domain's own samples (a domain-conditioned model's) against that
+        domain's test split; domains with fewer than 2 samples are left out."""
+        return self.scorer.score_each({d: x for d, x in per_domain.items() if len(x) >= 2})
 
     def score(self, sampler: Sampler, server_round: int, grid_path: Path | None) -> SampleScore:
         labels = balanced_labels(self.cfg.params(DiffusionParams).fid_samples)
