@@ -338,6 +338,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def save(seed_rows: list[dict[str, Any]], complete: bool = False) -> None:
         if args.out:  # after every checkpoint: long runs get interrupted
             data = {**info, "rows": rows + seed_rows, "complete": complete}
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(data, indent=1))
 
     for seed in ints(args.seeds):

@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "args": {**run["args"], "eval_models": a.models, "protocols": protocols},
         "rescored": {"from": a.results, "sets": a.sets, "command": " ".join(sys.argv)},
     }
+    out.parent.mkdir(parents=True, exist_ok=True)
     start_scores: dict[int, dict[str, Any]] = {}  # the shared start, once per seed
     rows = []
     for row in run["rows"]:

@@ -29,9 +29,10 @@ def _rescore():
 
 def test_kept_sets_are_rescored_with_several_models_and_resumed(bench, tmp_path: Path) -> None:  # noqa: F811
     official, sets = fake_official(tmp_path / "official"), tmp_path / "sets"
+    run_file = tmp_path / "new" / "run.json"  # in a folder not there yet
     run = bench.main(
         [*TINY, "--official", str(official), "--methods", "official-dm,dm",
-         "--protocols", "none", "--save-sets", str(sets), "--out", str(tmp_path / "run.json")]
+         "--protocols", "none", "--save-sets", str(sets), "--out", str(run_file)]
     )  # fmt: skip
     assert not any("acc_official" in r or "acc_project" in r for r in run["rows"])
     assert sorted(p.name for p in sets.iterdir()) == [
@@ -45,7 +46,7 @@ def test_kept_sets_are_rescored_with_several_models_and_resumed(bench, tmp_path:
     out = tmp_path / "rescored.json"
     argv = ["--sets", str(sets), "--official", str(official), "--models", "3",
             "--protocols", "official,project", "--out", str(out)]  # fmt: skip
-    result = rescore.main([str(tmp_path / "run.json"), *argv])
+    result = rescore.main([str(run_file), *argv])
     rows = result["rows"]
     assert [(r["method"], r["iteration"]) for r in rows] == [
         (r["method"], r["iteration"]) for r in run["rows"]
@@ -63,10 +64,10 @@ def test_kept_sets_are_rescored_with_several_models_and_resumed(bench, tmp_path:
     assert set(summary) == {"official", "project"}
     # Resumed: every set already scored, so the sets are not read again.
     shutil.rmtree(sets)
-    again = rescore.main([str(tmp_path / "run.json"), *argv])
+    again = rescore.main([str(run_file), *argv])
     assert again["rows"] == rows
     with pytest.raises(SystemExit, match="other --models"):
-        rescore.main([str(tmp_path / "run.json"), *argv[:4], "--models", "2", *argv[6:]])
+        rescore.main([str(run_file), *argv[:4], "--models", "2", *argv[6:]])
 
 
 def test_protocols_none_needs_somewhere_to_keep_the_sets(bench) -> None:  # noqa: F811
