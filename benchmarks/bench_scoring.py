@@ -14,7 +14,7 @@ import torch
 
 from fedmatch.data.loaders import to_images
 from fedmatch.data.types import DomainArrays
-from fedmatch.diffusion.fid import FIDScorer, cached_feature_net
+from fedmatch.diffusion.fid import FIDScorer, RealFloors, cached_feature_net
 from fedmatch.diffusion.sample_accuracy import (
     ClassifierSchedule,
     SampleAccuracyScorer,
@@ -57,9 +57,8 @@ class SampleScorer:
         self.fid = FIDScorer(
             net, {"all": self.test, **{d.name: to_images(d.x_test) for d in domains}}
         )
-        self.train = {d.name: x for d, (x, _) in zip(domains, train, strict=True)}
-        self.seed = seed
-        self._floors: dict[tuple[str, int], float] = {}
+        held_out = {d.name: x for d, (x, _) in zip(domains, train, strict=True)}
+        self.floor = RealFloors(self.fid, held_out, seed)
         self.accuracy = None
         if accuracy_epochs:
             # Seed 0 whatever the run's seed: the classifiers are a fixed ruler.
@@ -92,10 +91,3 @@ class SampleScorer:
                 for name, acc in self.accuracy.score(per_domain).items()
             }
         return out
-
-    def floor(self, domain: str, count: int) -> float:
-        """FID-digits of ``count`` real training images of ``domain`` against its test split."""
-        key = (domain, min(count, len(self.train[domain])))
-        if key not in self._floors:
-            self._floors[key] = self.fid.real_floor(domain, self.train[domain], key[1], self.seed)
-        return self._floors[key]

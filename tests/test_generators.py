@@ -511,6 +511,10 @@ def test_score_each_reads_each_set_against_its_own_reference_and_the_floor_is_re
     assert 0 < floor < 0.25 * each["a"]
     # Fewer images, higher floor: FID is biased upwards at small counts.
     assert scorer.real_floor("a", a_train, 20, seed=1) > floor
+    from fedmatch.diffusion.fid import RealFloors
+
+    floors = RealFloors(scorer, {"a": a_train}, seed=1)
+    assert floors("a", 300) == floor and floors("a", 10**6) == floors("a", 2000)  # clamped
     with pytest.raises(KeyError, match=r"no reference set \['c'\]"):
         scorer.score_each({"c": fake_a})
     with pytest.raises(ValueError, match="3000 images asked, 2000 given"):

@@ -216,6 +216,26 @@ class FIDScorer:
         return precision_recall(self.reference_features[reference], self.features(images), k)
 
 
+class RealFloors:
+    """:meth:`FIDScorer.real_floor` of each reference at a sample's count, computed once per
+    (reference, count); ``held_out``: real images per reference, apart from it (e.g. the
+    training splits)."""
+
+    def __init__(
+        self, scorer: FIDScorer, held_out: Mapping[str, torch.Tensor], seed: int = 0
+    ) -> None:
+        self.scorer, self.held_out, self.seed = scorer, dict(held_out), seed
+        self._cache: dict[tuple[str, int], float] = {}
+
+    def __call__(self, name: str, count: int) -> float:
+        """The floor of reference ``name`` at ``count`` images (at most all held-out ones)."""
+        key = (name, min(count, len(self.held_out[name])))
+        if key not in self._cache:
+            real = self.held_out[name]
+            self._cache[key] = self.scorer.real_floor(name, real, key[1], self.seed)
+        return self._cache[key]
+
+
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
     """Improved precision / recall (Kynkäänniemi et al., Eqs. 1-3).
 

@@ -22,7 +22,7 @@ from torchvision.utils import save_image
 from fedmatch.config import RunConfig
 from fedmatch.data.loaders import to_images
 from fedmatch.data.types import NUM_CLASSES, DomainArrays
-from fedmatch.diffusion.fid import FIDScorer, cached_feature_net
+from fedmatch.diffusion.fid import FIDScorer, RealFloors, cached_feature_net
 from fedmatch.params import DiffusionParams
 from fedmatch.seeding import derive_seed
 
@@ -75,22 +75,15 @@ class DiffusionEvaluator:
         )
         references = {d.name: to_images(d.x_test) for d in domains}
         # Held-out real images for the floors: the training splits.
-        self.train = {d.name: to_images(d.x_train) for d in domains}
+        train = {d.name: to_images(d.x_train) for d in domains}
         if len(domains) > 1:
             references[ALL] = torch.cat(list(references.values()))
-            self.train[ALL] = torch.cat(list(self.train.values()))
+            train[ALL] = torch.cat(list(train.values()))
         self.scorer = FIDScorer(net, references)
         self.all_key = ALL if len(domains) > 1 else domains[0].name
-        self._floors: dict[tuple[str, int], float] = {}
-
-    def floor(self, name: str, count: int) -> float:
-        """FID-digits of ``count`` real training images of ``name`` against its test split:
-        the floor a sample of that size is read against (computed once per count)."""
-        key = (name, min(count, len(self.train[name])))
-        if key not in self._floors:
-            real = self.train[name]
-            self._floors[key] = self.scorer.real_floor(name, real, key[1], self.cfg.seed)
-        return self._floors[key]
+        # floor(name, count): FID-digits of ``count`` real training images of ``name`` against
+        # its test split, what a sample of that size is read against
+        self.floor = RealFloors(self.scorer, train, cfg.seed)
 
     def domain_fid(self, per_domain: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """FID-digits of each domain's own samples (a domain-conditioned model's) against that
