@@ -16,6 +16,9 @@ Usage::
         --official /tmp/official_dm --models 3 --out seed0-official-3.json
 
 ``--out`` is written after every scored set and resumed from: sets already scored are kept.
+``--at 300,100`` scores only those checkpoints, in that order (an evaluation model costs
+minutes on one core: score the checkpoints that decide a crossing first, the rest later into
+the same ``--out``).
 """
 
 from __future__ import annotations
@@ -79,6 +82,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--protocols", default="official", help="project and/or official")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True, help="rescored results (resumed from)")
+    p.add_argument(
+        "--at",
+        default="",
+        help="comma list of iterations to score, in this order "
+        "(default: all); rows scored before are kept",
+    )
     a = p.parse_args(argv)
     protocols = [x.strip() for x in a.protocols.split(",") if x.strip()]
     if not protocols or set(protocols) - {"project", "official"}:
@@ -87,6 +96,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         p.error("--protocols official needs --official PATH")
     if a.models < 1:
         p.error(f"--models {a.models}: allowed >= 1")
+    try:
+        at = [int(x) for x in a.at.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--at {a.at!r}: a comma list of iterations (integers)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)  # fmt: skip
     torch.set_num_threads(a.threads)
@@ -107,12 +120,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rescored": {"from": a.results, "sets": a.sets, "command": " ".join(sys.argv)},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    start_scores: dict[int, dict[str, Any]] = {}  # the shared start, once per seed
-    rows = []
-    for row in run["rows"]:
-        if key(row) in done:
-            rows.append(done[key(row)])
-            continue
+    iterations = {r["iteration"] for r in run["rows"]}
+    unknown = sorted(set(at) - iterations)
+    if unknown:
+        raise SystemExit(f"--at {unknown}: not checkpoints of {a.results} ({sorted(iterations)})")
+    todo = [r for r in run["rows"] if key(r) not in done and (not at or r["iteration"] in at)]
+    todo.sort(key=lambda r: at.index(r["iteration"]) if at else 0)  # stable: run order otherwise
+    order = {key(r): i for i, r in enumerate(run["rows"])}
+    stale = ("acc_project", "eval_seconds_project", "acc_official", "eval_seconds_official")
+    start_scores = {  # the shared start, scored once per seed
+        r["seed"]: {k: r[k] for k in stale if k in r} for r in done.values() if r["iteration"] == 0
+    }
+    rows = list(done.values())
+    for row in todo:
         seed, iteration = row["seed"], row["iteration"]
         if iteration == 0 and seed in start_scores:
             result = start_scores[seed]
@@ -126,10 +146,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             log.info("  -> %s (%.0f s)", result, time.perf_counter() - began)
             if iteration == 0:
                 start_scores[seed] = result
-        stale = ("acc_project", "eval_seconds_project", "acc_official", "eval_seconds_official")
         rows.append({**{k: v for k, v in row.items() if k not in stale}, **result})
+        rows.sort(key=lambda r: order.get(key(r), len(order)))
         out.write_text(json.dumps({**info, "rows": rows}, indent=1))
-    out.write_text(json.dumps({**info, "rows": rows, "complete": True}, indent=1))
+    rows.sort(key=lambda r: order.get(key(r), len(order)))
+    complete = {key(r) for r in rows} >= set(order)
+    out.write_text(json.dumps({**info, "rows": rows, "complete": complete}, indent=1))
     return {**info, "rows": rows}
 
 

@@ -70,6 +70,31 @@ def test_kept_sets_are_rescored_with_several_models_and_resumed(bench, tmp_path:
         rescore.main([str(run_file), *argv[:4], "--models", "2", *argv[6:]])
 
 
+def test_at_scores_the_named_checkpoints_first_and_fills_in_later(bench, tmp_path) -> None:  # noqa: F811
+    official, sets = fake_official(tmp_path / "official"), tmp_path / "sets"
+    run_file = tmp_path / "run.json"
+    run = bench.main(
+        [*TINY, "--official", str(official), "--methods", "dm", "--protocols", "none",
+         "--save-sets", str(sets), "--out", str(run_file)]
+    )  # fmt: skip
+    calls = sys.modules["utils"].CALLS
+    rescore, out = _rescore(), tmp_path / "rescored.json"
+    argv = [str(run_file), "--sets", str(sets), "--official", str(official), "--models", "2",
+            "--out", str(out)]  # fmt: skip
+    before = calls["evaluate_synset"]
+    first = rescore.main([*argv, "--at", "2"])
+    assert [r["iteration"] for r in first["rows"]] == [2]
+    assert calls["evaluate_synset"] - before == 2  # one set, two models
+    assert not json.loads(out.read_text())["complete"]
+    with pytest.raises(SystemExit, match=r"--at \[7\]: not checkpoints"):
+        rescore.main([*argv, "--at", "7"])
+    full = rescore.main(argv)  # the rest, in the run's order; iteration 2 kept, not rescored
+    assert [r["iteration"] for r in full["rows"]] == [r["iteration"] for r in run["rows"]]
+    assert calls["evaluate_synset"] - before == 3 * 2
+    assert full["rows"][-1] == first["rows"][0]
+    assert json.loads(out.read_text())["complete"]
+
+
 def test_protocols_none_needs_somewhere_to_keep_the_sets(bench) -> None:  # noqa: F811
     with pytest.raises(SystemExit):
         bench.parse_args([*TINY, "--protocols", "none"])
