@@ -39,6 +39,7 @@ from distill_time_to_accuracy import build_split, score
 from time_to_accuracy_official import load_official
 from time_to_accuracy_sets import load_set, set_path
 
+from fedmatch.atomic import atomic_write_bytes
 from fedmatch.seeding import derive_seed
 
 log = logging.getLogger("time_to_accuracy_rescore")
@@ -147,12 +148,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if iteration == 0:
                 start_scores[seed] = result
         rows.append({**{k: v for k, v in row.items() if k not in stale}, **result})
-        rows.sort(key=lambda r: order.get(key(r), len(order)))
-        out.write_text(json.dumps({**info, "rows": rows}, indent=1))
+        save(out, info, rows, order)
+    return {**info, "rows": save(out, info, rows, order)}
+
+
+def save(
+    out: Path, info: dict[str, Any], rows: list[dict[str, Any]], order: dict[tuple, int]
+) -> list[dict[str, Any]]:
+    """``rows`` in the run's order, written atomically (a kill mid-write keeps the last file);
+    ``complete`` once every row of the run is scored."""
     rows.sort(key=lambda r: order.get(key(r), len(order)))
     complete = {key(r) for r in rows} >= set(order)
-    out.write_text(json.dumps({**info, "rows": rows, "complete": complete}, indent=1))
-    return {**info, "rows": rows}
+    text = json.dumps({**info, "rows": rows, "complete": complete}, indent=1)
+    atomic_write_bytes(out, text.encode())
+    return rows
 
 
 if __name__ == "__main__":
