@@ -5,8 +5,11 @@ and fedmatch's variants on the other, or one seed per run) into one table::
 
     python benchmarks/time_to_accuracy_report.py seed0-official.json seed0-ours.json seed2.json
 
-The files must agree on every argument that changes results except the methods, variants and
-checkpoints; a (method, seed) may come from one file only.
+The files must agree on every argument that changes results except the methods, variants,
+checkpoints and the step budget; a (method, seed) may come from several files when they hold
+different checkpoints (say a shorter run that saved an earlier checkpoint the longer run did not:
+each checkpoint keeps the seconds of the run that reached it), and the target is the official
+DM's accuracy at the longest budget among the files.
 """
 
 from __future__ import annotations
@@ -131,7 +134,6 @@ def table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
 
 # Arguments the merged files must share: those of RESULT_ARGS that do not name what ran.
 SHARED_ARGS = (
-    "iterations",
     "ipc",
     "per_class",
     "test_size",
@@ -146,17 +148,20 @@ SHARED_ARGS = (
 
 
 def merge(paths: list[Path]) -> tuple[list[dict[str, Any]], int]:
-    """The rows of ``paths`` (``--out`` files) and their common iteration count; SystemExit
-    naming the file for one that is not this script's output, differs in a shared argument,
-    or repeats a (method, seed) another file holds."""
+    """The rows of ``paths`` (``--out`` files) and the longest official step budget among them;
+    SystemExit naming the file for one that is not this script's output, differs in a shared
+    argument, or repeats a checkpoint (method, seed, iteration) another file holds.  The shared
+    start (iteration 0) is the same set in every run of a seed: its first row is kept."""
     rows: list[dict[str, Any]] = []
     first: dict[str, Any] | None = None
-    owner: dict[tuple[str, int], Path] = {}
+    owner: dict[tuple[str, int, int], Path] = {}
+    budget = 0
     for path in paths:
         try:
             info = json.loads(path.read_text())
             args, file_rows = info["args"], info["rows"]
-            keys = {(str(r["method"]), int(r["seed"])) for r in file_rows}
+            keys = [(str(r["method"]), int(r["seed"]), int(r["iteration"])) for r in file_rows]
+            budget = max(budget, int(args["iterations"]))
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise SystemExit(
                 f"{path}: not distill_time_to_accuracy.py output ({error!r})"
@@ -167,17 +172,19 @@ def merge(paths: list[Path]) -> tuple[list[dict[str, Any]], int]:
         if changed:
             diff = ", ".join(f"{k}={args.get(k)!r} (vs {first[k]!r})" for k in changed)
             raise SystemExit(f"{path}: written with other {diff} than {first['path']}")
-        for key in sorted(keys):
+        for key, row in zip(keys, file_rows, strict=True):
             if key in owner:
+                if key[2] == 0:
+                    continue
                 raise SystemExit(
-                    f"{path}: method {key[0]!r} seed {key[1]} is also in {owner[key]}; "
-                    "pass one of the two"
+                    f"{path}: method {key[0]!r} seed {key[1]} iteration {key[2]} is also in "
+                    f"{owner[key]}; pass one of the two"
                 )
             owner[key] = path
-        rows += file_rows
+            rows.append(row)
     if first is None:
         raise SystemExit("no files given")
-    return rows, int(first["iterations"])
+    return rows, budget
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -365,6 +365,36 @@ def test_report_merges_runs_into_per_seed_ratios(bench, tmp_path: Path, capsys) 
     assert text in capsys.readouterr().out
 
 
+def test_report_joins_checkpoints_of_one_seed_from_a_shorter_run(bench, tmp_path: Path) -> None:
+    """A 50-step run of the same seed adds the checkpoint the long run did not keep: its own
+    seconds, the long run's target, the shared start counted once."""
+    report = sys.modules["time_to_accuracy_report"]
+    start = {"method": "official-dm", "seed": 0, "iteration": 0, "distill_seconds": 0.0}
+    long_rows = [
+        start,
+        _row("official-dm", 0, 100, 300.0, 0.95),
+        _row("official-dm", 0, 300, 900.0, 0.95),
+    ]
+    long = _out_file(tmp_path / "long.json", long_rows)
+    short = _out_file(
+        tmp_path / "short.json", [start, _row("official-dm", 0, 50, 160.0, 0.951)], iterations=50
+    )
+    ours = _out_file(tmp_path / "ours.json", [_row("dm", 0, 50, 40.0, 0.95)])
+    rows, budget = report.merge([short, long, ours])
+    assert budget == 300
+    assert sorted((r["method"], r["iteration"]) for r in rows) == [
+        ("dm", 50),
+        ("official-dm", 0),
+        ("official-dm", 50),
+        ("official-dm", 100),
+        ("official-dm", 300),
+    ]
+    text = report.main([str(long), str(short), str(ours)])
+    # The target is the official's step 300 (95.00 %); it first reaches it at step 50 (160 s).
+    assert "official protocol: 95.00 %" in text
+    assert "- dm: reached on 1/1 seeds, 40 ± 0 s, time / official's: 0.25 ± 0.00" in text
+
+
 def test_report_refuses_files_that_do_not_compare(bench, tmp_path: Path) -> None:
     report = sys.modules["time_to_accuracy_report"]
     a = _out_file(tmp_path / "a.json", [_row("official-dm", 0, 300, 900.0, 0.95)])
@@ -372,7 +402,9 @@ def test_report_refuses_files_that_do_not_compare(bench, tmp_path: Path) -> None
     with pytest.raises(SystemExit, match=r"wider\.json: written with other width=64 \(vs 128\)"):
         report.main([str(a), str(wider)])
     again = _out_file(tmp_path / "again.json", [_row("official-dm", 0, 300, 800.0, 0.94)])
-    with pytest.raises(SystemExit, match=r"again\.json: method 'official-dm' seed 0 is also in"):
+    with pytest.raises(
+        SystemExit, match=r"again\.json: method 'official-dm' seed 0 iteration 300 is also in"
+    ):
         report.main([str(a), str(again)])
     junk = tmp_path / "junk.json"
     junk.write_text("[1, 2]")
