@@ -271,6 +271,12 @@ class DiffusionParams(ParamsTable):
     """generators: train the teacher under bfloat16 autocast (float32 weights and AdamW): faster
     on GPUs and on CPUs with bfloat16 instructions (AVX512-BF16/AMX), slower on other CPUs. A
     teacher cached without it is never reused"""
+    # FedAvg weighs clients by examples; equal weights give a small domain a say (issue 28).
+    teacher_weighting: Literal["examples", "uniform"] = "examples"
+    """generators: how the server averages the clients' teachers each round: `examples` = by
+    local training examples (FedAvg), `uniform` = every client alike, whatever its size (a small
+    domain, e.g. optdigits' 1,438 images beside mnist's, then counts as much as a large one). The
+    server sets the weights itself. A teacher cached with the other weighting is never reused"""
     teacher_lr: float = Field(1e-3, gt=0)
     """generators: teacher AdamW learning rate (also DisBack's degradation)"""
     teacher_lr_final: float = Field(0.0, ge=0)

@@ -63,6 +63,8 @@ from strategies.teacher import FederatedTeacher
 log = logging.getLogger("fedmatch.strategy")
 
 _DEGRADATION_TAG = 71
+# The averaging weight of every teacher reply under teacher-weighting = "uniform".
+EQUAL_WEIGHT_KEY = "equal-weight"
 
 
 class DiffusionTeacherStrategy(DiffusionStrategy):
@@ -70,6 +72,22 @@ class DiffusionTeacherStrategy(DiffusionStrategy):
 
     name = "diffusion-teacher"
     train_message_type = TEACHER_ACTION
+
+    def __init__(self, cfg: RunConfig, nodes: list[NodeInfo]) -> None:
+        super().__init__(cfg, nodes)
+        if cfg.params(DiffusionParams).teacher_weighting == "uniform":
+            self.weighted_by_key = EQUAL_WEIGHT_KEY  # FedAvg's averaging key
+
+    def valid_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+        """The base's valid replies; with ``teacher-weighting = "uniform"`` each carries the
+        weight 1 under ``EQUAL_WEIGHT_KEY``, set here (a client's own value is overwritten)
+        and recorded with the reply's metrics."""
+        valid = super().valid_replies(server_round, replies)
+        if self.weighted_by_key == EQUAL_WEIGHT_KEY:
+            for reply in valid:
+                for record in reply.content.metric_records.values():
+                    record[EQUAL_WEIGHT_KEY] = 1.0
+        return valid
 
     def initial_model(self, init_seed: int) -> nn.Module:
         return build_unet(self.spec, init_seed)

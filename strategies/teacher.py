@@ -114,7 +114,10 @@ class FederatedTeacher:
         )
         if not replies:
             raise RuntimeError(f"teacher round {teacher_round}: no client returned the teacher")
-        weights = [float(r.content["metrics"]["num-examples"]) for r in replies]
+        if self.strategy.cfg.params(DiffusionParams).teacher_weighting == "uniform":
+            weights = [1.0] * len(replies)
+        else:
+            weights = [float(r.content["metrics"]["num-examples"]) for r in replies]
         states = [arrays_to_state(r.content["arrays"]) for r in replies]
         total = sum(weights)
         averaged = {

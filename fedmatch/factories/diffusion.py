@@ -167,6 +167,8 @@ def teacher_key(cfg: RunConfig, rounds: int, num_clients: int) -> str:
         blob["lr-final"] = lr_final
     if cfg.params(DiffusionParams).teacher_bf16:  # likewise
         blob["bf16"] = True
+    if cfg.params(DiffusionParams).teacher_weighting != "examples":  # likewise
+        blob["weighting"] = cfg.params(DiffusionParams).teacher_weighting
     digest = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
     return f"teacher-{digest}"
 
